@@ -1,0 +1,31 @@
+# Every target that needs the environment builds .venv first when it is missing.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+GRID   ?= quickstart
+
+.PHONY: install test test-all run clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Fast test suite (what CI runs).
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+## Everything, slow tests included.
+test-all: $(STAMP)
+	$(PY) -m pytest -q -m ''
+
+## One run of the theory-matching preset, printed as JSON.
+run: $(STAMP)
+	$(PY) -m contamination.run --preset toy_theory --set width=64 --set steps=3000 --set log_every=500
+
+clean:
+	rm -rf $(VENV) results .jax_cache

@@ -1,0 +1,7 @@
+"""Feature contamination simulator: the structured feature model, two-layer networks and
+their training as pure, jit-compilable and vmappable JAX functions."""
+
+from .config import Config, ConfigError, from_dict, preset, PRESETS
+from .simulate import simulate
+
+__all__ = ["Config", "ConfigError", "from_dict", "preset", "PRESETS", "simulate"]

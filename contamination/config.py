@@ -1,0 +1,321 @@
+"""Run configuration: the frozen `Config`, its presets, validation and `--set` parsing.
+
+A config splits in two for the compiler: `static_spec` (shapes and categorical choices,
+one compile per distinct value) and `traced_values` (numbers and PRNG keys, traced, so
+changing them never recompiles).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import math
+import tomllib
+from typing import Any, NamedTuple
+
+import numpy as np
+
+
+class ConfigError(ValueError):
+    """A user-caused configuration error; its message is one line naming the field."""
+
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "core": ("linear", "nonlinear"),
+    "activation": ("relu", "gelu", "leaky_relu", "sigmoid", "tanh", "linear"),
+    "output": ("train", "frozen_half", "frozen_random"),
+    "init": ("torch", "theory"),
+    "loss": ("logistic", "hinge", "mse"),
+    "optimizer": ("sgd", "adam", "adamw"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """One training run. Defaults are the reference script's (`toy.py`) defaults."""
+
+    width: int = 256
+    core_dim: int = 32
+    bg_dim: int = 32
+    input_dim: int = 256
+    core: str = "nonlinear"
+    bg_train: tuple[float, float] = (0.0, 1.0)
+    bg_ood: tuple[float, float] = (-1.0, 0.0)
+    n_train: int = 1000
+    n_test: int = 1000
+    batch_size: int = 0
+    online: bool = False
+    activation: str = "relu"
+    leaky_slope: float = 0.1
+    bias: bool = True
+    output: str = "train"
+    init: str = "torch"
+    init_scale: float = 1.0
+    loss: str = "logistic"
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 1e-3
+    momentum: float = 0.9
+    steps: int = 20000
+    log_every: int = 1000
+    seed: int = 0
+
+    def replace(self, **changes: Any) -> "Config":
+        return from_dict({**self.to_dict(), **changes})
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["bg_train"] = list(self.bg_train)
+        d["bg_ood"] = list(self.bg_ood)
+        return d
+
+    @property
+    def n_logs(self) -> int:
+        """Number of logged points: step 0, every `log_every` steps, and the last step."""
+        return len(log_steps(self.steps, self.log_every))
+
+
+FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(Config)}
+INT_FIELDS = {n for n, f in FIELDS.items() if f.type == "int"}
+FLOAT_FIELDS = {n for n, f in FIELDS.items() if f.type == "float"}
+BOOL_FIELDS = {n for n, f in FIELDS.items() if f.type == "bool"}
+RANGE_FIELDS = {"bg_train", "bg_ood"}
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The reference script's defaults: non-linear core, logistic loss, AdamW, full batch.
+    "toy": {},
+    # The reference script's theory-matching variant: hinge, SGD (momentum 0.9), linear
+    # core, output layer frozen at +1/m (first half) and -1/m (second half).
+    "toy_theory": {"loss": "hinge", "optimizer": "sgd", "core": "linear", "output": "frozen_half"},
+    # The paper's own setting (Theorems 1-4): online SGD without momentum, no biases,
+    # N(0, 1/d) init, frozen random output signs +-1/m, hinge loss, linear core, weight
+    # decay on W (the only trainable tensor). Sizes sit inside the theory's regime:
+    # d0 = 16 and d = 1024 = d0^2.5, while width m = 256 >> d0. The per-neuron gradient
+    # carries the 1/m of the output layer, so the time scales are m/(eta sqrt d) and
+    # m/(eta d0); lr = 8 puts T1 ~ m/(eta d0) = 2 steps and the fit after a few hundred
+    # steps. lambda = 1e-3 is well under d0/m^1.01 ~ 0.06.
+    "theory": {
+        "width": 256, "core_dim": 8, "bg_dim": 8, "input_dim": 1024, "core": "linear",
+        "n_train": 1000, "n_test": 1000, "batch_size": 64, "online": True,
+        "bias": False, "output": "frozen_random", "init": "theory", "loss": "hinge",
+        "optimizer": "sgd", "momentum": 0.0, "lr": 8.0, "weight_decay": 1e-3,
+        "steps": 2000, "log_every": 100,
+    },
+}
+
+
+def _suggest(name: str, options) -> str:
+    close = difflib.get_close_matches(name, list(options), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Check one field's type and return it in canonical form."""
+    if name in BOOL_FIELDS:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name}: expected true or false, got {value!r}")
+        return value
+    if name in INT_FIELDS:
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{name}: expected an integer, got {value!r}")
+        return int(value)
+    if name in FLOAT_FIELDS:
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+            raise ConfigError(f"{name}: expected a number, got {value!r}")
+        value = float(value)
+        if not math.isfinite(value):
+            raise ConfigError(f"{name}: expected a finite number, got {value!r}")
+        return value
+    if name in RANGE_FIELDS:
+        ok = isinstance(value, (list, tuple)) and len(value) == 2 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+        if not ok:
+            raise ConfigError(f"{name}: expected a range [low, high] of two numbers, got {value!r}")
+        lo, hi = float(value[0]), float(value[1])
+        if lo > hi:
+            raise ConfigError(f"{name}: range low {lo} > high {hi}; expected [low, high] with low <= high")
+        return (lo, hi)
+    if name in CHOICES:
+        if not isinstance(value, str):
+            raise ConfigError(f"{name}: expected one of {', '.join(CHOICES[name])}, got {value!r}")
+        v = value.lower()
+        if v not in CHOICES[name]:
+            raise ConfigError(
+                f"{name}: unknown value {value!r}; allowed: {', '.join(CHOICES[name])}{_suggest(v, CHOICES[name])}")
+        return v
+    raise AssertionError(name)
+
+
+def check_field(name: str) -> None:
+    if name not in FIELDS:
+        raise ConfigError(f"unknown field '{name}'{_suggest(name, FIELDS)}; allowed: {', '.join(FIELDS)}")
+
+
+def validate(cfg: Config) -> Config:
+    """Cross-field checks; raises ConfigError with a one-line message."""
+    for name in ("width", "core_dim", "bg_dim", "input_dim", "n_train", "n_test", "steps", "log_every"):
+        if getattr(cfg, name) <= 0:
+            raise ConfigError(f"{name}: must be a positive integer, got {getattr(cfg, name)}")
+    if cfg.batch_size < 0:
+        raise ConfigError(f"batch_size: must be >= 0 (0 = full batch), got {cfg.batch_size}")
+    if cfg.core_dim + cfg.bg_dim > cfg.input_dim:
+        raise ConfigError(
+            f"input_dim: core_dim + bg_dim = {cfg.core_dim + cfg.bg_dim} exceeds input_dim = {cfg.input_dim}; "
+            "need core_dim + bg_dim <= input_dim")
+    if cfg.n_train < 2 or cfg.n_test < 2:
+        raise ConfigError("n_train, n_test: need at least 2 points (one per class)")
+    if cfg.online and cfg.batch_size == 0:
+        raise ConfigError("batch_size: online = true needs batch_size > 0 (a fresh batch each step)")
+    if not cfg.online and cfg.batch_size > cfg.n_train:
+        raise ConfigError(f"batch_size: {cfg.batch_size} exceeds n_train = {cfg.n_train}")
+    if cfg.lr <= 0:
+        raise ConfigError(f"lr: must be > 0, got {cfg.lr}")
+    if cfg.weight_decay < 0:
+        raise ConfigError(f"weight_decay: must be >= 0, got {cfg.weight_decay}")
+    if not 0 <= cfg.momentum < 1:
+        raise ConfigError(f"momentum: must be in [0, 1), got {cfg.momentum}")
+    if cfg.init_scale <= 0:
+        raise ConfigError(f"init_scale: must be > 0, got {cfg.init_scale}")
+    if cfg.seed < 0 or cfg.seed >= 2**63:
+        raise ConfigError(f"seed: must be in [0, 2^63), got {cfg.seed}")
+    return cfg
+
+
+def from_dict(values: dict[str, Any], base: Config | None = None) -> Config:
+    """Build a validated Config from field values over `base` (default: `Config()`)."""
+    fields = (base or Config()).to_dict()
+    for name, value in values.items():
+        check_field(name)
+        fields[name] = value
+    coerced = {name: _coerce(name, value) for name, value in fields.items()}
+    return validate(Config(**coerced))
+
+
+def preset(name: str, **overrides: Any) -> Config:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset '{name}'{_suggest(name, PRESETS)}; allowed: {', '.join(PRESETS)}")
+    return from_dict({**PRESETS[name], **overrides})
+
+
+def parse_value(text: str) -> Any:
+    """Read a `--set` value like a TOML value; a bare word is a string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected FIELD=VALUE")
+    name, value = text.split("=", 1)
+    name = name.strip()
+    check_field(name)
+    return name, parse_value(value.strip())
+
+
+def log_steps(steps: int, log_every: int) -> list[int]:
+    """The steps at which curves are logged: 0, log_every, 2 log_every, ..., and `steps`."""
+    out = list(range(0, steps + 1, log_every))
+    if out[-1] != steps:
+        out.append(steps)
+    return out
+
+
+# --- static / traced split ---------------------------------------------------------
+
+class Static(NamedTuple):
+    """Everything that fixes the compiled program: shapes and categorical choices."""
+
+    width: int
+    core_dim: int
+    bg_dim: int
+    input_dim: int
+    core: str
+    n_train: int
+    n_test: int
+    batch_size: int
+    online: bool
+    activation: str
+    bias: bool
+    output: str
+    init: str
+    loss: str
+    optimizer: str
+    steps: int
+    log_every: int
+
+
+STATIC_FIELDS = Static._fields
+TRACED_FIELDS = ("lr", "weight_decay", "momentum", "leaky_slope", "init_scale", "bg_train", "bg_ood", "seed")
+# A config's width may be padded up to its bucket's; the true width is then traced.
+assert set(STATIC_FIELDS) | set(TRACED_FIELDS) == set(FIELDS)
+
+
+def static_spec(cfg: Config, width: int | None = None) -> Static:
+    """The compile-time description of `cfg`, optionally padded to a larger `width`."""
+    spec = Static(**{n: getattr(cfg, n) for n in STATIC_FIELDS})
+    if width is not None:
+        if width < cfg.width:
+            raise ValueError(f"cannot pad width {cfg.width} down to {width}")
+        spec = spec._replace(width=width)
+    return spec
+
+
+# Fields that determine each random stream. Numeric fields (ranges, lr, init_scale, ...)
+# are excluded on purpose: they transform the same base draws, so runs that differ only
+# in them share data and init (common random numbers) and the key never depends on a
+# run's position in a batch. Width is excluded because init draws are per neuron.
+DATA_KEY_FIELDS = ("seed", "core_dim", "bg_dim", "input_dim", "core", "n_train", "n_test", "batch_size", "online")
+INIT_KEY_FIELDS = ("seed", "input_dim", "init", "bias", "output")
+
+
+def stable_hash(obj: Any, nbytes: int = 8) -> str:
+    """A hex digest of a JSON-able object that is identical across processes and runs."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[: 2 * nbytes]
+
+
+def _key_words(purpose: str, cfg: Config, fields: tuple[str, ...]) -> np.ndarray:
+    d = cfg.to_dict()
+    digest = stable_hash([purpose, {f: d[f] for f in fields}])
+    return np.array([int(digest[:8], 16), int(digest[8:16], 16)], dtype=np.uint32)
+
+
+def traced_values(cfg: Config) -> dict[str, np.ndarray]:
+    """The traced inputs of one run: raw threefry key words and numeric hyperparameters."""
+    f32 = np.float32
+    return {
+        "data_key": _key_words("data", cfg, DATA_KEY_FIELDS),
+        "init_key": _key_words("init", cfg, INIT_KEY_FIELDS),
+        "true_width": np.int32(cfg.width),
+        "lr": f32(cfg.lr),
+        "weight_decay": f32(cfg.weight_decay),
+        "momentum": f32(cfg.momentum),
+        "leaky_slope": f32(cfg.leaky_slope),
+        "init_scale": f32(cfg.init_scale),
+        "bg_train": np.array(cfg.bg_train, dtype=f32),
+        "bg_ood": np.array(cfg.bg_ood, dtype=f32),
+    }
+
+
+def stack_traced(cfgs: list[Config]) -> dict[str, np.ndarray]:
+    """Stack the traced values of several configs along a leading config axis."""
+    rows = [traced_values(c) for c in cfgs]
+    return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+
+
+def config_id(cfg: Config) -> str:
+    """Stable id of a config without its seed."""
+    d = cfg.to_dict()
+    d.pop("seed")
+    return stable_hash(d)
+
+
+def run_id(cfg: Config) -> str:
+    """Stable id of a run: the config and its seed."""
+    return stable_hash(cfg.to_dict())

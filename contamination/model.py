@@ -1,0 +1,114 @@
+"""The two-layer network `f(x) = sum_k a_k act(<w_k, x> + b_k) + c`, its init and losses.
+
+Width may be padded: neurons `k >= true_width` have zero weights, are held at zero by the
+trainable mask, and their activations are masked (sigmoid(0) != 0 would revive them).
+Every init draw is per neuron (`fold_in(key, k)`), so the first `true_width` neurons of a
+padded network are exactly the neurons of the unpadded one.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+
+class Params(NamedTuple):
+    w: jax.Array  # (m, d) first layer
+    b: jax.Array  # (m,) first-layer bias
+    a: jax.Array  # (m,) output weights
+    c: jax.Array  # () output bias
+
+
+def activate(pre: jax.Array, activation: str, slope: jax.Array) -> jax.Array:
+    if activation == "relu":
+        return jax.nn.relu(pre)
+    if activation == "gelu":
+        return jax.nn.gelu(pre, approximate=False)
+    if activation == "leaky_relu":
+        return jnp.where(pre >= 0, pre, slope * pre)
+    if activation == "sigmoid":
+        return jax.nn.sigmoid(pre)
+    if activation == "tanh":
+        return jnp.tanh(pre)
+    if activation == "linear":
+        return pre
+    raise ValueError(f"unknown activation {activation!r}")
+
+
+def neuron_mask(width: int, true_width: jax.Array) -> jax.Array:
+    return (jnp.arange(width) < true_width).astype(jnp.float32)
+
+
+def _per_neuron(key: jax.Array, width: int, draw) -> jax.Array:
+    return jax.vmap(lambda k: draw(jax.random.fold_in(key, k)))(jnp.arange(width))
+
+
+def init_params(key: jax.Array, width: int, input_dim: int, true_width: jax.Array, *, init: str,
+                output: str, bias: bool, init_scale: jax.Array) -> Params:
+    """PyTorch-default (`torch`) or N(0, 1/d) (`theory`) init; output per `output` mode.
+
+    Fan-ins are the true ones: d for the first layer, the true width for the output layer.
+    `init_scale` multiplies the first layer (weights and biases).
+    """
+    k_w, k_b, k_a, k_c = jax.random.split(key, 4)
+    m_true = true_width.astype(jnp.float32)
+    mask = neuron_mask(width, true_width)
+    if init == "torch":
+        bound = 1.0 / jnp.sqrt(float(input_dim))
+        w = _per_neuron(k_w, width, lambda k: jax.random.uniform(k, (input_dim,), minval=-bound, maxval=bound))
+        b = _per_neuron(k_b, width, lambda k: jax.random.uniform(k, (), minval=-bound, maxval=bound))
+        out_bound = 1.0 / jnp.sqrt(m_true)
+        a = _per_neuron(k_a, width, lambda k: jax.random.uniform(k, (), minval=-1.0, maxval=1.0)) * out_bound
+        c = jax.random.uniform(k_c, (), minval=-1.0, maxval=1.0) * out_bound
+    elif init == "theory":
+        w = _per_neuron(k_w, width, lambda k: jax.random.normal(k, (input_dim,))) / jnp.sqrt(float(input_dim))
+        b = jnp.zeros((width,))
+        a = _per_neuron(k_a, width, lambda k: jax.random.rademacher(k, (), dtype=jnp.float32)) / m_true
+        c = jnp.zeros(())
+    else:
+        raise ValueError(f"unknown init {init!r}")
+    idx = jnp.arange(width)
+    if output == "frozen_half":
+        a = jnp.where(idx < true_width // 2, 1.0, -1.0) / m_true
+    elif output == "frozen_random":
+        a = _per_neuron(k_a, width, lambda k: jax.random.rademacher(k, (), dtype=jnp.float32)) / m_true
+    w = w * init_scale * mask[:, None]
+    b = b * init_scale * mask if bias else jnp.zeros((width,))
+    c = c if bias else jnp.zeros(())
+    return Params(w, b, a * mask, c)
+
+
+def trainable_mask(width: int, true_width: jax.Array, *, output: str, bias: bool) -> Params:
+    """1 where a parameter trains, 0 where it is padding, frozen, or switched off."""
+    mask = neuron_mask(width, true_width)
+    train_out = output == "train"
+    return Params(
+        w=jnp.broadcast_to(mask[:, None], (width, 1)),
+        b=mask * float(bias),
+        a=mask * float(train_out),
+        c=jnp.asarray(float(bias and train_out)),
+    )
+
+
+def hidden(params: Params, x: jax.Array, activation: str, slope: jax.Array, mask: jax.Array):
+    """Hidden activations (masked) and pre-activations, both (n, m)."""
+    pre = x @ params.w.T + params.b
+    return activate(pre, activation, slope) * mask, pre
+
+
+def forward(params: Params, x: jax.Array, activation: str, slope: jax.Array, mask: jax.Array):
+    h, pre = hidden(params, x, activation, slope, mask)
+    return h @ params.a + params.c, pre
+
+
+def loss_values(f: jax.Array, y: jax.Array, loss: str) -> jax.Array:
+    """Per-sample loss for labels +-1: logistic (stable softplus), hinge, or squared error."""
+    if loss == "logistic":
+        return jax.nn.softplus(-y * f)
+    if loss == "hinge":
+        return jax.nn.relu(1.0 - y * f)
+    if loss == "mse":
+        return (f - y) ** 2
+    raise ValueError(f"unknown loss {loss!r}")

@@ -1,0 +1,148 @@
+"""One whole run as one pure function: data, init, a `lax.scan` over steps, metrics.
+
+`make_run(static)` returns `run(traced) -> {"curves": {metric: (n_logs,)}, "final": {...}}`
+where `traced` is `config.traced_values(cfg)` (arrays). `jax.jit(jax.vmap(run))` trains a
+batch of configs that share `static` in one compiled program.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from .config import Static
+from .data import Data, make_data, minibatch, online_batch
+from .metrics import evaluate
+from .model import Params, forward, init_params, loss_values, neuron_mask, trainable_mask
+
+
+def _sgd(learning_rate, weight_decay, momentum):
+    # PyTorch SGD: weight decay coupled into the gradient, then heavy-ball momentum.
+    return optax.chain(optax.add_decayed_weights(weight_decay), optax.sgd(learning_rate, momentum=momentum))
+
+
+def _adam(learning_rate, weight_decay, momentum):
+    # PyTorch Adam(weight_decay=...): L2 added to the gradient before the moments.
+    del momentum
+    return optax.chain(optax.add_decayed_weights(weight_decay),
+                       optax.adam(learning_rate, b1=0.9, b2=0.999, eps=1e-8))
+
+
+def _adamw(learning_rate, weight_decay, momentum):
+    # PyTorch AdamW: decoupled decay, p -= lr * (adam_update + wd * p).
+    del momentum
+    return optax.adamw(learning_rate, b1=0.9, b2=0.999, eps=1e-8, weight_decay=weight_decay)
+
+
+OPTIMIZERS = {"sgd": _sgd, "adam": _adam, "adamw": _adamw}
+
+
+def make_optimizer(name: str, lr, weight_decay, momentum) -> optax.GradientTransformation:
+    """The optimizer with its numbers as traced hyperparameters (one compile for all values)."""
+    return optax.inject_hyperparams(OPTIMIZERS[name])(
+        learning_rate=lr, weight_decay=weight_decay, momentum=momentum)
+
+
+def _all_finite(tree) -> jax.Array:
+    leaves = jax.tree_util.tree_leaves(tree)
+    return functools.reduce(jnp.logical_and, [jnp.all(jnp.isfinite(x)) for x in leaves])
+
+
+class Setup(NamedTuple):
+    data: Data
+    params: Params
+    trainable: Params
+    mask: jax.Array
+    batch_key: jax.Array
+
+
+def prepare(s: Static, traced: dict) -> Setup:
+    """Data, initial parameters and masks of one run, from its traced values."""
+    data_key = jax.random.wrap_key_data(traced["data_key"], impl="threefry2x32")
+    init_key = jax.random.wrap_key_data(traced["init_key"], impl="threefry2x32")
+    k_data, k_batch = jax.random.split(data_key)
+    true_width = traced["true_width"]
+    data = make_data(k_data, s.core_dim, s.bg_dim, s.input_dim, s.core, s.n_train, s.n_test,
+                     traced["bg_train"], traced["bg_ood"])
+    params = init_params(init_key, s.width, s.input_dim, true_width, init=s.init, output=s.output,
+                         bias=s.bias, init_scale=traced["init_scale"])
+    trainable = trainable_mask(s.width, true_width, output=s.output, bias=s.bias)
+    return Setup(data, params, trainable, neuron_mask(s.width, true_width), k_batch)
+
+
+def make_run(static: Static) -> Callable[[dict], dict]:
+    s = static
+
+    def run(traced: dict) -> dict:
+        data, params, trainable, mask, k_batch = prepare(s, traced)
+        slope = traced["leaky_slope"]
+        tx = make_optimizer(s.optimizer, traced["lr"], traced["weight_decay"], traced["momentum"])
+        measure = functools.partial(evaluate, data=data, core_dim=s.core_dim, activation=s.activation,
+                                    loss=s.loss, slope=slope, mask=mask)
+
+        def objective(p, batch):
+            f, _ = forward(p, batch.x, s.activation, slope, mask)
+            return jnp.mean(loss_values(f, batch.y, s.loss))
+
+        def get_batch(t):
+            if s.online:
+                return online_batch(k_batch, t, data.M, s.batch_size, s.core_dim, s.core, traced["bg_train"])
+            if s.batch_size:
+                return minibatch(k_batch, t, data.train, s.batch_size)
+            return data.train
+
+        def step(carry, _):
+            p, opt_state, t, diverged, div_step = carry
+            loss, grads = jax.value_and_grad(objective)(p, get_batch(t))
+            grads = jax.tree_util.tree_map(jnp.multiply, grads, trainable)
+            updates, new_state = tx.update(grads, opt_state, p)
+            # Masking the update too keeps frozen and padded parameters exactly fixed
+            # (decoupled weight decay would otherwise shrink them).
+            new_p = jax.tree_util.tree_map(lambda x, u, m: x + u * m, p, updates, trainable)
+            # A run whose loss or parameters go non-finite stops updating and is flagged;
+            # runs are independent under vmap, so it cannot affect the others.
+            bad = jnp.logical_not(jnp.isfinite(loss) & _all_finite(new_p))
+            newly = bad & ~diverged
+            keep = diverged | bad
+            p = jax.tree_util.tree_map(lambda old, new: jnp.where(keep, old, new), p, new_p)
+            opt_state = jax.tree_util.tree_map(lambda old, new: jnp.where(keep, old, new), opt_state, new_state)
+            div_step = jnp.where(newly, t, div_step)
+            return (p, opt_state, t + 1, keep, div_step), None
+
+        def train_for(carry, n):
+            return carry if n == 0 else jax.lax.scan(step, carry, None, length=n)[0]
+
+        def block(carry, _):
+            carry = train_for(carry, s.log_every)
+            return carry, measure(carry[0])
+
+        carry = (params, tx.init(params), jnp.int32(0), jnp.bool_(False), jnp.int32(-1))
+        first = measure(params)
+        n_blocks, rest = divmod(s.steps, s.log_every)
+        carry, logged = jax.lax.scan(block, carry, None, length=n_blocks)
+        curves = {k: jnp.concatenate([first[k][None], logged[k]]) for k in first}
+        if rest:
+            carry = train_for(carry, rest)
+            last = measure(carry[0])
+            curves = {k: jnp.concatenate([curves[k], last[k][None]]) for k in curves}
+        final = {k: v[-1] for k, v in curves.items()}
+        final["diverged"] = carry[3]
+        final["diverged_step"] = carry[4]
+        return {"curves": curves, "final": final}
+
+    return run
+
+
+@functools.lru_cache(maxsize=None)
+def compiled_batch_run(static: Static):
+    """`jit(vmap(run))` for one static spec, cached so each spec compiles once per process."""
+    return jax.jit(jax.vmap(make_run(static)))
+
+
+@functools.lru_cache(maxsize=None)
+def compiled_single_run(static: Static):
+    return jax.jit(make_run(static))
