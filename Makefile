@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 GRID   ?= quickstart
 
-.PHONY: install test test-all run clean
+.PHONY: install test test-all run sweep plan analyze demo bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,3 +29,11 @@ run: $(STAMP)
 
 clean:
 	rm -rf $(VENV) results .jax_cache
+
+## Train every config of sweeps/grids/$(GRID).toml into results/$(GRID)/ (SCALE=full for the accelerator scale).
+sweep: $(STAMP)
+	$(PY) -m sweeps run $(GRID) $(if $(SCALE),--scale $(SCALE))
+
+## Dry run of a grid: configs, buckets, compiles, chunks, FLOPs, memory.
+plan: $(STAMP)
+	$(PY) -m sweeps plan $(GRID) $(if $(SCALE),--scale $(SCALE))

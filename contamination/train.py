@@ -16,7 +16,7 @@ import optax
 
 from .config import Static
 from .data import Data, make_data, minibatch, online_batch
-from .metrics import evaluate
+from .metrics import METRICS, evaluate
 from .model import Params, forward, init_params, loss_values, neuron_mask, trainable_mask
 
 
@@ -135,6 +135,11 @@ def make_run(static: Static) -> Callable[[dict], dict]:
         return {"curves": curves, "final": final}
 
     return run
+
+
+def metric_names(static: Static) -> tuple[str, ...]:
+    """The metric names a run of this static spec logs (its curves' and final keys, in order)."""
+    return METRICS
 
 
 @functools.lru_cache(maxsize=None)

@@ -1,0 +1,38 @@
+"""Static cost model of one run: FLOPs and peak memory, from its static spec alone."""
+
+from __future__ import annotations
+
+from .config import Static, log_steps
+from .metrics import METRICS
+
+F32 = 4
+
+
+def flops(s: Static) -> float:
+    """Floating-point operations of one run (matmuls of training, data generation and metrics)."""
+    d0, d, m = s.core_dim + s.bg_dim, s.input_dim, s.width
+    nb = s.batch_size or s.n_train
+    n_eval = s.n_train + 2 * s.n_test
+    step = 6 * nb * d * m + 12 * nb * m + 10 * m * d  # forward 2ndm, backward 4ndm; elementwise
+    if s.online:
+        step += 2 * nb * d0 * d  # a fresh batch each step
+    log = 2 * n_eval * d * m + 2 * m * d * d0 + 8 * n_eval * m
+    setup = 2 * n_eval * d0 * d + 4 * d * d0 * d0
+    return float(s.steps * step + len(log_steps(s.steps, s.log_every)) * log + setup)
+
+
+def memory_bytes(s: Static) -> int:
+    """Estimated peak bytes one run holds on a device (data, parameters, optimizer, activations)."""
+    d0, d, m = s.core_dim + s.bg_dim, s.input_dim, s.width
+    nb = s.batch_size or s.n_train
+    data = (s.n_train + 2 * s.n_test) * d + d0 * d + (nb * d if s.batch_size else 0)
+    params = m * d + 3 * m + 1
+    opt_copies = {"sgd": 1, "adam": 2, "adamw": 2}[s.optimizer]
+    # params, grads, updates, new params, masks, and the optimizer's moments
+    param_mem = params * (5 + opt_copies)
+    # forward/backward on a batch: pre-activations, activations, their gradients, an (n, d) grad product
+    acts = 4 * nb * m
+    # metrics: pre-activations and activations on the largest evaluation set
+    evals = 3 * max(s.n_train, s.n_test) * m
+    curves = len(log_steps(s.steps, s.log_every)) * len(METRICS)
+    return int(F32 * (data + param_mem + acts + evals + curves))

@@ -1,0 +1,68 @@
+"""Command line: `python -m sweeps run|plan NAME_OR_PATH [options]`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .grid import GridError, load
+from .plan import PlanError, parse_bytes
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m sweeps", description="Train every config of a grid file.")
+    sub = p.add_subparsers(dest="command", required=True)
+    for name, help_ in (("run", "train the grid and write Parquet tables"),
+                        ("plan", "dry run: configs, buckets, compiles, chunks, FLOPs, memory")):
+        sp = sub.add_parser(name, help=help_)
+        sp.add_argument("grid", help="a grid name in sweeps/grids/ or a path to a .toml file")
+        sp.add_argument("--scale", default=None, help="a named scale of the grid ([scales.NAME]); default: the top level")
+        sp.add_argument("--out", default=None, help="output directory (default: results/NAME or results/NAME-SCALE)")
+        sp.add_argument("--memory-budget", default=None,
+                        help="per-device memory for one chunk, e.g. 2GB (default: half the device, or 1/4 of RAM)")
+        sp.add_argument("--min-efficiency", type=float, default=0.8,
+                        help="pad narrower widths into one program while this share of compute stays useful (0-1)")
+        sp.add_argument("--chunk-size", type=int, default=None, help="force the runs per compiled call")
+        sp.add_argument("--distributed", action="store_true",
+                        help="multi-host: call jax.distributed.initialize(); each process runs a disjoint share")
+        if name == "run":
+            sp.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        grid = load(args.grid, args.scale)
+        budget = parse_bytes(args.memory_budget) if args.memory_budget else None
+        if not 0.0 <= args.min_efficiency <= 1.0:
+            raise PlanError(f"--min-efficiency: must be in [0, 1], got {args.min_efficiency}")
+        if args.chunk_size is not None and args.chunk_size < 1:
+            raise PlanError(f"--chunk-size: must be >= 1, got {args.chunk_size}")
+    except (GridError, PlanError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = Path(args.out) if args.out else Path("results") / (
+        grid.name if grid.scale == "default" else f"{grid.name}-{grid.scale}")
+    if args.distributed:
+        import jax
+        jax.distributed.initialize()
+    from . import engine
+
+    try:
+        if args.command == "plan":
+            print(engine.describe_plan(grid, out, memory_budget=budget, min_efficiency=args.min_efficiency,
+                                       chunk_size=args.chunk_size))
+            return 0
+        summary = engine.run_grid(grid, out, memory_budget=budget, min_efficiency=args.min_efficiency,
+                                  chunk_size=args.chunk_size, progress=not args.no_progress)
+    except PlanError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(summary.line())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
