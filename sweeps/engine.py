@@ -257,7 +257,10 @@ def run_grid(grid: Grid, out: Path, *, memory_budget: int | None = None, min_eff
     dev = device_info()
     all_runs = grid.runs()
     done = done_run_ids(out)
-    pending = share([r for r in all_runs if r.run_id not in done], dev["process_index"], dev["process_count"])
+    # Share first, then skip what is done: the shares stay disjoint and complete even when
+    # each host of a slice sees only its own results directory.
+    mine = share(all_runs, dev["process_index"], dev["process_count"])
+    pending = [r for r in mine if r.run_id not in done]
     budget = memory_budget or default_memory_budget()
     # Planning raises on an impossible budget before anything is written.
     buckets = make_plan(grid, pending, memory_budget=budget, n_devices=len(devices),
@@ -267,7 +270,8 @@ def run_grid(grid: Grid, out: Path, *, memory_budget: int | None = None, min_eff
     provenance = {"grid": grid.name, "scale": grid.scale, "grid_sha256": grid.sha256, "git_commit": git_commit(),
                   "versions": versions(), **dev, "metrics": metric_names(all_runs),
                   "prng": "threefry2x32, keys from sha256 of run content"}
-    invocation = {"started": started, "runs_in_grid": len(all_runs), "already_done": len(all_runs) - len(pending),
+    skipped = len(mine) - len(pending)
+    invocation = {"started": started, "runs_in_grid": len(all_runs), "already_done": skipped,
                   "planned": len(pending), "memory_budget_bytes": budget, "min_efficiency": min_efficiency,
                   "buckets": []}
     manifest_path = out / ("manifest.json" if dev["process_index"] == 0 else f"manifest-p{dev['process_index']}.json")
@@ -324,7 +328,7 @@ def run_grid(grid: Grid, out: Path, *, memory_budget: int | None = None, min_eff
     invocation.update(finished=dt.datetime.now(dt.timezone.utc).isoformat(), seconds=seconds, trained=done_count,
                       runs_per_s=done_count / seconds if seconds > 0 else None)
     write_manifest(manifest_path, grid, provenance, invocation, manifest)
-    return Summary(out, len(all_runs), len(all_runs) - len(pending), done_count, len(buckets), seconds,
+    return Summary(out, len(all_runs), skipped, done_count, len(buckets), seconds,
                    invocation["buckets"])
 
 

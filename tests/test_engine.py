@@ -1,0 +1,315 @@
+"""The sweep engine: expansion, invariance, devices, crash safety, bad input, schema."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from sweeps.__main__ import main as sweeps_main
+from sweeps.engine import recover, run_grid
+from sweeps.grid import load
+
+ROOT = Path(__file__).resolve().parent.parent
+
+TINY = """
+description = "tiny test grid"
+preset = "toy_theory"
+seeds = 3
+
+[fixed]
+core_dim = 4
+bg_dim = 4
+input_dim = 32
+n_train = 64
+n_test = 64
+steps = 40
+log_every = 10
+
+[axes]
+width = [8, 12, 16]
+activation = ["relu", "sigmoid"]
+background = [{label = "shifted", bg_train = [0.0, 1.0]}, {label = "centred", bg_train = [-0.5, 0.5]}]
+"""
+
+
+def write_grid(tmp_path: Path, text: str = TINY, name: str = "tiny") -> Path:
+    p = tmp_path / f"{name}.toml"
+    p.write_text(text)
+    return p
+
+
+def read(out: Path, table: str = "runs") -> pd.DataFrame:
+    return pd.read_parquet(out / table)
+
+
+def metrics_by_run(df: pd.DataFrame) -> pd.DataFrame:
+    cols = ["id_loss", "ood_loss", "id_acc", "ood_acc", "bg_signed", "bg_norm", "core_norm", "act_asym", "train_loss"]
+    return df.set_index("run_id")[cols].sort_index()
+
+
+def assert_same_metrics(a: pd.DataFrame, b: pd.DataFrame, rtol: float = 1e-5) -> None:
+    a, b = metrics_by_run(a), metrics_by_run(b)
+    assert list(a.index) == list(b.index)
+    np.testing.assert_allclose(a.to_numpy(), b.to_numpy(), rtol=rtol, atol=1e-6)
+
+
+# --- 1. expansion ------------------------------------------------------------------
+
+def test_expansion_counts_labels_and_ids(tmp_path):
+    grid = load(str(write_grid(tmp_path)))
+    runs = grid.runs()
+    assert len(runs) == 3 * 2 * 2 * 3
+    assert len({r.run_id for r in runs}) == len(runs)
+    assert len({r.config_id for r in runs}) == 12
+    assert {r.labels["background"] for r in runs} == {"shifted", "centred"}
+    centred = [r for r in runs if r.labels["background"] == "centred"]
+    assert all(r.config.bg_train == (-0.5, 0.5) for r in centred)
+    assert grid.varying_fields == ["bg_train", "width", "activation"]
+    # same seed, same config -> same config_id across seeds
+    by_cfg = {}
+    for r in runs:
+        by_cfg.setdefault(r.config_id, set()).add(r.config.seed)
+    assert all(s == {0, 1, 2} for s in by_cfg.values())
+    # ids are stable across processes (no salted hashing)
+    code = ("import sys; from sweeps.grid import load; "
+            "print('\\n'.join(r.run_id + ' ' + r.config_id for r in load(sys.argv[1]).runs()))")
+    other = subprocess.run([sys.executable, "-c", code, str(tmp_path / "tiny.toml")], capture_output=True,
+                           text=True, check=True, env={**os.environ, "PYTHONHASHSEED": "123"}).stdout.split("\n")
+    assert other[: len(runs)] == [f"{r.run_id} {r.config_id}" for r in runs]
+
+
+def test_scales_override(tmp_path):
+    text = TINY + "\n[scales.big]\nseeds = 5\nfixed = {steps = 80}\naxes = {width = [32]}\n"
+    grid = load(str(write_grid(tmp_path, text)), scale="big")
+    runs = grid.runs()
+    assert len(runs) == 1 * 2 * 2 * 5 and all(r.config.steps == 80 and r.config.width == 32 for r in runs)
+    assert len(load(str(tmp_path / "tiny.toml")).runs()) == 36
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "sweeps" / "grids").glob("*.toml")))
+def test_shipped_grids_load(name):
+    grid = load(name)
+    assert grid.runs() and grid.description
+    for scale in re.findall(r"^\[scales\.(\w+)\]", grid.text, flags=re.M):
+        assert load(name, scale).runs()
+
+
+# --- 2. invariance ------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The tiny grid run once with default planning (padding may merge widths)."""
+    tmp = tmp_path_factory.mktemp("ref")
+    out = tmp / "out"
+    summary = run_grid(load(str(write_grid(tmp))), out, progress=False)
+    return out, summary
+
+
+def test_chunking_and_bucketing_do_not_change_results(reference, tmp_path):
+    ref_out, ref_summary = reference
+    grid = load(str(write_grid(tmp_path)))
+    # no padding (one bucket per width) and chunks of one run
+    s1 = run_grid(grid, tmp_path / "a", min_efficiency=1.0, chunk_size=1, progress=False)
+    # everything of a shape padded into the widest program, odd chunk size
+    s2 = run_grid(grid, tmp_path / "b", min_efficiency=0.0, chunk_size=5, progress=False)
+    assert s1.compiles == 3 * 2 and s2.compiles == 2
+    assert {b["runs"] for b in s1.buckets} == {6} and all(b["padding_efficiency"] == 1.0 for b in s1.buckets)
+    assert any(b["padding_efficiency"] < 1.0 for b in s2.buckets)
+    ref = read(ref_out)
+    assert_same_metrics(read(tmp_path / "a"), ref)
+    assert_same_metrics(read(tmp_path / "b"), ref)
+    ca, cr = read(tmp_path / "a", "curves"), read(ref_out, "curves")
+    key = ["run_id", "step"]
+    ca, cr = ca.sort_values(key).reset_index(drop=True), cr.sort_values(key).reset_index(drop=True)
+    np.testing.assert_allclose(ca["bg_signed"], cr["bg_signed"], rtol=1e-5, atol=1e-6)
+
+
+# --- 3. four devices ------------------------------------------------------------------
+
+FOUR_DEVICES = r"""
+import json, sys
+import jax
+from jax.sharding import Mesh
+import numpy as np
+from sweeps.grid import load
+from sweeps.engine import run_grid, compile_bucket, chunk_inputs, make_plan
+grid = load(sys.argv[1])
+assert len(jax.local_devices()) == 4, jax.local_devices()
+summary = run_grid(grid, __import__("pathlib").Path(sys.argv[2]), progress=False)
+# inspect one chunk's output placement
+mesh = Mesh(np.array(jax.local_devices()), ("cfg",))
+b = make_plan(grid, grid.runs(), memory_budget=2**30, n_devices=4, min_efficiency=0.8)[0]
+compiled, sharding, _ = compile_bucket(b, mesh)
+out = compiled(chunk_inputs(b, b.chunks()[0], sharding))
+leaf = out["final"]["id_loss"]
+print(json.dumps({"chunk": b.chunk_size, "devices": len(leaf.sharding.device_set),
+                  "shards": [list(s.data.shape) for s in leaf.addressable_shards],
+                  "buckets": summary.buckets}))
+"""
+
+
+def test_four_devices_equal_one_device(reference, tmp_path):
+    ref_out, _ = reference
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    grid = write_grid(tmp_path)
+    res = subprocess.run([sys.executable, "-c", FOUR_DEVICES, str(grid), str(tmp_path / "out4")],
+                         capture_output=True, text=True, env=env, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-3000:]
+    info = json.loads(res.stdout.strip().splitlines()[-1])
+    assert info["devices"] == 4
+    assert len(info["shards"]) == 4 and all(s == [info["chunk"] // 4] for s in info["shards"])
+    assert all(b["chunk_size"] % 4 == 0 for b in info["buckets"])
+    assert_same_metrics(read(tmp_path / "out4"), read(ref_out))
+    manifest = json.loads((tmp_path / "out4" / "manifest.json").read_text())
+    assert manifest["local_device_count"] == 4
+
+
+# --- 4. crash safety ------------------------------------------------------------------
+
+def test_sigkill_then_resume_completes_without_duplicates(reference, tmp_path):
+    ref_out, _ = reference
+    grid = write_grid(tmp_path)
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "sweeps", "run", str(grid), "--out", str(out), "--chunk-size", "1",
+           "--no-progress", "--min-efficiency", "1"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if len(list((out / "runs").glob("*.parquet"))) >= 3 if (out / "runs").exists() else False:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial = len(read(out)) if any((out / "runs").glob("*.parquet")) else 0
+    assert 0 < partial < 36, "the kill should land part way"
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert f"{36 - partial} runs trained, {partial} already done" in res.stdout
+    runs, curves = read(out), read(out, "curves")
+    assert len(runs) == 36 and runs["run_id"].is_unique
+    assert len(curves) == 36 * 5 and not curves.duplicated(["run_id", "step"]).any()
+    assert_same_metrics(runs, read(ref_out))
+    assert not list(out.rglob(".tmp-*"))
+
+
+def test_recover_removes_uncommitted_files(tmp_path):
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "curves").mkdir()
+    (tmp_path / "runs" / "a.parquet").write_bytes(b"x")
+    (tmp_path / "curves" / "a.parquet").write_bytes(b"x")
+    (tmp_path / "curves" / "b.parquet").write_bytes(b"x")  # its runs file never landed
+    (tmp_path / "runs" / ".tmp-c.parquet-1").write_bytes(b"x")
+    recover(tmp_path)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a.parquet", "a.parquet", "curves", "runs"]
+
+
+def test_adding_values_runs_only_new_configs(reference, tmp_path):
+    ref_out, _ = reference
+    import shutil
+    out = tmp_path / "out"
+    shutil.copytree(ref_out, out)
+    grid = load(str(write_grid(tmp_path, TINY.replace("width = [8, 12, 16]", "width = [8, 12, 16, 24]"))))
+    s = run_grid(grid, out, progress=False)
+    assert (s.done, s.skipped, s.total) == (12, 36, 48)
+    runs = read(out)
+    assert len(runs) == 48 and runs["run_id"].is_unique
+    again = run_grid(grid, out, progress=False)
+    assert (again.done, again.skipped) == (0, 48)
+    assert len(json.loads((out / "manifest.json").read_text())["invocations"]) == 3
+
+
+# --- 5. bad input -----------------------------------------------------------------
+
+BAD = [
+    ("malformed", "seeds = [1, 2\n", "malformed TOML"),
+    ("unknown top key", TINY.replace("[fixed]", "[fixd]"), "fixd: unknown key (did you mean 'fixed'?)"),
+    ("unknown field", TINY.replace("steps = 40", "stepz = 40"), "fixed.stepz: unknown key (did you mean 'steps'?)"),
+    ("unknown axis field", TINY.replace("width = [8", "widht = [8"), "axes.widht: unknown key (did you mean 'width'?)"),
+    ("wrong type", TINY.replace("steps = 40", 'steps = "forty"'), "fixed.steps: steps: expected an integer"),
+    ("empty axis", TINY.replace("width = [8, 12, 16]", "width = []"), "axes.width: empty axis"),
+    ("unknown preset", TINY.replace('"toy_theory"', '"toy_theroy"'), "preset: unknown preset 'toy_theroy' (did you mean 'toy_theory'?)"),
+    ("unknown value", TINY.replace('"sigmoid"', '"swish"'), "axes.activation: activation: unknown value 'swish'"),
+    ("refused config", TINY.replace("input_dim = 32", "input_dim = 6"), "core_dim + bg_dim = 8 exceeds input_dim = 6"),
+    ("bad seeds", TINY.replace("seeds = 3", "seeds = 0"), "seeds: need at least one seed"),
+    ("bad range", TINY.replace("[-0.5, 0.5]", "[0.5, -0.5]"), "axes.background: bg_train: range low 0.5 > high -0.5"),
+]
+
+
+@pytest.mark.parametrize("case,text,needle", BAD, ids=[b[0] for b in BAD])
+def test_bad_grid_refused_and_nothing_written(case, text, needle, tmp_path, capsys):
+    path = write_grid(tmp_path, text, name="bad")
+    out = tmp_path / "results"
+    assert sweeps_main(["run", str(path), "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and str(path) in err, err
+    assert err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_memory_budget_too_small_and_existing_results_untouched(reference, tmp_path, capsys):
+    import shutil
+    ref_out, _ = reference
+    out = tmp_path / "out"
+    shutil.copytree(ref_out, out)
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    path = write_grid(tmp_path, TINY.replace("width = [8, 12, 16]", "width = [8, 12, 16, 64]"))
+    assert sweeps_main(["run", str(path), "--out", str(out), "--memory-budget", "1KB", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "--memory-budget" in err and "below one run" in err and err.count("\n") == 1
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+    # a bad grid pointed at existing results leaves them untouched too
+    bad = write_grid(tmp_path, TINY.replace('"sigmoid"', '"swish"'), name="bad")
+    assert sweeps_main(["run", str(bad), "--out", str(out)]) == 2
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+
+
+def test_plan_is_a_dry_run(tmp_path, capsys):
+    path = write_grid(tmp_path)
+    out = tmp_path / "out"
+    assert sweeps_main(["plan", str(path), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "12 configs x 3 seeds = 36 runs" in text and "compiled programs" in text and "TFLOP" in text
+    assert not out.exists()
+
+
+# --- 6. schema ---------------------------------------------------------------------
+
+ARROW = {"string": {"string", "large_string"}, "int64": {"int64"}, "float64": {"double"}, "bool": {"bool"}}
+
+
+def documented_schema(table: str) -> dict[str, str]:
+    """Parse the README's `runs` / `curves` column tables: | `column` | dtype | meaning |."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split(f"<!-- schema:{table} -->")[1].split("<!-- /schema -->")[0]
+    return {m.group(1): m.group(2) for m in re.finditer(r"^\| `([^`]+)` \| (\w+) \|", section, flags=re.M)}
+
+
+@pytest.mark.parametrize("table", ["runs", "curves"])
+def test_parquet_schema_matches_readme(reference, table):
+    ref_out, _ = reference
+    doc = documented_schema(table)
+    assert doc, "README documents the schema"
+    files = sorted((ref_out / table).glob("*.parquet"))
+    schema = pq.read_schema(files[0])
+    # the grid's label and axis columns are documented generically
+    generic = {"background"} | ({"bg_train_low", "bg_train_high", "width", "activation"} if table == "curves" else set())
+    actual = {f.name: str(f.type) for f in schema if f.name not in generic}
+    assert set(actual) == set(doc), (set(actual) ^ set(doc))
+    for col, dtype in doc.items():
+        assert actual[col] in ARROW[dtype], (col, actual[col], dtype)
+    assert b"contamination" in schema.metadata
+    df = pd.read_parquet(ref_out / table)
+    for col in ("width", "seed") if table == "runs" else ("width", "step"):
+        assert pd.api.types.is_integer_dtype(df[col])
+    assert pd.api.types.is_float_dtype(df["ood_acc"])
