@@ -38,3 +38,12 @@ sweep: $(STAMP)
 ## Dry run of a grid: configs, buckets, compiles, chunks, FLOPs, memory.
 plan: $(STAMP)
 	$(PY) -m sweeps plan $(GRID) $(if $(SCALE),--scale $(SCALE))
+
+## Figures and report for results/$(GRID): results/$(GRID)/figures/ and results/$(GRID)/report.md.
+analyze: $(STAMP)
+	$(PY) -m analysis report $(GRID)
+
+## The main command: train the quickstart grid and analyze it.
+demo: $(STAMP)
+	$(PY) -m sweeps run quickstart
+	$(PY) -m analysis report quickstart

@@ -1,0 +1,163 @@
+"""Training curves from the long `curves` table: seed means with 95% CI bands against steps
+(or against the rescaled time eta * t / m, where the theory predicts a collapse)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from matplotlib import colormaps
+from matplotlib.lines import Line2D
+
+from .aggregate import aggregate
+from .phase import diverged_note
+from .select import values_of
+from .style import fmt_value, new_figure, plain_log_ticks, short, wrap
+
+PAPER_PANELS = (("id_loss", "ood_loss"), ("core_norm", "bg_norm"))
+BG_PANELS = (("bg_signed",), ("bg_norm",))
+STYLES = ("-", "--", ":", "-.")
+RESCALED = "eta_t_over_m"
+BAND_WORDS = {"std": "± 1 std over seeds", "ci95": "95% CI of the mean"}
+
+
+def curve_table(curves: pd.DataFrame, by: list[str], metrics: list[str], x: str = "step") -> pd.DataFrame:
+    """Seed statistics per (by..., x): as `aggregate`, diverged runs excluded and counted per point."""
+    return aggregate(curves, [*by, x], metrics)
+
+
+def rescaled_time(curves: pd.DataFrame) -> pd.Series:
+    """eta * t / m: the theory's time scales are linear in m / eta (needs lr, width and step columns)."""
+    return curves["lr"] * curves["step"] / curves["width"]
+
+
+GROUP_LABELS = {("id_loss", "ood_loss"): "loss", ("id_acc", "ood_acc"): "accuracy",
+                ("id_margin", "ood_margin"): "margin", ("core_norm", "bg_norm"): "mean projection norm"}
+
+
+def group_label(group) -> str:
+    """A panel's y label: a common name for known pairs, else the metric names, wrapped."""
+    return GROUP_LABELS.get(tuple(group)) or wrap(", ".join(short(m) for m in group), 30)
+
+
+def _colours(n: int, sequential: bool):
+    if sequential and n > 2:
+        cmap = colormaps["viridis"]
+        return [cmap(0.8 * i / (n - 1)) for i in range(n)]  # stop short of viridis' pale yellow
+    cmap = colormaps["tab10"]
+    return [cmap(i % 10) for i in range(n)]
+
+
+def _n_diverged_runs(curves: pd.DataFrame) -> int:
+    if "diverged" not in curves:
+        return 0
+    return int(curves.loc[curves["diverged"].astype(bool), "run_id"].nunique())
+
+
+def curves_figure(curves: pd.DataFrame, panels=PAPER_PANELS, *, hue: str | None = None, row: str | None = None,
+                  x: str = "step", xlabel: str | None = None, averaged: list[str] = (), title: str | None = None,
+                  band: str = "std", logx: bool = False):
+    """A column per panel (a group of metrics told apart by line style), a row per value of `row`,
+    a colour per value of `hue`; lines are seed means, shaded bands ± 1 std (or `band="ci95"`)."""
+    panels = [[m for m in p if m in curves] for p in panels]
+    panels = [p for p in panels if p]
+    metrics = [m for p in panels for m in p]
+    by = [a for a in (row, hue) if a]
+    table = curve_table(curves, by, metrics, x)
+    rows = values_of(table, row) if row else [None]
+    hues = values_of(table, hue) if hue else [None]
+    numeric_hue = hue is not None and pd.api.types.is_numeric_dtype(table[hue])
+    colours = _colours(len(hues), numeric_hue)
+    fig = new_figure(3.9 * len(panels) + (1.6 if hue else 0.3), 2.9 * len(rows) + 0.8)
+    axes = fig.subplots(len(rows), len(panels), squeeze=False, sharex=True)
+    for i, rv in enumerate(rows):
+        sub = table if rv is None else table[table[row] == rv]
+        for j, group in enumerate(panels):
+            ax = axes[i, j]
+            for c, hv in zip(colours, hues):
+                h = sub if hv is None else sub[sub[hue] == hv]
+                h = h.sort_values(x)
+                xs = h[x].to_numpy(dtype=float)
+                keep = xs > 0 if logx else np.ones_like(xs, dtype=bool)
+                for k, m in enumerate(group):
+                    mean = h[f"{m}_mean"].to_numpy(dtype=float)
+                    spread = h[f"{m}_{band}"].fillna(0).to_numpy(dtype=float)
+                    ax.plot(xs[keep], mean[keep], STYLES[k % len(STYLES)], color=c, lw=1.6)
+                    ax.fill_between(xs[keep], (mean - spread)[keep], (mean + spread)[keep], color=c, lw=0,
+                                    alpha=0.18 if len(hues) <= 4 else 0.1)
+            if not np.isfinite(sub[[f"{m}_mean" for m in group]].to_numpy(dtype=float)).any():
+                ax.text(0.5, 0.5, "no runs left: every run diverged", transform=ax.transAxes, ha="center",
+                        va="center", color="0.4")
+                ax.set_yticks([])
+            if logx:
+                ax.set_xscale("log")
+                plain_log_ticks(ax, table[x])
+            ax.set_ylabel(group_label(group))
+            if i == len(rows) - 1:
+                ax.set_xlabel(xlabel or x)
+            head = f"{row} = {fmt_value(rv)}" if rv is not None else ""
+            ax.set_title(head if j == 0 or not head else "")
+            if len(group) > 1:
+                ax.legend([Line2D([], [], color="0.3", ls=STYLES[k % len(STYLES)]) for k in range(len(group))],
+                          [short(m) for m in group], frameon=False, fontsize=8)
+    if hue:
+        fig.legend([Line2D([], [], color=c, lw=2) for c in colours], [fmt_value(v) for v in hues], title=hue,
+                   loc="outside right center", frameon=False)
+    what = BAND_WORDS[band]
+    n_seeds = int(table["n_runs"].min()) if len(table) else 0
+    sub_line = f"lines: mean of {n_seeds} runs (seeds" + (f", pooled over {', '.join(averaged)}" if averaged else "") \
+        + f"); bands: {what}"
+    lines = [title or "Training curves", sub_line]
+    n_div = _n_diverged_runs(curves)
+    if n_div:
+        lines.append(diverged_note(n_div, "curves"))
+    fig.suptitle("\n".join(lines))
+    return fig
+
+
+def collapse_figure(curves: pd.DataFrame, metrics=("bg_signed",), *, averaged: list[str] = (),
+                    title: str | None = None, band: str = "std"):
+    """Each metric against raw steps (left) and against eta * t / m (right), a line per (lr, width):
+    if time scales are linear in m / eta, the right-hand curves fall on one another."""
+    metrics = [m for m in metrics if m in curves]
+    curves = curves.assign(**{RESCALED: rescaled_time(curves)})
+    configs = curves[["lr", "width"]].drop_duplicates()
+    configs = configs.assign(ratio=configs["lr"] / configs["width"]).sort_values(["ratio", "lr"])
+    key = [f"η={fmt_value(lr)}, m={fmt_value(w)}" for lr, w in zip(configs["lr"], configs["width"])]
+    label_of = dict(zip(zip(configs["lr"], configs["width"]), key))
+    curves = curves.assign(config=pd.Categorical([label_of[(a, b)] for a, b in zip(curves["lr"], curves["width"])],
+                                                 categories=key, ordered=True))
+    colours = _colours(len(key), sequential=True)
+    span = configs["ratio"].max() / configs["ratio"].min()
+    logx = bool(span >= 10)
+    fig = new_figure(8.6 + 1.8, 2.9 * len(metrics) + 0.9)
+    axes = fig.subplots(len(metrics), 2, squeeze=False)
+    for i, m in enumerate(metrics):
+        for j, x in enumerate(("step", RESCALED)):
+            table = curve_table(curves, ["config"], [m], x)
+            ax = axes[i, j]
+            for c, cfg in zip(colours, key):
+                h = table[table["config"] == cfg].sort_values(x)
+                xs = h[x].to_numpy(dtype=float)
+                keep = xs > 0 if logx and j == 1 else np.ones_like(xs, dtype=bool)
+                mean, sp = h[f"{m}_mean"].to_numpy(dtype=float), h[f"{m}_{band}"].fillna(0).to_numpy(dtype=float)
+                ax.plot(xs[keep], mean[keep], color=c, lw=1.6)
+                ax.fill_between(xs[keep], (mean - sp)[keep], (mean + sp)[keep], color=c, lw=0,
+                                alpha=0.15 if len(key) <= 4 else 0.08)
+            if logx and j == 1:
+                ax.set_xscale("log")
+                plain_log_ticks(ax, table[x])
+            ax.set_ylabel(short(m))
+            ax.set_xlabel("step t" if j == 0 else "η t / m  (lr × step / width)")
+            if i == 0:
+                ax.set_title("raw steps" if j == 0 else "rescaled time η t / m")
+    fig.legend([Line2D([], [], color=c, lw=2) for c in colours], key, title="lr η, width m",
+               loc="outside right center", frameon=False, fontsize=8)
+    pooled = f" pooled over {', '.join(averaged)}" if averaged else ""
+    lines = [title or "Time-scale collapse: curves against η t / m",
+             f"lines: seed means{pooled}; bands: {BAND_WORDS[band]}"
+             + ("; rescaled time on a log axis (step 0 not shown)" if logx else "")]
+    n_div = _n_diverged_runs(curves)
+    if n_div:
+        lines.append(diverged_note(n_div, "curves"))
+    fig.suptitle("\n".join(lines))
+    return fig

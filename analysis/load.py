@@ -1,0 +1,142 @@
+"""Read a results directory (`runs/`, `curves/`, `manifest.json`) into typed DataFrames.
+
+Numeric axes stay numeric; label columns and string-valued axes become ordered
+categoricals in the grid's order, so groupbys, tables and figures follow the grid file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pandas as pd
+
+RESULTS_ROOT = Path("results")
+RANGE_COLUMNS = {"bg_train": ("bg_train_low", "bg_train_high"), "bg_ood": ("bg_ood_low", "bg_ood_high")}
+DEFAULT_METRICS = ("train_loss", "id_loss", "id_acc", "ood_loss", "ood_acc", "id_margin", "ood_margin",
+                   "core_norm", "bg_norm", "bg_signed", "act_asym")
+# Metrics computed here from logged ones: name -> (inputs, function of the frame).
+DERIVED = {"ood_minus_id_loss": (("ood_loss", "id_loss"), lambda df: df["ood_loss"] - df["id_loss"])}
+
+
+class AnalysisError(ValueError):
+    """A user-caused error (unknown results directory, axis, metric or value): one line."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Results:
+    """One results directory: `runs` (a row per run), `curves` (a row per run and logged step), the manifest."""
+
+    path: Path
+    runs: pd.DataFrame
+    curves: pd.DataFrame
+    manifest: dict
+
+    @property
+    def name(self) -> str:
+        return self.manifest.get("grid") or self.path.name
+
+    @property
+    def axes(self) -> dict[str, list]:
+        """Grid axis name -> values in grid order (labels for table-valued and range axes)."""
+        return {a: _axis_values(a, v) for a, v in self.manifest.get("axes", {}).items()}
+
+    @property
+    def metrics(self) -> list[str]:
+        """Metric columns present in `runs`: the manifest's, then the derived ones."""
+        return metric_columns(self.runs, self.manifest)
+
+    @property
+    def n_diverged(self) -> int:
+        return int(self.runs["diverged"].sum()) if "diverged" in self.runs else 0
+
+
+def resolve(name_or_dir: str | Path) -> Path:
+    """An existing directory is used as-is; a bare NAME means results/NAME."""
+    p = Path(name_or_dir)
+    if p.is_dir():
+        return p
+    q = RESULTS_ROOT / str(name_or_dir)
+    if q.is_dir():
+        return q
+    known = sorted(d.name for d in RESULTS_ROOT.iterdir() if (d / "runs").is_dir()) if RESULTS_ROOT.is_dir() else []
+    looked = str(p) if p == q else f"{p} and {q}"
+    raise AnalysisError(f"{name_or_dir}: no such results directory (looked for {looked}); "
+                        f"results available in {RESULTS_ROOT}/: {', '.join(known) or '(none)'}")
+
+
+def load(name_or_dir: str | Path) -> Results:
+    """Read the runs and curves tables and the manifest of a results directory (NAME means results/NAME)."""
+    path = resolve(name_or_dir)
+    manifest_file = path / "manifest.json"
+    run_files = sorted((path / "runs").glob("*.parquet"))
+    if not run_files:
+        raise AnalysisError(f"{path}: no runs/*.parquet here; train the grid first (python -m sweeps run NAME)")
+    manifest = json.loads(manifest_file.read_text()) if manifest_file.exists() else {}
+    runs = _read(run_files)
+    curves_files = sorted((path / "curves").glob("*.parquet"))
+    curves = _read(curves_files) if curves_files else pd.DataFrame({"run_id": [], "step": []})
+    runs, curves = _typed(runs, manifest), _typed(curves, manifest)
+    if "diverged" in runs and "run_id" in curves:
+        curves["diverged"] = curves["run_id"].map(runs.set_index("run_id")["diverged"]).fillna(False).astype(bool)
+    return Results(path, with_derived(runs), with_derived(curves), manifest)
+
+
+def _read(files: list[Path]) -> pd.DataFrame:
+    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+
+
+def _axis_values(axis: str, values: list) -> list:
+    if axis in RANGE_COLUMNS:
+        return [range_label(*v) for v in values]
+    return list(values)
+
+
+def range_label(low: float, high: float) -> str:
+    return f"[{float(low):g}, {float(high):g}]"
+
+
+def _typed(df: pd.DataFrame, manifest: dict) -> pd.DataFrame:
+    """Range axes get a label column; string axes become ordered categoricals in grid order."""
+    df = df.copy()
+    for axis, values in manifest.get("axes", {}).items():
+        lo_hi = RANGE_COLUMNS.get(axis)
+        if axis not in df and lo_hi and all(c in df for c in lo_hi):
+            df[axis] = [range_label(lo, hi) for lo, hi in zip(df[lo_hi[0]], df[lo_hi[1]])]
+        if axis not in df:
+            continue
+        order = _axis_values(axis, values)
+        if all(isinstance(v, str) for v in order):
+            extra = [v for v in pd.unique(df[axis].astype(str)) if v not in order]
+            df[axis] = pd.Categorical(df[axis].astype(str), categories=order + extra, ordered=True)
+    return df
+
+
+def with_derived(df: pd.DataFrame) -> pd.DataFrame:
+    """Add the derived metric columns (e.g. ood_minus_id_loss) whose inputs are present."""
+    for name, (inputs, fn) in DERIVED.items():
+        if name not in df and all(c in df for c in inputs):
+            df[name] = fn(df)
+    return df
+
+
+def metric_columns(df: pd.DataFrame, manifest: dict | None = None) -> list[str]:
+    """The metric columns of a table: the manifest's list (or the defaults), then the derived ones."""
+    names = list((manifest or {}).get("metrics") or DEFAULT_METRICS) + list(DERIVED)
+    return [m for m in dict.fromkeys(names) if m in df]
+
+
+def axis_names(results: Results) -> list[str]:
+    """Names usable as plot axes: the grid's axes, then the other varying config columns."""
+    names = [a for a in results.axes if a in results.runs]
+    names += [c for c in results.manifest.get("axis_columns", []) if c not in names and c in results.runs]
+    return names
+
+
+def attach(curves: pd.DataFrame, runs: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """Curves with run-level columns (e.g. lr, width when they are fixed) joined on run_id."""
+    missing = [c for c in columns if c not in curves]
+    if not missing:
+        return curves
+    return curves.merge(runs[["run_id", *missing]], on="run_id", how="left")

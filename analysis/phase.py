@@ -1,0 +1,178 @@
+"""Phase diagrams: a metric's seed mean over two grid axes as an annotated heatmap (faceted
+over a third), and metrics against a single axis as lines with 95% CI error bars."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+from matplotlib import colormaps
+from matplotlib.colors import Normalize
+
+from .aggregate import aggregate, long_stats
+from .select import values_of
+from .style import (ACCURACY, SIGNED, axis_label, fmt, fmt_value, is_geometric, label, new_figure, short, text_colour,
+                    plain_log_ticks, tick_labels, wide_positive, wrap)
+
+DEFAULT_PANELS = (("id_acc", "ood_acc"), ("id_loss", "ood_loss"), ("bg_signed",), ("act_asym",))
+
+
+def phase_table(runs: pd.DataFrame, x: str, y: str, metric: str, facet: str | None = None) -> pd.DataFrame:
+    """One row per (facet, y, x) cell: n_runs, n_diverged, n, mean, std, ci95 of `metric`.
+
+    Runs at every value of the axes not named are pooled, i.e. averaged over.
+    """
+    by = [a for a in (facet, y, x) if a]
+    return long_stats(aggregate(runs, by, [metric]), metric)
+
+
+def _norm(metric: str, values: np.ndarray) -> tuple[Normalize, str]:
+    finite = values[np.isfinite(values)]
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    if metric in ACCURACY:
+        return Normalize(min(lo, 0.5), max(hi, 1.0)), "viridis"
+    if metric in SIGNED and lo < 0 < hi:
+        m = max(-lo, hi)
+        return Normalize(-m, m), "RdBu_r"
+    if hi - lo < 1e-12 * max(1.0, abs(hi)):
+        lo, hi = lo - 0.5 * max(abs(lo), 1e-3), hi + 0.5 * max(abs(hi), 1e-3)
+    return Normalize(lo, hi), "viridis"
+
+
+def _subtitle(table: pd.DataFrame, averaged: list[str], where: dict | None) -> str:
+    n = table.loc[table["n_runs"] > 0, "n_runs"]
+    if n.empty:
+        return "no runs"
+    per = f"{int(n.min())}" if n.min() == n.max() else f"{int(n.min())}–{int(n.max())}"
+    parts = [f"mean ± 95% CI of {per} runs per cell (seeds"
+             + (f", pooled over {', '.join(averaged)})" if averaged else ")")]
+    if where:
+        parts.append("at " + ", ".join(f"{k} = {fmt_value(v)}" for k, v in where.items()))
+    return "; ".join(parts)
+
+
+def diverged_note(n_diverged: int, what: str = "means") -> str:
+    """The sentence every figure and table with diverged runs carries."""
+    s = "" if n_diverged == 1 else "s"
+    return f"{n_diverged} diverged run{s} excluded from the {what}"
+
+
+def phase_figure(table: pd.DataFrame, x: str, y: str, metric: str, facet: str | None = None, *,
+                 averaged: list[str] = (), where: dict | None = None, title: str | None = None):
+    """An annotated heatmap per facet value, one shared colour bar; cells with diverged runs marked '†'."""
+    xs, ys = values_of(table, x), values_of(table, y)
+    facets = values_of(table, facet) if facet else [None]
+    ncols = min(len(facets), 4)
+    nrows = math.ceil(len(facets) / ncols)
+    xt, yt = tick_labels(xs, 12), tick_labels(ys, 18)
+    x_lines = max(t.count("\n") + 1 for t in xt)
+    y_chars = max(len(line) for t in yt for line in t.split("\n"))
+    # Inches: cells big enough for two lines of text, room for the y tick labels of the first column.
+    panel_w = max(2.4, 0.95 * len(xs) + 0.5)
+    panel_h = max(2.2, max(0.6, 0.16 * max(t.count("\n") + 1 for t in yt)) * len(ys) + 0.9 + 0.15 * x_lines)
+    w = ncols * panel_w + 0.07 * y_chars + 0.6 + 1.4
+    h = nrows * panel_h + 1.0
+    fig = new_figure(w, h)
+    axes = fig.subplots(nrows, ncols, squeeze=False, sharey=True)
+    norm, cmap_name = _norm(metric, table["mean"].to_numpy(dtype=float))
+    cmap = colormaps[cmap_name].with_extremes(bad="#d9d9d9")
+    fontsize = 9 if len(xs) <= 6 else 7
+    im = None
+    for k, ax in enumerate(axes.flat):
+        if k >= len(facets):
+            ax.set_visible(False)
+            continue
+        f = facets[k]
+        sub = table if f is None else table[table[facet] == f]
+        cells = {(r[y], r[x]): r for _, r in sub.iterrows()}
+        z = np.full((len(ys), len(xs)), np.nan)
+        for i, yv in enumerate(ys):
+            for j, xv in enumerate(xs):
+                r = cells.get((yv, xv))
+                if r is not None:
+                    z[i, j] = r["mean"]
+        im = ax.imshow(np.ma.masked_invalid(z), origin="lower", aspect="auto", cmap=cmap, norm=norm,
+                       interpolation="nearest")
+        for i, yv in enumerate(ys):
+            for j, xv in enumerate(xs):
+                r = cells.get((yv, xv))
+                ax.text(j, i, _cell_text(r), ha="center", va="center", fontsize=fontsize,
+                        color="black" if not np.isfinite(z[i, j]) else text_colour(cmap(norm(z[i, j]))))
+        ax.set_xticks(range(len(xs)), xt)
+        ax.set_yticks(range(len(ys)), yt)
+        ax.tick_params(length=0)
+        ax.set_xlabel(axis_label(x, xs))
+        if k % ncols == 0:
+            ax.set_ylabel(axis_label(y, ys))
+        ax.spines[:].set_visible(False)
+        if f is not None:
+            ax.set_title(f"{facet} = {fmt_value(f)}")
+    cbar = fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.9, aspect=25)
+    cbar.set_label(wrap(short(metric), 22))
+    cbar.formatter.set_useOffset(False)
+    lines = [title or f"{label(metric)} over {x} × {y}" + (f", by {facet}" if facet else ""),
+             _subtitle(table, list(averaged), where)]
+    n_div = int(table["n_diverged"].sum())
+    if n_div:
+        lines.append(f"† {diverged_note(n_div)} (grey: every run of the cell diverged)")
+    fig.suptitle("\n".join(lines))
+    return fig
+
+
+def _cell_text(r) -> str:
+    if r is None or r["n_runs"] == 0:
+        return "no runs"
+    if r["n"] == 0:
+        return f"all {int(r['n_runs'])}\ndiverged †"
+    dag = f" †{int(r['n_diverged'])}" if r["n_diverged"] else ""
+    ci = f"\n±{fmt(r['ci95'])}" if np.isfinite(r["ci95"]) else ""
+    return f"{fmt(r['mean'])}{dag}{ci}"
+
+
+def line_figure(runs: pd.DataFrame, x: str, panels=DEFAULT_PANELS, *, averaged: list[str] = (),
+                title: str | None = None):
+    """Metrics against one axis: a panel per group of metrics, seed mean with 95% CI error bars."""
+    panels = [[m for m in p if m in runs] for p in panels]
+    panels = [p for p in panels if p]
+    metrics = [m for p in panels for m in p]
+    table = aggregate(runs, [x], metrics)
+    xs = values_of(table, x)
+    numeric = pd.api.types.is_numeric_dtype(table[x]) and not pd.api.types.is_bool_dtype(table[x])
+    pos = np.asarray(xs, dtype=float) if numeric else np.arange(len(xs))
+    fig = new_figure(3.4 * len(panels) + 0.4, 3.3)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    row = table.set_index(x).reindex(xs)
+    lost = pos[(row["n"] == 0).to_numpy()]
+    for ax, group in zip(axes, panels):
+        for k, m in enumerate(group):
+            ax.errorbar(pos, row[f"{m}_mean"], yerr=row[f"{m}_ci95"].fillna(0), marker="o", capsize=3,
+                        linestyle="-" if k == 0 else "--", label=short(m))
+        for p in lost:  # every run at this value diverged: say so where the point would be
+            ax.axvline(p, color="0.75", ls=":", lw=1)
+            ax.text(p, 0.5, "all diverged", transform=ax.get_xaxis_transform(), rotation=90, ha="right",
+                    va="center", color="0.45", fontsize=8)
+        log = numeric and (is_geometric(xs) or wide_positive(xs))
+        if log:
+            ax.set_xscale("log")
+            plain_log_ticks(ax, xs)
+        if not numeric or is_geometric(xs):  # label every grid value where they are evenly spaced
+            ax.set_xticks(pos, [fmt_value(v) for v in xs])
+            ax.minorticks_off()
+        if numeric:
+            ax.margins(x=0.08)
+        if not numeric:
+            ax.set_xlim(-0.5, len(xs) - 0.5)
+        ax.set_xlabel(f"{x} (log scale)" if log else x)
+        ax.set_ylabel(short(group[0]) if len(group) == 1 else ", ".join(short(m) for m in group))
+        if len(group) > 1:
+            ax.legend(frameon=False)
+    n = table["n_runs"]
+    lines = [title or f"Final metrics against {x}",
+             f"mean ± 95% CI of {int(n.min())} runs per point"
+             + (f", pooled over {', '.join(averaged)}" if averaged else "")]
+    n_div = int(table["n_diverged"].sum())
+    if n_div:
+        lines.append(diverged_note(n_div))
+    fig.suptitle("\n".join(lines))
+    return fig

@@ -1,0 +1,201 @@
+"""The report of one results directory: figures chosen from the grid's axes, a headline table
+and the manifest's provenance, written as `figures/*.png|svg`, `summary.csv` and `report.md`."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .aggregate import aggregate
+from .curves import BG_PANELS, PAPER_PANELS, collapse_figure, curves_figure
+from .load import Results, attach
+from .phase import diverged_note, line_figure, phase_figure, phase_table
+from .style import fmt, fmt_value, label, save
+
+HEADLINE = ("id_acc", "ood_acc", "id_loss", "ood_loss", "bg_signed", "act_asym")
+PHASE_METRICS = ("ood_acc", "ood_minus_id_loss", "bg_signed")
+COLLAPSE_METRICS = ("bg_signed", "ood_minus_id_loss")
+MAX_ROWS = 6  # more values than this on an axis: pool it rather than draw a row per value
+
+
+@dataclasses.dataclass
+class Panel:
+    """A figure of the report: file stem (under figures/), section, caption and the Figure."""
+
+    stem: str
+    section: str
+    caption: str
+    figure: object
+
+
+def phase_stem(metric: str, x: str, y: str, facet: str | None = None) -> str:
+    return f"phase_{metric}_{x}_{y}" + (f"_by_{facet}" if facet else "")
+
+
+def varying_axes(results: Results) -> list[str]:
+    """Grid axes (in grid order) that take more than one value in the runs table."""
+    return [a for a in results.axes if a in results.runs and results.runs[a].nunique(dropna=True) > 1]
+
+
+def _rest(axes: list[str], *used) -> list[str]:
+    return [a for a in axes if a not in used]
+
+
+def build_figures(results: Results) -> list[Panel]:
+    """Phase diagrams (or metric lines for a single axis) and training curves suited to the grid's axes."""
+    runs, curves, axes = results.runs, results.curves, varying_axes(results)
+    out: list[Panel] = []
+    if len(axes) >= 2:
+        x, y = axes[0], axes[1]
+        facet = axes[2] if len(axes) >= 3 else None
+        averaged = _rest(axes, x, y, facet)
+        for m in [m for m in PHASE_METRICS if m in runs]:
+            table = phase_table(runs, x, y, m, facet)
+            out.append(Panel(phase_stem(m, x, y, facet), "Phase diagrams",
+                             f"{label(m)} over {x} × {y}" + (f", by {facet}" if facet else "")
+                             + (f"; pooled over {', '.join(averaged)}" if averaged else ""),
+                             phase_figure(table, x, y, m, facet, averaged=averaged)))
+    elif len(axes) == 1:
+        out.append(Panel(f"metrics_vs_{axes[0]}", "Final metrics", f"final metrics against {axes[0]}",
+                         line_figure(runs, axes[0])))
+    if len(curves) and "step" in curves:
+        hue = axes[0] if axes else None
+        row = axes[1] if len(axes) >= 2 and curves[axes[1]].nunique() <= MAX_ROWS else None
+        averaged = _rest(axes, hue, row)
+        out.append(Panel("curves_loss_norm", "Training curves",
+                         "ID and OOD loss (left) and core and background projection norms (right) against steps",
+                         curves_figure(curves, PAPER_PANELS, hue=hue, row=row, averaged=averaged,
+                                       title="Losses and feature norms against steps")))
+        if "activation" in axes:
+            others = _rest(axes, "activation")
+            row = others[0] if others and curves[others[0]].nunique() <= MAX_ROWS else None
+            out.append(Panel("curves_background_by_activation", "Training curves",
+                             "background projection, signed and norm, by activation",
+                             curves_figure(curves, BG_PANELS, hue="activation", row=row,
+                                           averaged=_rest(others, row),
+                                           title="Background projection by activation")))
+        if {"lr", "width"} & set(axes) and {"lr", "width"} <= set(runs):
+            c = attach(curves, runs, ["lr", "width"])
+            out.append(Panel("collapse_eta_t_over_m", "Training curves",
+                             "curves against raw steps and against η t / m (lr × step / width): the theory's time "
+                             "scales are linear in m / η, so the right-hand curves should collapse",
+                             collapse_figure(c, COLLAPSE_METRICS, averaged=_rest(axes, "lr", "width"))))
+    return out
+
+
+# --- markdown -------------------------------------------------------------------------
+
+def _md_table(df: pd.DataFrame) -> str:
+    cols = [str(c) for c in df.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for row in df.itertuples(index=False):
+        lines.append("| " + " | ".join(_cell(v) for v in row) + " |")
+    return "\n".join(lines)
+
+
+def _cell(v) -> str:
+    if isinstance(v, str):
+        return v.replace("|", "\\|")
+    return fmt_value(v)
+
+
+def headline_table(runs: pd.DataFrame, axes: list[str], metrics=HEADLINE) -> pd.DataFrame:
+    """Per config: 'mean ± CI' strings of the headline metrics, then n and n_diverged."""
+    metrics = [m for m in metrics if m in runs]
+    agg = aggregate(runs, axes, metrics)
+    out = agg[axes].copy() if axes else pd.DataFrame(index=agg.index)
+    for m in metrics:
+        mean, ci = agg[f"{m}_mean"], agg[f"{m}_ci95"]
+        out[m] = [fmt(a) + (f" ± {fmt(b)}" if np.isfinite(b) else "") for a, b in zip(mean, ci)]
+    out["n"] = agg["n"]
+    out["n_diverged"] = agg["n_diverged"]
+    return out
+
+
+def _timing(manifest: dict) -> list[str]:
+    lines = []
+    for k, inv in enumerate(manifest.get("invocations", []), 1):
+        buckets = inv.get("buckets", [])
+        compile_s = sum(b.get("compile_s") or 0 for b in buckets)
+        run_s = sum(b.get("run_s") or 0 for b in buckets)
+        secs = inv.get("seconds")
+        rate = inv.get("runs_per_s")
+        lines.append(f"- invocation {k}: started {inv.get('started', '?')}, "
+                     + (f"{secs:.1f} s wall, " if secs is not None else "unfinished, ")
+                     + f"{inv.get('trained', 0)} runs trained ({inv.get('already_done', 0)} already done), "
+                     + f"{len(buckets)} compiled programs ({compile_s:.1f} s compiling, {run_s:.1f} s running)"
+                     + (f", {rate:.1f} runs/s" if rate else ""))
+    return lines or ["- (no invocation recorded in the manifest)"]
+
+
+def render(results: Results, panels: list[tuple[Panel, list[Path]]], out_dir: Path, summary_csv: Path | None) -> str:
+    """The markdown of report.md; links are relative to `out_dir`."""
+    m, runs, axes = results.manifest, results.runs, varying_axes(results)
+    n_runs, n_cfg = len(runs), runs["config_id"].nunique() if "config_id" in runs else len(runs)
+    n_div = results.n_diverged
+    seeds = m.get("seeds") or sorted(runs["seed"].unique().tolist())
+    scale = m.get("scale")
+    lines = [f"# Report: {results.name}" + (f" ({scale} scale)" if scale not in (None, "default") else ""),
+             "", m.get("description") or "", "", "## What was run", "",
+             f"- grid: `{m.get('grid', results.name)}`" + (f", scale `{m.get('scale')}`" if m.get("scale") else "")
+             + (f", preset `{m['preset']}`" if m.get("preset") else ""),
+             f"- {n_cfg} configs × {len(seeds)} seeds ({', '.join(map(str, seeds))}) = {n_runs} runs in the tables"
+             + (f"; **{diverged_note(n_div, 'statistics')}**" if n_div else "; none diverged")]
+    for a, vals in results.axes.items():
+        lines.append(f"- axis `{a}`: " + ", ".join(f"`{fmt_value(v)}`" for v in vals))
+    if m.get("fixed"):
+        lines.append("- fixed: " + ", ".join(f"`{k} = {v}`" for k, v in m["fixed"].items()))
+    if m.get("device_kind"):
+        lines.append(f"- device: {m.get('device_count', '?')} × {m['device_kind']} ({m.get('backend', '?')} backend)")
+    lines += ["", "Timing:", "", *_timing(m), ""]
+    if m.get("grid_text"):
+        lines += ["<details><summary>Grid file</summary>", "", "```toml", m["grid_text"].rstrip(), "```", "",
+                  "</details>", ""]
+    lines += ["## Headline table", "",
+              "Final metrics per config: mean ± 95% confidence half-width (t distribution) over seeds; "
+              "`n` runs entered the statistics, `n_diverged` diverged and were left out.", "",
+              _md_table(headline_table(runs, [a for a in results.axes if a in runs])), ""]
+    if summary_csv is not None:
+        lines += [f"Every metric's mean, std, CI and counts per config: [{summary_csv.name}]"
+                  f"({summary_csv.relative_to(out_dir).as_posix()}).", ""]
+    if n_div:
+        cols = [c for c in (*results.axes, "seed", "diverged_step") if c in runs]
+        lines += ["Diverged runs (left out of every mean, band and table):", "",
+                  _md_table(runs.loc[runs["diverged"].astype(bool), cols].head(50)), ""]
+    section = None
+    for panel, paths in panels:
+        if panel.section != section:
+            section = panel.section
+            lines += [f"## {section}", ""]
+        png = next(p for p in paths if p.suffix == ".png")
+        rel = lambda p: p.relative_to(out_dir).as_posix()  # noqa: E731
+        others = " · ".join(f"[{p.suffix[1:]}]({rel(p)})" for p in paths if p != png)
+        lines += [f"![{panel.caption}]({rel(png)})", "", f"*{panel.caption}.* {others}".rstrip(), ""]
+    v = m.get("versions", {})
+    lines += ["## Provenance", "",
+              f"- results: `{results.path}` ({len(list((results.path / 'runs').glob('*.parquet')))} runs files, "
+              f"{len(list((results.path / 'curves').glob('*.parquet')))} curves files)",
+              f"- git commit: `{m.get('git_commit') or 'unknown'}`",
+              f"- grid file: `{m.get('path', '?')}`, sha256 `{m.get('grid_sha256', '?')}`",
+              "- versions: " + (", ".join(f"{k} {val}" for k, val in v.items()) or "unknown"),
+              f"- randomness: {m.get('prng', 'unknown')}",
+              f"- report written {dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')} "
+              "by `python -m analysis report`", ""]
+    return "\n".join(lines)
+
+
+def write_report(results: Results, out_dir: Path | None = None, formats=("png", "svg")) -> Path:
+    """Write figures/*.{png,svg}, summary.csv and report.md into `out_dir` (default: the results directory)."""
+    out_dir = Path(out_dir or results.path)
+    fig_dir = out_dir / "figures"
+    saved = [(p, save(p.figure, fig_dir / p.stem, formats)) for p in build_figures(results)]
+    summary = out_dir / "summary.csv"
+    axes = [a for a in results.axes if a in results.runs]
+    aggregate(results.runs, axes, results.metrics).to_csv(summary, index=False)
+    report = out_dir / "report.md"
+    report.write_text(render(results, saved, out_dir, summary))
+    return report

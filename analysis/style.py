@@ -1,0 +1,152 @@
+"""Shared figure conventions: the Agg backend, metric names in words, number formats, saving."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, never a window (figures are built as bare `Figure`s anyway)
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+LABELS = {
+    "train_loss": "training loss",
+    "id_loss": "ID loss", "ood_loss": "OOD loss",
+    "id_acc": "ID accuracy", "ood_acc": "OOD accuracy",
+    "id_margin": "ID margin", "ood_margin": "OOD margin",
+    "core_norm": "core projection norm", "bg_norm": "background projection norm",
+    "bg_signed": "signed background projection", "act_asym": "activation asymmetry",
+    "ood_minus_id_loss": "OOD loss − ID loss",
+    "step": "step",
+}
+# Metrics whose sign matters: a diverging colour map centred on zero when the data cross it.
+SIGNED = {"bg_signed", "ood_minus_id_loss", "id_margin", "ood_margin"}
+ACCURACY = {"id_acc", "ood_acc"}
+
+matplotlib.rcParams.update({"figure.dpi": 110, "savefig.dpi": 150, "axes.grid": False, "font.size": 10,
+                     "axes.titlesize": 10, "figure.titlesize": 12, "svg.fonttype": "none",
+                     "axes.spines.top": False, "axes.spines.right": False})
+
+
+def label(metric: str) -> str:
+    """A metric's name in words, with its column name: 'OOD accuracy (ood_acc)'."""
+    words = LABELS.get(metric)
+    return f"{words} ({metric})" if words and words != metric else metric
+
+
+def short(metric: str) -> str:
+    return LABELS.get(metric, metric)
+
+
+def fmt(v: float) -> str:
+    """A compact number for cell annotations and tables."""
+    if v is None or not np.isfinite(v):
+        return "–"
+    a = abs(v)
+    if a == 0:
+        return "0"
+    if 0.01 <= a < 10:
+        return f"{v:.3f}"
+    if 10 <= a < 1000:
+        return f"{v:.1f}"
+    return f"{v:.2g}"
+
+
+def fmt_value(v) -> str:
+    """An axis value as a tick label: numbers as %g, everything else as its string."""
+    if isinstance(v, (bool, np.bool_)):
+        return str(bool(v)).lower()
+    if isinstance(v, (int, float, np.integer, np.floating)):
+        return f"{v:g}"
+    return str(v)
+
+
+def wrap(text: str, width: int = 16) -> str:
+    """Break a long tick label at commas or spaces into lines of about `width` characters."""
+    if len(text) <= width:
+        return text
+    parts = re.split(r"(?<=[, ])", text)
+    lines, cur = [], ""
+    for p in parts:
+        if cur and len(cur) + len(p) > width:
+            lines.append(cur.rstrip())
+            cur = ""
+        cur += p
+    lines.append(cur.rstrip())
+    return "\n".join(lines)
+
+
+def tick_labels(values, width: int = 16) -> list[str]:
+    return [wrap(fmt_value(v), width) for v in values]
+
+
+def is_geometric(values) -> bool:
+    """Numeric, at least three, all positive, and a constant ratio between neighbours (e.g. widths 16..512)."""
+    try:
+        v = np.sort(np.asarray(pd.unique(pd.Series(list(values))), dtype=float))
+    except (TypeError, ValueError):
+        return False
+    if len(v) < 3 or np.any(v <= 0):
+        return False
+    r = np.diff(np.log(v))
+    return bool(np.all(r > 0) and np.allclose(r, r[0], rtol=1e-3))
+
+
+def wide_positive(values, span: float = 20.0) -> bool:
+    """Numeric, all positive and spanning at least `span`x: drawn on a log axis in line plots."""
+    try:
+        v = np.asarray(list(values), dtype=float)
+    except (TypeError, ValueError):
+        return False
+    return bool(len(v) >= 2 and np.all(v > 0) and v.max() / v.min() >= span)
+
+
+def plain_log_ticks(ax, values) -> None:
+    """Log x axis labelled with plain numbers at 1-2-5 steps (powers of ten over wide ranges), no minor labels."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v) & (v > 0)]
+    decades = np.log10(v.max() / v.min()) if v.size else 0.0
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0,) if decades > 1.6 else (1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def axis_label(axis: str, values) -> str:
+    return f"{axis} (log scale)" if is_geometric(values) else axis
+
+
+def text_colour(rgba) -> str:
+    """Black on light cells, white on dark ones (perceived luminance)."""
+    r, g, b = rgba[:3]
+    return "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white"
+
+
+def save(fig, stem: Path, formats=("png", "svg")) -> list[Path]:
+    """Write `stem.FORMAT` for each format; return the paths."""
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for f in formats:
+        p = stem.with_suffix(f".{f}")
+        fig.savefig(p, bbox_inches="tight")
+        paths.append(p)
+    return paths
+
+
+def save_as(fig, path: Path) -> Path:
+    """Write one file, its format from the suffix."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, bbox_inches="tight")
+    return path
+
+
+def new_figure(width: float, height: float) -> Figure:
+    """A bare Figure (no pyplot state to leak between calls) with constrained layout."""
+    return Figure(figsize=(width, height), layout="constrained")
