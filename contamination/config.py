@@ -29,6 +29,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "init": ("torch", "theory"),
     "loss": ("logistic", "hinge", "mse"),
     "optimizer": ("sgd", "adam", "adamw"),
+    "experiment": ("classify", "distill"),
+    "teacher": ("core", "trained"),
 }
 
 
@@ -61,6 +63,16 @@ class Config:
     steps: int = 20000
     log_every: int = 1000
     seed: int = 0
+    # Which experiment: `classify` (train the network on labels) or `distill` (train it as a
+    # student on a teacher's representation, then probe both; contamination/distill.py).
+    # The remaining fields only matter to `distill`.
+    experiment: str = "classify"
+    rep_dim: int = 64
+    teacher: str = "core"
+    teacher_bias: float = 3.0
+    teacher_steps: int = 2000
+    teacher_lr: float = 1e-2
+    probe_ridge: float = 1e-4
 
     def replace(self, **changes: Any) -> "Config":
         return from_dict({**self.to_dict(), **changes})
@@ -102,6 +114,20 @@ PRESETS: dict[str, dict[str, Any]] = {
         "bias": False, "output": "frozen_random", "init": "theory", "loss": "hinge",
         "optimizer": "sgd", "momentum": 0.0, "lr": 8.0, "weight_decay": 1e-3,
         "steps": 2000, "log_every": 100,
+    },
+    # Representation distillation, simulated (PAPER.md section 5; contamination/distill.py).
+    # Teacher (`core`, constructed): phi_T(x) = ReLU(W_T x + b_T), rep_dim = 64 units whose rows
+    # lie in the core subspace, so it cannot see the background; biases 3 * N(0, 1) (without
+    # them, teacher_bias = 0, the student needs no offsets and is barely contaminated). The
+    # `trained` teacher is learned instead: a ReLU network of width rep_dim trained on the
+    # labels from the core coordinates only. Student: the config's two-layer network with a
+    # linear read-out to R^rep_dim, trained by Adam (lr 1e-3, no weight decay) on the MSE to
+    # phi_T over ID inputs, no labels; ridge probes on ID labels read both representations.
+    # Reference data (non-linear core, 32 + 32 features in d = 256, n = 1000, full batch);
+    # at width 256, 5000 steps fit the student ID to ~1% of the teacher's variance.
+    "distill": {
+        "experiment": "distill", "optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0,
+        "steps": 5000, "log_every": 500,
     },
 }
 
@@ -157,7 +183,8 @@ def check_field(name: str) -> None:
 
 def validate(cfg: Config) -> Config:
     """Cross-field checks; raises ConfigError with a one-line message."""
-    for name in ("width", "core_dim", "bg_dim", "input_dim", "n_train", "n_test", "steps", "log_every"):
+    for name in ("width", "core_dim", "bg_dim", "input_dim", "n_train", "n_test", "steps", "log_every", "rep_dim",
+                 "teacher_steps"):
         if getattr(cfg, name) <= 0:
             raise ConfigError(f"{name}: must be a positive integer, got {getattr(cfg, name)}")
     if cfg.batch_size < 0:
@@ -180,6 +207,12 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"momentum: must be in [0, 1), got {cfg.momentum}")
     if cfg.init_scale <= 0:
         raise ConfigError(f"init_scale: must be > 0, got {cfg.init_scale}")
+    if cfg.teacher_bias < 0:
+        raise ConfigError(f"teacher_bias: must be >= 0 (scale of the core teacher's biases), got {cfg.teacher_bias}")
+    if cfg.teacher_lr <= 0:
+        raise ConfigError(f"teacher_lr: must be > 0, got {cfg.teacher_lr}")
+    if cfg.probe_ridge <= 0:
+        raise ConfigError(f"probe_ridge: must be > 0 (relative ridge of the linear probes), got {cfg.probe_ridge}")
     if cfg.seed < 0 or cfg.seed >= 2**63:
         raise ConfigError(f"seed: must be in [0, 2^63), got {cfg.seed}")
     return cfg
@@ -248,10 +281,15 @@ class Static(NamedTuple):
     optimizer: str
     steps: int
     log_every: int
+    experiment: str
+    rep_dim: int
+    teacher: str
+    teacher_steps: int
 
 
 STATIC_FIELDS = Static._fields
-TRACED_FIELDS = ("lr", "weight_decay", "momentum", "leaky_slope", "init_scale", "bg_train", "bg_ood", "seed")
+TRACED_FIELDS = ("lr", "weight_decay", "momentum", "leaky_slope", "init_scale", "bg_train", "bg_ood", "seed",
+                 "teacher_bias", "teacher_lr", "probe_ridge")
 # A config's width may be padded up to its bucket's; the true width is then traced.
 assert set(STATIC_FIELDS) | set(TRACED_FIELDS) == set(FIELDS)
 
@@ -300,6 +338,9 @@ def traced_values(cfg: Config) -> dict[str, np.ndarray]:
         "init_scale": f32(cfg.init_scale),
         "bg_train": np.array(cfg.bg_train, dtype=f32),
         "bg_ood": np.array(cfg.bg_ood, dtype=f32),
+        "teacher_bias": f32(cfg.teacher_bias),
+        "teacher_lr": f32(cfg.teacher_lr),
+        "probe_ridge": f32(cfg.probe_ridge),
     }
 
 
@@ -309,13 +350,27 @@ def stack_traced(cfgs: list[Config]) -> dict[str, np.ndarray]:
     return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 
 
+# Fields added with the distillation experiment. A `classify` run leaves them out of its ids,
+# so its ids are what they were before these fields existed (results directories written
+# earlier resume without re-running or duplicating a run), and they cannot matter to it.
+DISTILL_FIELDS = ("experiment", "rep_dim", "teacher", "teacher_bias", "teacher_steps", "teacher_lr", "probe_ridge")
+
+
+def _id_dict(cfg: Config) -> dict[str, Any]:
+    d = cfg.to_dict()
+    if cfg.experiment == "classify":
+        for f in DISTILL_FIELDS:
+            d.pop(f)
+    return d
+
+
 def config_id(cfg: Config) -> str:
     """Stable id of a config without its seed."""
-    d = cfg.to_dict()
+    d = _id_dict(cfg)
     d.pop("seed")
     return stable_hash(d)
 
 
 def run_id(cfg: Config) -> str:
     """Stable id of a run: the config and its seed."""
-    return stable_hash(cfg.to_dict())
+    return stable_hash(_id_dict(cfg))

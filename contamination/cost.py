@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .config import Static, log_steps
+from .distill import DISTILL_METRICS
 from .metrics import METRICS
 
 F32 = 4
@@ -18,6 +19,15 @@ def flops(s: Static) -> float:
         step += 2 * nb * d0 * d  # a fresh batch each step
     log = 2 * n_eval * d * m + 2 * m * d * d0 + 8 * n_eval * m
     setup = 2 * n_eval * d0 * d + 4 * d * d0 * d0
+    if s.experiment == "distill":
+        p = s.rep_dim
+        # the read-out (forward and backward), the teacher's targets of a fresh batch
+        step += 6 * nb * m * p + (2 * nb * d * p if s.batch_size else 0)
+        # student read-out on the three sets, the student's ridge probe (p x p solve)
+        log += 2 * n_eval * m * p + 2 * s.n_train * p * p + p ** 3
+        setup += 2 * n_eval * d * p + 2 * s.n_train * p * p + p ** 3  # teacher reps and probe
+        if s.teacher == "trained":
+            setup += s.teacher_steps * 6 * s.n_train * s.core_dim * p
     return float(s.steps * step + len(log_steps(s.steps, s.log_every)) * log + setup)
 
 
@@ -34,5 +44,12 @@ def memory_bytes(s: Static) -> int:
     acts = 4 * nb * m
     # metrics: pre-activations and activations on the largest evaluation set
     evals = 3 * max(s.n_train, s.n_test) * m
-    curves = len(log_steps(s.steps, s.log_every)) * len(METRICS)
+    n_metrics = len(METRICS)
+    if s.experiment == "distill":
+        p = s.rep_dim
+        n_metrics = len(DISTILL_METRICS)
+        param_mem += (p * m + p) * (5 + opt_copies) + p * d  # read-out, and the teacher
+        acts += 3 * nb * p
+        evals += 3 * (s.n_train + 2 * s.n_test) * p + 3 * p * p  # teacher and student reps, probe
+    curves = len(log_steps(s.steps, s.log_every)) * n_metrics
     return int(F32 * (data + param_mem + acts + evals + curves))

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import optax
 
 from .config import Static
-from .data import Data, make_data, minibatch, online_batch
+from .data import Data, Split, make_data, minibatch, online_batch
 from .metrics import METRICS, evaluate
 from .model import Params, forward, init_params, loss_values, neuron_mask, trainable_mask
 
@@ -74,8 +74,85 @@ def prepare(s: Static, traced: dict) -> Setup:
     return Setup(data, params, trainable, neuron_mask(s.width, true_width), k_batch)
 
 
+def make_get_batch(s: Static, data: Data, k_batch: jax.Array, bg_train: jax.Array) -> Callable[[jax.Array], Split]:
+    """The training batch of step `t`: a fresh online batch, a minibatch, or the full training set."""
+
+    def get_batch(t):
+        if s.online:
+            return online_batch(k_batch, t, data.M, s.batch_size, s.core_dim, s.core, bg_train)
+        if s.batch_size:
+            return minibatch(k_batch, t, data.train, s.batch_size)
+        return data.train
+
+    return get_batch
+
+
+def make_step(objective: Callable, tx: optax.GradientTransformation, trainable, get_batch: Callable):
+    """One optimizer step for `lax.scan`, over any parameter pytree.
+
+    The carry is `init_carry(params, tx)`: (params, optimizer state, step, diverged, diverged step).
+    `trainable` is a pytree of 0/1 masks broadcastable to the parameters.
+    """
+
+    def step(carry, _):
+        p, opt_state, t, diverged, div_step = carry
+        loss, grads = jax.value_and_grad(objective)(p, get_batch(t))
+        grads = jax.tree_util.tree_map(jnp.multiply, grads, trainable)
+        updates, new_state = tx.update(grads, opt_state, p)
+        # Masking the update too keeps frozen and padded parameters exactly fixed
+        # (decoupled weight decay would otherwise shrink them).
+        new_p = jax.tree_util.tree_map(lambda x, u, m: x + u * m, p, updates, trainable)
+        # A run whose loss or parameters go non-finite stops updating and is flagged;
+        # runs are independent under vmap, so it cannot affect the others.
+        bad = jnp.logical_not(jnp.isfinite(loss) & _all_finite(new_p))
+        newly = bad & ~diverged
+        keep = diverged | bad
+        p = jax.tree_util.tree_map(lambda old, new: jnp.where(keep, old, new), p, new_p)
+        opt_state = jax.tree_util.tree_map(lambda old, new: jnp.where(keep, old, new), opt_state, new_state)
+        div_step = jnp.where(newly, t, div_step)
+        return (p, opt_state, t + 1, keep, div_step), None
+
+    return step
+
+
+def init_carry(params, tx: optax.GradientTransformation):
+    return (params, tx.init(params), jnp.int32(0), jnp.bool_(False), jnp.int32(-1))
+
+
+def train_for(step: Callable, carry, n: int):
+    """`n` steps of `step` (static `n`; zero steps leave the carry as it is)."""
+    return carry if n == 0 else jax.lax.scan(step, carry, None, length=n)[0]
+
+
+def train_and_log(step: Callable, carry, measure: Callable, steps: int, log_every: int) -> dict:
+    """Train `steps` steps, measuring at step 0, every `log_every` steps and at the last step.
+
+    Returns the run's output: {"curves": {metric: (n_logs,)}, "final": {metric, "diverged", "diverged_step"}}.
+    """
+
+    def block(carry, _):
+        carry = train_for(step, carry, log_every)
+        return carry, measure(carry[0])
+
+    first = measure(carry[0])
+    n_blocks, rest = divmod(steps, log_every)
+    carry, logged = jax.lax.scan(block, carry, None, length=n_blocks)
+    curves = {k: jnp.concatenate([first[k][None], logged[k]]) for k in first}
+    if rest:
+        carry = train_for(step, carry, rest)
+        last = measure(carry[0])
+        curves = {k: jnp.concatenate([curves[k], last[k][None]]) for k in curves}
+    final = {k: v[-1] for k, v in curves.items()}
+    final["diverged"] = carry[3]
+    final["diverged_step"] = carry[4]
+    return {"curves": curves, "final": final}
+
+
 def make_run(static: Static) -> Callable[[dict], dict]:
     s = static
+    if s.experiment == "distill":
+        from .distill import make_distill_run
+        return make_distill_run(s)
 
     def run(traced: dict) -> dict:
         data, params, trainable, mask, k_batch = prepare(s, traced)
@@ -88,57 +165,17 @@ def make_run(static: Static) -> Callable[[dict], dict]:
             f, _ = forward(p, batch.x, s.activation, slope, mask)
             return jnp.mean(loss_values(f, batch.y, s.loss))
 
-        def get_batch(t):
-            if s.online:
-                return online_batch(k_batch, t, data.M, s.batch_size, s.core_dim, s.core, traced["bg_train"])
-            if s.batch_size:
-                return minibatch(k_batch, t, data.train, s.batch_size)
-            return data.train
-
-        def step(carry, _):
-            p, opt_state, t, diverged, div_step = carry
-            loss, grads = jax.value_and_grad(objective)(p, get_batch(t))
-            grads = jax.tree_util.tree_map(jnp.multiply, grads, trainable)
-            updates, new_state = tx.update(grads, opt_state, p)
-            # Masking the update too keeps frozen and padded parameters exactly fixed
-            # (decoupled weight decay would otherwise shrink them).
-            new_p = jax.tree_util.tree_map(lambda x, u, m: x + u * m, p, updates, trainable)
-            # A run whose loss or parameters go non-finite stops updating and is flagged;
-            # runs are independent under vmap, so it cannot affect the others.
-            bad = jnp.logical_not(jnp.isfinite(loss) & _all_finite(new_p))
-            newly = bad & ~diverged
-            keep = diverged | bad
-            p = jax.tree_util.tree_map(lambda old, new: jnp.where(keep, old, new), p, new_p)
-            opt_state = jax.tree_util.tree_map(lambda old, new: jnp.where(keep, old, new), opt_state, new_state)
-            div_step = jnp.where(newly, t, div_step)
-            return (p, opt_state, t + 1, keep, div_step), None
-
-        def train_for(carry, n):
-            return carry if n == 0 else jax.lax.scan(step, carry, None, length=n)[0]
-
-        def block(carry, _):
-            carry = train_for(carry, s.log_every)
-            return carry, measure(carry[0])
-
-        carry = (params, tx.init(params), jnp.int32(0), jnp.bool_(False), jnp.int32(-1))
-        first = measure(params)
-        n_blocks, rest = divmod(s.steps, s.log_every)
-        carry, logged = jax.lax.scan(block, carry, None, length=n_blocks)
-        curves = {k: jnp.concatenate([first[k][None], logged[k]]) for k in first}
-        if rest:
-            carry = train_for(carry, rest)
-            last = measure(carry[0])
-            curves = {k: jnp.concatenate([curves[k], last[k][None]]) for k in curves}
-        final = {k: v[-1] for k, v in curves.items()}
-        final["diverged"] = carry[3]
-        final["diverged_step"] = carry[4]
-        return {"curves": curves, "final": final}
+        step = make_step(objective, tx, trainable, make_get_batch(s, data, k_batch, traced["bg_train"]))
+        return train_and_log(step, init_carry(params, tx), measure, s.steps, s.log_every)
 
     return run
 
 
 def metric_names(static: Static) -> tuple[str, ...]:
     """The metric names a run of this static spec logs (its curves' and final keys, in order)."""
+    if static.experiment == "distill":
+        from .distill import DISTILL_METRICS
+        return DISTILL_METRICS
     return METRICS
 
 

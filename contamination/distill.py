@@ -1,0 +1,241 @@
+"""Representation distillation, simulated (PAPER.md section 5), as one pure function per run.
+
+- Teacher `phi_T(x) = ReLU(W_T x + b_T)`, `rep_dim` units whose weight rows lie in the core
+  subspace, so no background shift can move it. `teacher = "core"`: constructed, rows
+  `g_i @ M_core` with `g_i ~ N(0, I_core_dim)`, biases `teacher_bias * N(0, 1)` (a teacher
+  without offsets barely contaminates its student; README). `teacher = "trained"`: learned, the
+  hidden layer of a two-layer ReLU network of width `rep_dim` trained on the labels from the
+  core coordinates `<x, m_j>` (j in core) only, i.e. with the background projected out
+  (full batch on the training set; the config's optimizer, loss, weight decay and momentum,
+  at `teacher_lr` for `teacher_steps` steps; PyTorch-default init, biases if `bias`).
+- Student `phi_S(x) = V act(W x + b) + c`: the config's two-layer network (width, activation,
+  init, biases) with a linear read-out `V` (rep_dim x width) in place of the scalar output,
+  random init, trained on ID inputs only (the config's batch mode and optimizer) to minimise
+  the mean squared error to `phi_T(x)`. No labels. `activation = "linear"` is the control.
+  The contamination metrics (core_norm, bg_norm, bg_signed, act_asym) are measured on `W`.
+- Probes: closed-form ridge regression on +-1 ID training labels (with intercept) on top of
+  each representation, evaluated by accuracy on the ID test set and the paired OOD set.
+
+`make_distill_run(static)` returns `run(traced)` with the output structure of
+`train.make_run`. Width padding is exact: padded neurons have zero first-layer rows and
+read-out columns, are masked and never train.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from .config import Static
+from .data import Data
+from .metrics import activation_asymmetry, projection_metrics
+from .model import Params, _per_neuron, activate, forward, init_params, loss_values
+from .train import (init_carry, make_get_batch, make_optimizer, make_step, prepare, train_and_log, train_for)
+
+DISTILL_METRICS = (
+    "student_rep_err_train", "student_rep_err_id", "student_rep_err_ood",
+    "teacher_probe_id_acc", "teacher_probe_ood_acc", "student_probe_id_acc", "student_probe_ood_acc",
+    "core_norm", "bg_norm", "bg_signed", "act_asym", "teacher_core_norm", "teacher_bg_norm",
+)
+
+# fold_in constants: one stream per purpose, derived from the run's data or init key.
+TEACHER_STREAM = 1001
+READOUT_STREAM = 1002
+
+
+class Teacher(NamedTuple):
+    w: jax.Array  # (rep_dim, d), rows in the core subspace
+    b: jax.Array  # (rep_dim,)
+
+
+class Student(NamedTuple):
+    w: jax.Array  # (m, d) first layer
+    b: jax.Array  # (m,) first-layer bias
+    v: jax.Array  # (rep_dim, m) linear read-out
+    c: jax.Array  # (rep_dim,) read-out bias
+
+
+def teacher_rep(t: Teacher, x: jax.Array) -> jax.Array:
+    return jax.nn.relu(x @ t.w.T + t.b)
+
+
+def student_rep(p: Student, x: jax.Array, activation: str, slope: jax.Array, mask: jax.Array):
+    """The student's representation (n, rep_dim) and its first-layer pre-activations (n, m)."""
+    pre = x @ p.w.T + p.b
+    return (activate(pre, activation, slope) * mask) @ p.v.T + p.c, pre
+
+
+def core_teacher(key: jax.Array, M: jax.Array, core_dim: int, rep_dim: int, bias_scale: jax.Array) -> Teacher:
+    """Rows `g_i @ M_core` and biases `bias_scale * n_i`, `g_i ~ N(0, I)`, `n_i ~ N(0, 1)`, drawn
+    per unit (a wider teacher extends a narrower one)."""
+    g = _per_neuron(key, rep_dim, lambda k: jax.random.normal(k, (core_dim + 1,)))
+    return Teacher(g[:, :core_dim] @ M[:core_dim], bias_scale * g[:, core_dim])
+
+
+def trained_teacher(key: jax.Array, s: Static, data: Data, traced: dict):
+    """A ReLU network of width rep_dim trained on labels from the core coordinates; its hidden layer.
+
+    Returns the teacher and whether its training diverged.
+    """
+    core = data.M[: s.core_dim]
+    z = data.train.x @ core.T  # the background projected out, in the core basis
+    rep = s.rep_dim
+    params = init_params(key, rep, s.core_dim, jnp.int32(rep), init="torch", output="train", bias=s.bias,
+                         init_scale=jnp.float32(1.0))
+    trainable = Params(w=jnp.ones((rep, 1)), b=jnp.full((rep,), float(s.bias)), a=jnp.ones((rep,)),
+                       c=jnp.asarray(float(s.bias)))
+    tx = make_optimizer(s.optimizer, traced["teacher_lr"], traced["weight_decay"], traced["momentum"])
+    ones = jnp.ones((rep,))
+
+    def objective(p, batch):
+        f, _ = forward(p, batch[0], "relu", jnp.float32(0.0), ones)
+        return jnp.mean(loss_values(f, batch[1], s.loss))
+
+    step = make_step(objective, tx, trainable, lambda t: (z, data.train.y))
+    carry = train_for(step, init_carry(params, tx), s.teacher_steps)
+    p = carry[0]
+    return Teacher(p.w @ core, p.b), carry[3]
+
+
+def init_student(key: jax.Array, s: Static, true_width: jax.Array, mask: jax.Array, init_scale: jax.Array) -> Student:
+    """First layer exactly as the classifier's (`model.init_params`); read-out per neuron.
+
+    Read-out: `torch`, U(+-1/sqrt(m)) for V and c (PyTorch's Linear(m, rep_dim)); `theory`,
+    V ~ N(0, 1/m) and c = 0. m is the true width.
+    """
+    first = init_params(key, s.width, s.input_dim, true_width, init=s.init, output="train", bias=s.bias,
+                        init_scale=init_scale)
+    k_v, k_c = jax.random.split(jax.random.fold_in(key, READOUT_STREAM))
+    inv_sqrt_m = 1.0 / jnp.sqrt(true_width.astype(jnp.float32))
+    if s.init == "torch":
+        v = _per_neuron(k_v, s.width, lambda k: jax.random.uniform(k, (s.rep_dim,), minval=-1.0, maxval=1.0)).T
+        c = jax.random.uniform(k_c, (s.rep_dim,), minval=-1.0, maxval=1.0) * inv_sqrt_m
+    else:
+        v = _per_neuron(k_v, s.width, lambda k: jax.random.normal(k, (s.rep_dim,))).T
+        c = jnp.zeros((s.rep_dim,))
+    v = v * inv_sqrt_m * mask[None, :]
+    return Student(first.w, first.b, v, c if s.bias else jnp.zeros((s.rep_dim,)))
+
+
+def spd_solve(a: jax.Array, b: jax.Array) -> jax.Array:
+    """Solve `a x = b` for a symmetric positive definite `a` by Cholesky, in plain JAX ops.
+
+    Not `jnp.linalg.solve`: vmapped, it becomes a batched LAPACK call that, on a CPU with few
+    cores, can deadlock XLA's thread pool when two such calls run at once (seen on 2 cores).
+    """
+    p = a.shape[0]
+    idx = jnp.arange(p)
+
+    def column(j, low):  # column j of the Cholesky factor; columns < j are done
+        lj = low[j]
+        d = jnp.sqrt(a[j, j] - lj @ lj)
+        col = jnp.where(idx > j, (a[:, j] - low @ lj) / d, 0.0)
+        return low.at[:, j].set(col.at[j].set(d))
+
+    low = jax.lax.fori_loop(0, p, column, jnp.zeros_like(a))
+
+    def fwd_sub(i, z):  # low z = b
+        return z.at[i].set((b[i] - low[i] @ z) / low[i, i])
+
+    def back_sub(k, x):  # low^T x = z
+        i = p - 1 - k
+        return x.at[i].set((z[i] - low[:, i] @ x) / low[i, i])
+
+    z = jax.lax.fori_loop(0, p, fwd_sub, jnp.zeros_like(b))
+    return jax.lax.fori_loop(0, p, back_sub, jnp.zeros_like(b))
+
+
+def ridge_probe(h: jax.Array, y: jax.Array, ridge: jax.Array):
+    """Least squares of +-1 labels on features `h` (n, p) with an unpenalised intercept.
+
+    The ridge is relative: `ridge * trace(C) / p` for the feature covariance C, so it does not
+    depend on the representation's scale.
+    """
+    n, p = h.shape
+    mu = jnp.mean(h, axis=0)
+    hc = h - mu
+    ybar = jnp.mean(y)
+    cov = hc.T @ hc / n
+    lam = ridge * jnp.trace(cov) / p + 1e-12
+    w = spd_solve(cov + lam * jnp.eye(p), hc.T @ (y - ybar) / n)
+    return w, ybar - mu @ w
+
+
+def probe_accuracy(probe, h: jax.Array, y: jax.Array) -> jax.Array:
+    w, b = probe
+    return jnp.mean(y * (h @ w + b) > 0)
+
+
+def make_distill_run(static: Static) -> Callable[[dict], dict]:
+    s = static
+
+    def run(traced: dict) -> dict:
+        data, params, _, mask, k_batch = prepare(s, traced)
+        slope, ridge = traced["leaky_slope"], traced["probe_ridge"]
+        data_key = jax.random.wrap_key_data(traced["data_key"], impl="threefry2x32")
+        init_key = jax.random.wrap_key_data(traced["init_key"], impl="threefry2x32")
+        k_teacher = jax.random.fold_in(data_key, TEACHER_STREAM)
+        if s.teacher == "core":
+            teacher = core_teacher(k_teacher, data.M, s.core_dim, s.rep_dim, traced["teacher_bias"])
+            teacher_diverged = jnp.bool_(False)
+        else:
+            teacher, teacher_diverged = trained_teacher(k_teacher, s, data, traced)
+
+        student = init_student(init_key, s, traced["true_width"], mask, traced["init_scale"])
+        # Same masks as the classifier's: padded neurons never train; biases only with `bias`.
+        trainable = Student(w=mask[:, None], b=mask * float(s.bias), v=mask[None, :],
+                            c=jnp.full((s.rep_dim,), float(s.bias)))
+
+        # Teacher representations of the fixed sets, computed once.
+        t_train, t_id, t_ood = (teacher_rep(teacher, split.x) for split in (data.train, data.test, data.ood))
+        t_var = jnp.mean(jnp.sum((t_id - jnp.mean(t_id, axis=0)) ** 2, axis=1))
+        teacher_probe = ridge_probe(t_train, data.train.y, ridge)
+        teacher_metrics = {
+            "teacher_probe_id_acc": probe_accuracy(teacher_probe, t_id, data.test.y),
+            "teacher_probe_ood_acc": probe_accuracy(teacher_probe, t_ood, data.ood.y),
+            **{f"teacher_{k}": v for k, v in projection_metrics(teacher.w, data.M, s.core_dim,
+                                                              jnp.ones((s.rep_dim,))).items()
+               if k in ("core_norm", "bg_norm")},
+        }
+
+        def rel_err(h, target):
+            return jnp.mean(jnp.sum((h - target) ** 2, axis=1)) / t_var
+
+        def measure(p: Student) -> dict:
+            h_train, _ = student_rep(p, data.train.x, s.activation, slope, mask)
+            h_id, pre = student_rep(p, data.test.x, s.activation, slope, mask)
+            h_ood, _ = student_rep(p, data.ood.x, s.activation, slope, mask)
+            probe = ridge_probe(h_train, data.train.y, ridge)
+            out = {
+                "student_rep_err_train": rel_err(h_train, t_train),
+                "student_rep_err_id": rel_err(h_id, t_id),
+                "student_rep_err_ood": rel_err(h_ood, t_ood),
+                "student_probe_id_acc": probe_accuracy(probe, h_id, data.test.y),
+                "student_probe_ood_acc": probe_accuracy(probe, h_ood, data.ood.y),
+                "act_asym": activation_asymmetry(pre, data.test.y, mask),
+                **projection_metrics(p.w, data.M, s.core_dim, mask),
+                **teacher_metrics,
+            }
+            return {k: out[k] for k in DISTILL_METRICS}
+
+        get_batch = make_get_batch(s, data, k_batch, traced["bg_train"])
+        full_batch = not s.online and not s.batch_size
+
+        def objective(p: Student, batch):
+            # Full batch: the teacher's targets are the precomputed t_train.
+            target = t_train if full_batch else teacher_rep(teacher, batch.x)
+            h, _ = student_rep(p, batch.x, s.activation, slope, mask)
+            return jnp.mean((h - target) ** 2)
+
+        tx = make_optimizer(s.optimizer, traced["lr"], traced["weight_decay"], traced["momentum"])
+        step = make_step(objective, tx, trainable, get_batch)
+        out = train_and_log(step, init_carry(student, tx), measure, s.steps, s.log_every)
+        # A diverged teacher (kept at its last finite parameters) voids the run: flagged at step 0.
+        final = out["final"]
+        final["diverged_step"] = jnp.where(teacher_diverged, 0, final["diverged_step"])
+        final["diverged"] = final["diverged"] | teacher_diverged
+        return out
+
+    return run

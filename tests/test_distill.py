@@ -1,0 +1,240 @@
+"""Representation distillation, simulated (PAPER.md section 5): the claims at reduced sizes, 4 seeds.
+
+Sizes: d_core = d_bg = 16 in d = 128, n = 512, student width 256, rep_dim 64, core teacher
+(biases 3 N(0,1)), Adam at lr 2e-3 (twice the preset's, so the student fits ID within 3000
+full-batch steps). `python tests/test_distill.py` prints the measured numbers.
+"""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from contamination.config import ConfigError, preset, run_id, config_id
+from contamination.simulate import simulate, simulate_batch
+from conftest import small
+
+SEEDS = range(4)
+SIZES = dict(width=256, core_dim=16, bg_dim=16, input_dim=128, n_train=512, n_test=512, steps=3000,
+             log_every=1000, lr=2e-3)
+
+
+def run(**kw):
+    cfgs = [preset("distill", **{**SIZES, **kw}, seed=s) for s in SEEDS]
+    return simulate_batch(cfgs)["curves"]
+
+
+@pytest.fixture(scope="module")
+def relu():
+    return run(activation="relu", core="nonlinear")
+
+
+@pytest.fixture(scope="module")
+def linear():
+    return run(activation="linear", core="nonlinear")
+
+
+def last(curves, k):
+    return curves[k][:, -1]
+
+
+def test_relu_student_fits_id_not_ood(relu):
+    id_err, ood_err = last(relu, "student_rep_err_id"), last(relu, "student_rep_err_ood")
+    assert (id_err < 0.035).all(), id_err  # measured 0.015-0.020
+    assert (ood_err > 0.5).all(), ood_err  # measured 0.84-2.7
+    assert (ood_err > 20 * id_err).all(), (id_err, ood_err)
+
+
+def test_relu_student_probe_loses_ood_teacher_does_not(relu):
+    t_id, t_ood = last(relu, "teacher_probe_id_acc"), last(relu, "teacher_probe_ood_acc")
+    s_id, s_ood = last(relu, "student_probe_id_acc"), last(relu, "student_probe_ood_acc")
+    # The teacher cannot see the background: on the paired OOD set its representation is unchanged.
+    np.testing.assert_array_equal(t_ood, t_id)
+    assert (t_id > 0.9).all(), t_id  # measured 0.96-0.98
+    assert (s_id > 0.9).all(), s_id  # the student's probe matches the teacher's ID
+    assert (s_ood < t_ood).all(), (s_ood, t_ood)
+    assert s_ood.mean() < t_ood.mean() - 0.2, (s_ood, t_ood)  # measured: 0.60 vs 0.97
+    assert (s_ood < 0.6).sum() >= 2, s_ood  # at chance in most seeds
+
+
+def test_student_background_weights_grow_teacher_has_none(relu):
+    bg0, bg1 = relu["bg_norm"][:, 0], relu["bg_norm"][:, -1]
+    assert (bg1 > 1.6 * bg0).all(), (bg0, bg1)  # measured ~2.2x
+    assert (relu["core_norm"][:, -1] > 3 * relu["core_norm"][:, 0]).all()
+    assert (np.abs(relu["teacher_bg_norm"]) < 1e-4).all()
+    assert (relu["teacher_core_norm"] > 1.0).all()
+
+
+def test_linear_student_control(relu, linear):
+    """A linear student cannot fit the ReLU teacher, but its OOD error stays at its ID error."""
+    id_err, ood_err = last(linear, "student_rep_err_id"), last(linear, "student_rep_err_ood")
+    assert (id_err > 0.05).all(), id_err
+    assert (ood_err < 1.5 * id_err).all(), (id_err, ood_err)
+    relu_ratio = last(relu, "student_rep_err_ood") / last(relu, "student_rep_err_id")
+    assert (relu_ratio > 10 * ood_err / id_err).all()
+    assert (np.abs(last(linear, "bg_signed")) < 0.3 * last(relu, "bg_signed")).all()  # measured < 0.11x
+    # a linear map of the inputs cannot separate the radius-coded classes: its probe is at chance
+    assert (np.abs(last(linear, "student_probe_id_acc") - 0.5) < 0.1).all()
+
+
+def test_trained_teacher_cannot_see_background():
+    """`teacher = "trained"`: trained on labels from the core coordinates only."""
+    cfgs = [preset("distill", **{**SIZES, "steps": 1, "log_every": 1, "teacher": "trained"}, seed=s) for s in (0, 1)]
+    c = simulate_batch(cfgs)["curves"]
+    assert (c["teacher_probe_id_acc"] > 0.9).all(), c["teacher_probe_id_acc"]
+    np.testing.assert_array_equal(c["teacher_probe_ood_acc"], c["teacher_probe_id_acc"])
+    assert (np.abs(c["teacher_bg_norm"]) < 1e-4).all()
+
+
+def test_padded_distill_equals_unpadded():
+    """Padding the student's width is exact: masked neurons (sigmoid(0) != 0), true fan-in, per-neuron
+    draws. (The engine test below covers a padded ReLU student with the core teacher.)"""
+    cfgs = [small("distill", width=w, activation="sigmoid", teacher="trained", teacher_steps=20, rep_dim=8, seed=w)
+            for w in (5, 16)]
+    padded = simulate_batch(cfgs, width=24)
+    for i, cfg in enumerate(cfgs):
+        alone = simulate(cfg)
+        for k, v in alone["curves"].items():
+            np.testing.assert_allclose(padded["curves"][k][i], v, rtol=1e-5, atol=1e-6, err_msg=k)
+        assert not alone["final"]["diverged"]
+
+
+def test_classify_ids_and_outputs_unchanged_by_distill_fields():
+    base = preset("toy")
+    other = preset("toy", rep_dim=7, teacher="trained", teacher_bias=0.5, probe_ridge=0.1)
+    assert run_id(base) == run_id(other) and config_id(base) == config_id(other)
+    assert run_id(preset("distill")) != run_id(preset("distill", rep_dim=7))
+
+
+@pytest.mark.parametrize("field,value,needle", [
+    ("experiment", "regress", "experiment: unknown value 'regress'; allowed: classify, distill"),
+    ("teacher", "clip", "teacher: unknown value 'clip'; allowed: core, trained"),
+    ("rep_dim", 0, "rep_dim: must be a positive integer"),
+    ("teacher_steps", -1, "teacher_steps: must be a positive integer"),
+    ("teacher_bias", -1.0, "teacher_bias: must be >= 0"),
+    ("probe_ridge", 0.0, "probe_ridge: must be > 0"),
+])
+def test_bad_distill_fields_refused(field, value, needle):
+    with pytest.raises(ConfigError) as e:
+        preset("distill", **{field: value})
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_single_run_command_prints_distill_json():
+    cmd = [sys.executable, "-m", "contamination.run", "--preset", "distill", "--set", "width=16",
+           "--set", "steps=20", "--set", "log_every=10", "--set", "input_dim=32", "--set", "core_dim=4",
+           "--set", "bg_dim=4", "--set", "n_train=64", "--set", "n_test=64", "--set", "rep_dim=8"]
+    res = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+    assert res["config"]["experiment"] == "distill"
+    for k in ("student_rep_err_id", "student_rep_err_ood", "teacher_probe_id_acc", "teacher_probe_ood_acc",
+              "student_probe_id_acc", "student_probe_ood_acc", "bg_norm", "bg_signed", "core_norm",
+              "teacher_bg_norm", "diverged"):
+        assert k in res["final"], k
+
+
+TINY_GRID = """
+description = "tiny distill grid"
+preset = "distill"
+seeds = 2
+
+[fixed]
+core_dim = 4
+bg_dim = 4
+input_dim = 32
+n_train = 64
+n_test = 64
+rep_dim = 8
+teacher_steps = 20
+steps = 30
+log_every = 10
+
+[axes]
+width = [8, 12]
+teacher = ["core", "trained"]
+"""
+
+COLUMNS = ("student_rep_err_id", "student_rep_err_ood", "teacher_probe_id_acc", "teacher_probe_ood_acc",
+           "student_probe_id_acc", "student_probe_ood_acc", "bg_norm", "bg_signed", "core_norm", "teacher_bg_norm")
+
+
+def test_engine_runs_a_distill_grid(tmp_path):
+    from sweeps.engine import run_grid
+    from sweeps.grid import load
+
+    path = tmp_path / "tiny_distill.toml"
+    path.write_text(TINY_GRID)
+    out = tmp_path / "out"
+    summary = run_grid(load(str(path)), out, progress=False, cache_dir=str(tmp_path / "cache"))
+    assert summary.done == 8
+    runs, curves = pd.read_parquet(out / "runs"), pd.read_parquet(out / "curves")
+    assert len(runs) == 8 and runs["run_id"].is_unique
+    assert len(curves) == 8 * 4 and set(curves["step"]) == {0, 10, 20, 30}
+    for c in COLUMNS:
+        assert c in runs and c in curves, c
+        assert np.isfinite(runs[c]).all(), c
+    assert set(runs["teacher"]) == {"core", "trained"} and (runs["experiment"] == "distill").all()
+    assert not runs["diverged"].any()
+    # The engine's rows are the single-run results; width 8 was padded into the width-12 program.
+    assert set(runs["padded_width"]) == {12}
+    r = runs[(runs["width"] == 8) & (runs["teacher"] == "core")].iloc[0]
+    cfg = preset("distill", core_dim=4, bg_dim=4, input_dim=32, n_train=64, n_test=64, rep_dim=8, teacher_steps=20,
+                 steps=30, log_every=10, width=8, teacher="core", seed=int(r["seed"]))
+    alone = simulate(cfg)["final"]
+    for c in COLUMNS:
+        np.testing.assert_allclose(r[c], alone[c], rtol=1e-5, atol=1e-6, err_msg=c)
+
+
+def test_distill_figures_from_a_runs_table():
+    from analysis.distill import effective_robustness_figure, ood_gap_phase_figure
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for core in ("nonlinear", "linear"):
+        for act in ("relu", "linear"):
+            for width in (32, 64):
+                for dim in (8, 16):
+                    for seed in range(2):
+                        rows.append(dict(config_id=f"{core}-{act}-{width}-{dim}", core=core, activation=act,
+                                         width=width, core_dim=dim, seed=seed, diverged=seed == 1 and width == 64,
+                                         teacher_probe_id_acc=0.97, teacher_probe_ood_acc=0.97,
+                                         student_probe_id_acc=0.95 + 0.02 * rng.random(),
+                                         student_probe_ood_acc=0.5 + 0.4 * rng.random(),
+                                         student_rep_err_ood=rng.random()))
+    runs = pd.DataFrame(rows)
+    fig = effective_robustness_figure(runs)
+    assert len([a for a in fig.axes if a.get_visible()]) == 2
+    fig = ood_gap_phase_figure(runs)
+    assert "pooled over activation" in fig._suptitle.get_text()
+    ood_gap_phase_figure(runs, metric="student_rep_err_ood", facet=None)
+
+
+@pytest.mark.slow
+def test_preset_sizes_relu_vs_linear():
+    """The preset untouched but for width (256) and activation: PAPER.md section 5's quick check."""
+    def at(**kw):
+        return simulate_batch([preset("distill", width=256, log_every=5000, seed=s, **kw) for s in range(3)])["final"]
+
+    r, lin = at(), at(activation="linear")
+    assert (r["student_rep_err_id"] < 0.035).all() and (r["student_rep_err_ood"] > 1.0).all()
+    assert (r["student_probe_ood_acc"] < r["teacher_probe_ood_acc"] - 0.05).all()
+    assert (lin["student_rep_err_ood"] < 1.5 * lin["student_rep_err_id"]).all()
+
+
+def summary(curves: dict) -> dict:
+    return {k: f"{np.mean(v[:, -1]):.4g} ± {np.std(v[:, -1]):.2g} (min {np.min(v[:, -1]):.4g}, "
+               f"max {np.max(v[:, -1]):.4g}; at step 0: {np.mean(v[:, 0]):.3g})" for k, v in curves.items()}
+
+
+if __name__ == "__main__":
+    # `python tests/test_distill.py`: the numbers behind the tests; `... preset`: at the preset's sizes.
+    at_preset = sys.argv[1:] == ["preset"]
+    for name, act in (("relu student", "relu"), ("linear student", "linear")):
+        if at_preset:
+            cfgs = [preset("distill", width=256, activation=act, log_every=5000, seed=s) for s in range(3)]
+            curves = simulate_batch(cfgs)["curves"]
+        else:
+            curves = run(core="nonlinear", activation=act)
+        print(name, json.dumps(summary(curves), indent=1, ensure_ascii=False))
