@@ -17,6 +17,8 @@ from .phase import diverged_note, line_figure, phase_figure, phase_table
 from .style import fmt, fmt_value, label, save
 
 HEADLINE = ("id_acc", "ood_acc", "id_loss", "ood_loss", "bg_signed", "act_asym")
+DISTILL_HEADLINE = ("student_rep_err_id", "student_rep_err_ood", "teacher_probe_ood_acc", "student_probe_id_acc",
+                    "student_probe_ood_acc", "bg_signed")
 PHASE_METRICS = ("ood_acc", "ood_minus_id_loss", "bg_signed")
 COLLAPSE_METRICS = ("bg_signed", "ood_minus_id_loss")
 MAX_ROWS = 6  # more values than this on an axis: pool it rather than draw a row per value
@@ -62,6 +64,15 @@ def build_figures(results: Results) -> list[Panel]:
     elif len(axes) == 1:
         out.append(Panel(f"metrics_vs_{axes[0]}", "Final metrics", f"final metrics against {axes[0]}",
                          line_figure(runs, axes[0])))
+    if "student_probe_ood_acc" in runs:
+        from .distill import effective_robustness_figure, ood_gap_phase_figure
+        out.append(Panel("effective_robustness", "Distillation",
+                         "OOD against ID probe accuracy for the teacher and the distilled students "
+                         "(the paper's effective-robustness view)", effective_robustness_figure(runs)))
+        if {"width", "core_dim"} <= set(axes) | set(results.manifest.get("axis_columns", [])):
+            out.append(Panel("phase_student_ood_gap", "Distillation",
+                             "the student's OOD gap (probe accuracy ID minus OOD) over width × core_dim",
+                             ood_gap_phase_figure(runs)))
     if len(curves) and "step" in curves:
         hue = axes[0] if axes else None
         row = axes[1] if len(axes) >= 2 and curves[axes[1]].nunique() <= MAX_ROWS else None
@@ -158,7 +169,8 @@ def render(results: Results, panels: list[tuple[Panel, list[Path]]], out_dir: Pa
     lines += ["## Headline table", "",
               "Final metrics per config: mean ± 95% confidence half-width (t distribution) over seeds; "
               "`n` runs entered the statistics, `n_diverged` diverged and were left out.", "",
-              _md_table(headline_table(runs, [a for a in results.axes if a in runs])), ""]
+              _md_table(headline_table(runs, [a for a in results.axes if a in runs],
+                                       DISTILL_HEADLINE if "student_probe_ood_acc" in runs else HEADLINE)), ""]
     if summary_csv is not None:
         lines += [f"Every metric's mean, std, CI and counts per config: [{summary_csv.name}]"
                   f"({summary_csv.relative_to(out_dir).as_posix()}).", ""]

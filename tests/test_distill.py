@@ -141,7 +141,6 @@ preset = "distill"
 seeds = 2
 
 [fixed]
-core_dim = 4
 bg_dim = 4
 input_dim = 32
 n_train = 64
@@ -154,24 +153,33 @@ log_every = 10
 [axes]
 width = [8, 12]
 teacher = ["core", "trained"]
+core_dim = [4, 6]
 """
 
 COLUMNS = ("student_rep_err_id", "student_rep_err_ood", "teacher_probe_id_acc", "teacher_probe_ood_acc",
            "student_probe_id_acc", "student_probe_ood_acc", "bg_norm", "bg_signed", "core_norm", "teacher_bg_norm")
 
 
-def test_engine_runs_a_distill_grid(tmp_path):
+@pytest.fixture(scope="module")
+def engine_out(tmp_path_factory):
+    """A tiny distill grid through the real engine."""
     from sweeps.engine import run_grid
     from sweeps.grid import load
 
-    path = tmp_path / "tiny_distill.toml"
+    tmp = tmp_path_factory.mktemp("distill")
+    path = tmp / "tiny_distill.toml"
     path.write_text(TINY_GRID)
-    out = tmp_path / "out"
-    summary = run_grid(load(str(path)), out, progress=False, cache_dir=str(tmp_path / "cache"))
-    assert summary.done == 8
+    out = tmp / "out"
+    summary = run_grid(load(str(path)), out, progress=False)
+    return out, summary
+
+
+def test_engine_runs_a_distill_grid(engine_out):
+    out, summary = engine_out
+    assert summary.done == 16
     runs, curves = pd.read_parquet(out / "runs"), pd.read_parquet(out / "curves")
-    assert len(runs) == 8 and runs["run_id"].is_unique
-    assert len(curves) == 8 * 4 and set(curves["step"]) == {0, 10, 20, 30}
+    assert len(runs) == 16 and runs["run_id"].is_unique
+    assert len(curves) == 16 * 4 and set(curves["step"]) == {0, 10, 20, 30}
     for c in COLUMNS:
         assert c in runs and c in curves, c
         assert np.isfinite(runs[c]).all(), c
@@ -179,7 +187,7 @@ def test_engine_runs_a_distill_grid(tmp_path):
     assert not runs["diverged"].any()
     # The engine's rows are the single-run results; width 8 was padded into the width-12 program.
     assert set(runs["padded_width"]) == {12}
-    r = runs[(runs["width"] == 8) & (runs["teacher"] == "core")].iloc[0]
+    r = runs[(runs["width"] == 8) & (runs["teacher"] == "core") & (runs["core_dim"] == 4)].iloc[0]
     cfg = preset("distill", core_dim=4, bg_dim=4, input_dim=32, n_train=64, n_test=64, rep_dim=8, teacher_steps=20,
                  steps=30, log_every=10, width=8, teacher="core", seed=int(r["seed"]))
     alone = simulate(cfg)["final"]
@@ -187,28 +195,27 @@ def test_engine_runs_a_distill_grid(tmp_path):
         np.testing.assert_allclose(r[c], alone[c], rtol=1e-5, atol=1e-6, err_msg=c)
 
 
-def test_distill_figures_from_a_runs_table():
+def test_distill_figures_and_report(engine_out):
+    import re
+
+    from analysis import load, write_report
     from analysis.distill import effective_robustness_figure, ood_gap_phase_figure
 
-    rng = np.random.default_rng(0)
-    rows = []
-    for core in ("nonlinear", "linear"):
-        for act in ("relu", "linear"):
-            for width in (32, 64):
-                for dim in (8, 16):
-                    for seed in range(2):
-                        rows.append(dict(config_id=f"{core}-{act}-{width}-{dim}", core=core, activation=act,
-                                         width=width, core_dim=dim, seed=seed, diverged=seed == 1 and width == 64,
-                                         teacher_probe_id_acc=0.97, teacher_probe_ood_acc=0.97,
-                                         student_probe_id_acc=0.95 + 0.02 * rng.random(),
-                                         student_probe_ood_acc=0.5 + 0.4 * rng.random(),
-                                         student_rep_err_ood=rng.random()))
-    runs = pd.DataFrame(rows)
-    fig = effective_robustness_figure(runs)
+    out, _ = engine_out
+    runs = pd.read_parquet(out / "runs")
+    fig = effective_robustness_figure(runs, facet="teacher")
     assert len([a for a in fig.axes if a.get_visible()]) == 2
-    fig = ood_gap_phase_figure(runs)
-    assert "pooled over activation" in fig._suptitle.get_text()
+    fig = ood_gap_phase_figure(runs, facet="teacher")
+    assert "pooled over" not in fig._suptitle.get_text()
     ood_gap_phase_figure(runs, metric="student_rep_err_ood", facet=None)
+    report = write_report(load(str(out)))
+    text = report.read_text()
+    for stem in ("effective_robustness", "phase_student_ood_gap"):
+        png = out / "figures" / f"{stem}.png"
+        assert png.exists() and png.stat().st_size > 0 and f"figures/{stem}.png" in text
+    assert "student_probe_ood_acc" in text  # the headline table shows the distill metrics
+    for link in re.findall(r"\]\(([^)]+)\)", text):
+        assert (report.parent / link).exists(), link
 
 
 @pytest.mark.slow
