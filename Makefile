@@ -47,3 +47,7 @@ analyze: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m sweeps run quickstart
 	$(PY) -m analysis report quickstart
+
+## Engine benchmarks (limit, throughput, baselines, compile cost, memory): numbers for BENCHMARKS.md.
+bench: $(STAMP)
+	$(PY) benchmarks/bench.py --json results/bench.json

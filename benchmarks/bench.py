@@ -1,0 +1,205 @@
+"""Engine benchmarks: the machine's matmul limit, engine throughput, one-run-at-a-time
+baselines, compile cost and memory, all measured in one run (ratios are what count).
+
+    python benchmarks/bench.py [--quick] [--json FILE]
+
+Prints a Markdown table for BENCHMARKS.md and, with --json, the raw numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from contamination.config import preset, static_spec, traced_values  # noqa: E402
+from contamination.cost import flops, memory_bytes  # noqa: E402
+from contamination.metrics import evaluate  # noqa: E402
+from contamination.model import forward, loss_values  # noqa: E402
+from contamination.train import (compiled_single_run, init_carry, make_get_batch, make_optimizer,  # noqa: E402
+                                 make_step, prepare)
+from sweeps.engine import compile_bucket, run_grid  # noqa: E402
+from sweeps.grid import load  # noqa: E402
+from sweeps.plan import bucketize, choose_chunks  # noqa: E402
+
+SHAPES = {
+    # name: (n_train, input_dim, width, core_dim, bg_dim)
+    "small": (256, 64, 64, 8, 8),
+    "medium": (1000, 256, 256, 32, 32),
+}
+
+
+def grid_text(name: str, steps: int, seeds: int, mixed: bool = False) -> str:
+    n, d, m, c, b = SHAPES[name]
+    axes = 'width = [32, 48, 64]\ndims = [{core_dim = 8, bg_dim = 8, input_dim = 64}, ' \
+           '{core_dim = 16, bg_dim = 16, input_dim = 128}]' if mixed else 'lr = [0.001, 0.003]'
+    fixed = f"n_train = {n}\nn_test = {n}\nsteps = {steps}\nlog_every = {max(steps // 10, 1)}\n"
+    if not mixed:
+        fixed += f"width = {m}\ninput_dim = {d}\ncore_dim = {c}\nbg_dim = {b}\n"
+    return f'description = "bench {name}"\npreset = "toy"\nseeds = {seeds}\n[fixed]\n{fixed}[axes]\n{axes}\n'
+
+
+def timed(fn, *args, repeat: int = 3) -> float:
+    """Best-of wall seconds of fn(*args) with results on host."""
+    jax.block_until_ready(fn(*args))
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def matmul_rate(batch: int, n: int, d: int, m: int) -> float:
+    """FLOP/s of the engine's dominant op: a batched (n, d) @ (d, m) float32 matmul."""
+    k1, k2 = jax.random.split(jax.random.key(0))
+    x = jax.random.normal(k1, (batch, n, d), jnp.float32)
+    w = jax.random.normal(k2, (batch, m, d), jnp.float32)
+    f = jax.jit(lambda x, w: jnp.einsum("bnd,bmd->bnm", x, w))
+    return 2 * batch * n * d * m / timed(f, x, w)
+
+
+def python_loop_run(cfg) -> None:
+    """The reference script's structure: one run, a jitted step called from a Python loop."""
+    s, tr = static_spec(cfg), traced_values(cfg)
+    data, params, trainable, mask, k_batch = prepare(s, tr)
+    tx = make_optimizer(s.optimizer, tr["lr"], tr["weight_decay"], tr["momentum"])
+
+    def objective(p, batch):
+        f, _ = forward(p, batch.x, s.activation, tr["leaky_slope"], mask)
+        return jnp.mean(loss_values(f, batch.y, s.loss))
+
+    step = jax.jit(make_step(objective, tx, trainable, make_get_batch(s, data, k_batch, tr["bg_train"])))
+    measure = jax.jit(lambda p: evaluate(p, data, core_dim=s.core_dim, activation=s.activation, loss=s.loss,
+                                         slope=tr["leaky_slope"], mask=mask))
+    carry = init_carry(params, tx)
+    logs = [measure(carry[0])]
+    for t in range(s.steps):
+        carry, _ = step(carry, None)
+        if (t + 1) % s.log_every == 0 or t + 1 == s.steps:
+            logs.append(measure(carry[0]))
+    jax.block_until_ready(logs)
+
+
+def bench_grid(name: str, text: str, workdir: Path, baseline_runs: int) -> dict:
+    path = workdir / f"{name}.toml"
+    path.write_text(text)
+    grid = load(str(path))
+    runs = grid.runs()
+    # One persistent cache for the whole benchmark: the first run of a grid compiles (cold),
+    # the second finds its programs in the cache (warm).
+    cold = run_grid(grid, workdir / f"{name}-cold", progress=False)
+    warm = run_grid(grid, workdir / f"{name}-warm", progress=False)
+    total_flops = sum(b["executed_flops"] for b in warm.buckets)
+    run_steps = sum(r.config.steps for r in runs)
+    # baselines on the first runs (same configs), scaled to the whole grid by run-steps
+    sample = runs[:baseline_runs]
+    sample_steps = sum(r.config.steps for r in sample)
+    for r in sample[:1]:  # compile outside the timing
+        python_loop_run(r.config.replace(steps=2, log_every=1))
+    t0 = time.perf_counter()
+    for r in sample:
+        python_loop_run(r.config)
+    loop_s = (time.perf_counter() - t0) * run_steps / sample_steps
+    for r in sample:
+        compiled_single_run(static_spec(r.config))  # build
+        jax.block_until_ready(compiled_single_run(static_spec(r.config))(traced_values(r.config)))
+    t0 = time.perf_counter()
+    for r in sample:
+        jax.block_until_ready(compiled_single_run(static_spec(r.config))(traced_values(r.config)))
+    single_s = (time.perf_counter() - t0) * run_steps / sample_steps
+    return {
+        "grid": name, "runs": len(runs), "buckets": warm.compiles, "run_steps": run_steps, "flops": total_flops,
+        "engine_cold_s": cold.seconds, "engine_warm_s": warm.seconds,
+        "compile_cold_s": sum(b["compile_s"] for b in cold.buckets),
+        "compile_warm_s": sum(b["compile_s"] for b in warm.buckets),
+        "run_steps_per_s": run_steps / warm.seconds, "flop_per_s": total_flops / warm.seconds,
+        "python_loop_s": loop_s, "single_compiled_s": single_s,
+        "speedup_vs_python_loop": loop_s / warm.seconds, "speedup_vs_single_compiled": single_s / warm.seconds,
+        "baseline_sample_runs": len(sample),
+    }
+
+
+def memory_check(name: str, workdir: Path) -> dict:
+    """XLA's buffer assignment for one compiled chunk against the engine's per-run estimate."""
+    from jax.sharding import Mesh
+
+    path = workdir / f"{name}.toml"
+    grid = load(str(path))
+    buckets = bucketize(grid.runs(), 0.8)
+    choose_chunks(buckets, 2**34, len(jax.local_devices()))
+    b = buckets[0]
+    compiled, _, _ = compile_bucket(b, Mesh(np.array(jax.local_devices()), ("cfg",)))
+    ma = compiled.memory_analysis()
+    measured = ma.temp_size_in_bytes + ma.argument_size_in_bytes + ma.output_size_in_bytes
+    return {"grid": name, "chunk": b.chunk_size, "measured_per_run": measured / b.chunk_size,
+            "estimated_per_run": memory_bytes(b.static),
+            "ratio": memory_bytes(b.static) / (measured / b.chunk_size)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="smaller grids (a smoke test of the script)")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    q = args.quick
+    dev = jax.local_devices()[0]
+    out = {"device": f"{len(jax.local_devices())} x {dev.device_kind} ({jax.default_backend()})",
+           "jax": jax.__version__, "python": platform.python_version(), "machine": platform.machine()}
+    n, d, m, *_ = SHAPES["medium"]
+    out["matmul_medium_flop_per_s"] = matmul_rate(8, n, d, m)
+    n, d, m, *_ = SHAPES["small"]
+    out["matmul_small_flop_per_s"] = matmul_rate(64, n, d, m)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        os.environ["CONTAMINATION_JAX_CACHE"] = str(work / "jax-cache")  # a fresh, empty cache
+        grids = [("small", grid_text("small", 200 if q else 2000, 4 if q else 16), 2),
+                 ("medium", grid_text("medium", 50 if q else 500, 2 if q else 4), 1),
+                 ("mixed", grid_text("small", 100 if q else 1000, 2 if q else 4, mixed=True), 2)]
+        out["grids"] = [bench_grid(nm, text, work, k) for nm, text, k in grids]
+        out["memory"] = [memory_check(nm, work) for nm, _, _ in grids]
+        qs = load("quickstart")
+        cold = run_grid(qs, work / "qs-cold", progress=False)
+        warm = run_grid(qs, work / "qs-warm", progress=False)
+        out["quickstart"] = {
+            "cold_s": cold.seconds, "cold_compile_s": sum(b["compile_s"] for b in cold.buckets),
+            "warm_s": warm.seconds, "warm_compile_s": sum(b["compile_s"] for b in warm.buckets),
+            "warm_compile_share": sum(b["compile_s"] for b in warm.buckets) / warm.seconds}
+    limit = {"small": out["matmul_small_flop_per_s"], "medium": out["matmul_medium_flop_per_s"],
+             "mixed": out["matmul_small_flop_per_s"]}
+    print(f"device: {out['device']}, jax {out['jax']}, python {out['python']}")
+    print(f"matmul limit: small shapes {limit['small'] / 1e9:.1f} GFLOP/s, medium shapes {limit['medium'] / 1e9:.1f} GFLOP/s")
+    print("\n| grid | runs | buckets | run-steps/s | GFLOP/s | % of matmul limit | engine s (warm / cold) "
+          "| x vs Python-loop step | x vs one compiled run at a time |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for g in out["grids"]:
+        g["fraction_of_limit"] = g["flop_per_s"] / limit[g["grid"]]
+        print(f"| {g['grid']} | {g['runs']} | {g['buckets']} | {g['run_steps_per_s']:.0f} | {g['flop_per_s'] / 1e9:.1f} "
+              f"| {100 * g['fraction_of_limit']:.0f}% | {g['engine_warm_s']:.1f} / {g['engine_cold_s']:.1f} "
+              f"| {g['speedup_vs_python_loop']:.1f} | {g['speedup_vs_single_compiled']:.2f} |")
+    qs = out["quickstart"]
+    print(f"\nquickstart: cold {qs['cold_s']:.1f} s ({qs['cold_compile_s']:.1f} s compiling), warm {qs['warm_s']:.1f} s "
+          f"({qs['warm_compile_s']:.2f} s compiling = {100 * qs['warm_compile_share']:.0f}%)")
+    print("\n| grid | chunk | measured bytes/run (XLA buffers) | estimated bytes/run | estimate / measured |")
+    print("|---|---|---|---|---|")
+    for mm in out["memory"]:
+        print(f"| {mm['grid']} | {mm['chunk']} | {mm['measured_per_run']:.0f} | {mm['estimated_per_run']} | {mm['ratio']:.2f} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
