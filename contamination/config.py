@@ -294,9 +294,25 @@ TRACED_FIELDS = ("lr", "weight_decay", "momentum", "leaky_slope", "init_scale", 
 assert set(STATIC_FIELDS) | set(TRACED_FIELDS) == set(FIELDS)
 
 
+# ReLU and the linear network are LeakyReLU with slope 0 and 1 (exactly: where(x >= 0, x, s x)),
+# so the three share one compiled program with the slope traced: a ReLU-vs-linear sweep, or a
+# slope sweep, is one compile.
+PIECEWISE_LINEAR_SLOPE = {"relu": 0.0, "linear": 1.0}
+
+
+def compiled_activation(activation: str) -> str:
+    return "leaky_relu" if activation in PIECEWISE_LINEAR_SLOPE else activation
+
+
+def effective_slope(cfg: Config) -> float:
+    """The traced negative-side slope: 0 for ReLU, 1 for linear, `leaky_slope` for LeakyReLU."""
+    return PIECEWISE_LINEAR_SLOPE.get(cfg.activation, cfg.leaky_slope)
+
+
 def static_spec(cfg: Config, width: int | None = None) -> Static:
     """The compile-time description of `cfg`, optionally padded to a larger `width`."""
     spec = Static(**{n: getattr(cfg, n) for n in STATIC_FIELDS})
+    spec = spec._replace(activation=compiled_activation(cfg.activation))
     if width is not None:
         if width < cfg.width:
             raise ValueError(f"cannot pad width {cfg.width} down to {width}")
@@ -334,7 +350,7 @@ def traced_values(cfg: Config) -> dict[str, np.ndarray]:
         "lr": f32(cfg.lr),
         "weight_decay": f32(cfg.weight_decay),
         "momentum": f32(cfg.momentum),
-        "leaky_slope": f32(cfg.leaky_slope),
+        "leaky_slope": f32(effective_slope(cfg)),
         "init_scale": f32(cfg.init_scale),
         "bg_train": np.array(cfg.bg_train, dtype=f32),
         "bg_ood": np.array(cfg.bg_ood, dtype=f32),

@@ -387,7 +387,8 @@ def describe_plan(grid: Grid, out: Path, *, memory_budget: int | None, min_effic
     total_flops = total_exec = 0.0
     for b in buckets:
         s = b.static
-        shape = (f"d0={s.core_dim}+{s.bg_dim} d={s.input_dim} n={s.n_train} steps={s.steps} {s.activation} "
+        acts = "/".join(dict.fromkeys(r.config.activation for r in b.runs))
+        shape = (f"d0={s.core_dim}+{s.bg_dim} d={s.input_dim} n={s.n_train} steps={s.steps} {acts} "
                  f"{s.optimizer} {s.loss}")
         widths = ",".join(map(str, b.widths))
         lines.append(f"  {b.id:8} {widths:>18} {s.width:>6} {b.efficiency:5.2f} {len(b.runs):>6} {b.chunk_size:>6} "

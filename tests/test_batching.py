@@ -54,3 +54,19 @@ def test_divergent_run_is_flagged_and_isolated():
     assert batch["final"]["diverged_step"][1] >= 0
     alone = simulate(good)
     assert_same({k: v[0] for k, v in batch["curves"].items()}, alone["curves"])
+
+
+@pytest.mark.parametrize("activation", ["relu", "linear"])
+def test_relu_and_linear_share_the_leaky_program_exactly(activation):
+    """ReLU and linear compile as LeakyReLU with a traced slope of 0 and 1; the results are
+    those of the dedicated activation."""
+    from contamination.config import static_spec, traced_values
+    from contamination.train import compiled_single_run
+
+    cfg = small("toy", activation=activation, seed=3, steps=60)
+    spec = static_spec(cfg)
+    assert spec.activation == "leaky_relu"
+    assert spec == static_spec(cfg.replace(activation="leaky_relu", leaky_slope=0.3))
+    shared = simulate(cfg)["curves"]
+    dedicated = compiled_single_run(spec._replace(activation=activation))(traced_values(cfg))
+    assert_same(shared, {k: np.asarray(v) for k, v in dedicated["curves"].items()})
