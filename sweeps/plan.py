@@ -88,7 +88,8 @@ def bucketize(runs: list[Run], min_efficiency: float = 0.8) -> list[Bucket]:
 
 def choose_chunks(buckets: list[Bucket], memory_budget: int, n_devices: int, max_chunk: int = 4096) -> None:
     """Per bucket, the chunk size: a multiple of the device count that fits `memory_budget`
-    per device, split so that chunks are as even as possible (least padding)."""
+    per device (two chunks in flight when there are several), split so that chunks are as
+    even as possible (least padding)."""
     for b in buckets:
         per_device = memory_budget // b.run_memory
         if per_device < 1:
@@ -96,6 +97,10 @@ def choose_chunks(buckets: list[Bucket], memory_budget: int, n_devices: int, max
                 f"memory budget {fmt_bytes(memory_budget)} per device is below one run of bucket "
                 f"{b.id} ({fmt_bytes(b.run_memory)}, width {b.static.width}, n_train {b.static.n_train}, "
                 f"input_dim {b.static.input_dim}); raise --memory-budget")
+        if len(b.runs) > per_device * n_devices:
+            # Several chunks: the engine dispatches the next chunk while the host fetches and
+            # writes the last, so two chunks are in flight and each gets half the budget.
+            per_device = max(per_device // 2, 1)
         cap = min(per_device * n_devices, max(max_chunk // n_devices, 1) * n_devices)
         n_chunks = math.ceil(len(b.runs) / cap)
         even = math.ceil(len(b.runs) / n_chunks)

@@ -313,3 +313,18 @@ def test_parquet_schema_matches_readme(reference, table):
     for col in ("width", "seed") if table == "runs" else ("width", "step"):
         assert pd.api.types.is_integer_dtype(df[col])
     assert pd.api.types.is_float_dtype(df["ood_acc"])
+
+
+def test_chunks_fit_the_budget_with_two_in_flight(tmp_path):
+    from contamination.cost import memory_bytes
+    from sweeps.plan import bucketize, choose_chunks
+
+    runs = load(str(write_grid(tmp_path))).runs()
+    buckets = bucketize(runs, 1.0)
+    per_run = max(memory_bytes(b.static) for b in buckets)
+    choose_chunks(buckets, 4 * per_run, n_devices=1)
+    for b in buckets:  # 6 runs each: more than 4 fit, so two chunks of at most 2 are in flight
+        assert b.chunk_size <= 2 and b.chunk_size * 2 * memory_bytes(b.static) <= 4 * per_run
+        assert sum(len(c) for c in b.chunks()) == len(b.runs)
+    choose_chunks(buckets, 10 * per_run, n_devices=1)
+    assert all(b.chunk_size == 6 and b.n_chunks == 1 for b in buckets)  # one chunk: the whole budget
