@@ -26,10 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from contamination.config import preset, static_spec, traced_values  # noqa: E402
 from contamination.cost import flops, memory_bytes  # noqa: E402
-from contamination.metrics import evaluate  # noqa: E402
-from contamination.model import forward, loss_values  # noqa: E402
-from contamination.train import (compiled_single_run, init_carry, make_get_batch, make_optimizer,  # noqa: E402
-                                 make_step, prepare)
+from contamination.train import compiled_single_run, make_training  # noqa: E402
 from sweeps.engine import compile_bucket, run_grid  # noqa: E402
 from sweeps.grid import load  # noqa: E402
 from sweeps.plan import bucketize, choose_chunks  # noqa: E402
@@ -73,18 +70,9 @@ def matmul_rate(batch: int, n: int, d: int, m: int) -> float:
 
 def python_loop_run(cfg) -> None:
     """The reference script's structure: one run, a jitted step called from a Python loop."""
-    s, tr = static_spec(cfg), traced_values(cfg)
-    data, params, trainable, mask, k_batch = prepare(s, tr)
-    tx = make_optimizer(s.optimizer, tr["lr"], tr["weight_decay"], tr["momentum"])
-
-    def objective(p, batch):
-        f, _ = forward(p, batch.x, s.activation, tr["leaky_slope"], mask)
-        return jnp.mean(loss_values(f, batch.y, s.loss))
-
-    step = jax.jit(make_step(objective, tx, trainable, make_get_batch(s, data, k_batch, tr["bg_train"])))
-    measure = jax.jit(lambda p: evaluate(p, data, core_dim=s.core_dim, activation=s.activation, loss=s.loss,
-                                         slope=tr["leaky_slope"], mask=mask))
-    carry = init_carry(params, tx)
+    s = static_spec(cfg)
+    step, carry, measure = make_training(s, traced_values(cfg))
+    step, measure = jax.jit(step), jax.jit(measure)
     logs = [measure(carry[0])]
     for t in range(s.steps):
         carry, _ = step(carry, None)

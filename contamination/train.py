@@ -148,6 +148,25 @@ def train_and_log(step: Callable, carry, measure: Callable, steps: int, log_ever
     return {"curves": curves, "final": final}
 
 
+def make_training(s: Static, traced: dict):
+    """The pieces of one classifier run: its step function, initial carry and metrics.
+
+    `make_run` scans them; the benchmarks call the same step from a Python loop.
+    """
+    data, params, trainable, mask, k_batch = prepare(s, traced)
+    slope = traced["leaky_slope"]
+    tx = make_optimizer(s.optimizer, traced["lr"], traced["weight_decay"], traced["momentum"])
+    measure = functools.partial(evaluate, data=data, core_dim=s.core_dim, activation=s.activation,
+                                loss=s.loss, slope=slope, mask=mask)
+
+    def objective(p, batch):
+        f, _ = forward(p, batch.x, s.activation, slope, mask)
+        return jnp.mean(loss_values(f, batch.y, s.loss))
+
+    step = make_step(objective, tx, trainable, make_get_batch(s, data, k_batch, traced["bg_train"]))
+    return step, init_carry(params, tx), measure
+
+
 def make_run(static: Static) -> Callable[[dict], dict]:
     s = static
     if s.experiment == "distill":
@@ -155,18 +174,8 @@ def make_run(static: Static) -> Callable[[dict], dict]:
         return make_distill_run(s)
 
     def run(traced: dict) -> dict:
-        data, params, trainable, mask, k_batch = prepare(s, traced)
-        slope = traced["leaky_slope"]
-        tx = make_optimizer(s.optimizer, traced["lr"], traced["weight_decay"], traced["momentum"])
-        measure = functools.partial(evaluate, data=data, core_dim=s.core_dim, activation=s.activation,
-                                    loss=s.loss, slope=slope, mask=mask)
-
-        def objective(p, batch):
-            f, _ = forward(p, batch.x, s.activation, slope, mask)
-            return jnp.mean(loss_values(f, batch.y, s.loss))
-
-        step = make_step(objective, tx, trainable, make_get_batch(s, data, k_batch, traced["bg_train"]))
-        return train_and_log(step, init_carry(params, tx), measure, s.steps, s.log_every)
+        step, carry, measure = make_training(s, traced)
+        return train_and_log(step, carry, measure, s.steps, s.log_every)
 
     return run
 

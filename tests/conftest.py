@@ -8,6 +8,17 @@ import pytest  # noqa: E402
 from contamination.config import preset  # noqa: E402
 
 
+# The [fixed] lines of the tiny grids the engine and analysis tests run.
+TINY_FIXED = """core_dim = 4
+bg_dim = 4
+input_dim = 32
+n_train = 64
+n_test = 64
+steps = 40
+log_every = 10
+"""
+
+
 def small(name: str = "toy_theory", **kw):
     """A reduced config for fast tests."""
     base = dict(width=16, core_dim=4, bg_dim=4, input_dim=32, n_train=64, n_test=64, steps=40, log_every=10)

@@ -18,17 +18,12 @@ from analysis.report import build_figures
 from sweeps.engine import run_grid
 from sweeps.grid import load as load_grid
 
+from conftest import TINY_FIXED
+
 REPO = Path(__file__).resolve().parents[1]
-SMALL = """preset = "toy_theory"
+SMALL = f"""preset = "toy_theory"
 [fixed]
-core_dim = 4
-bg_dim = 4
-input_dim = 32
-n_train = 64
-n_test = 64
-steps = 40
-log_every = 10
-"""
+{TINY_FIXED}"""
 # Three axes: a geometric numeric one, a table-valued (label) one, a string one.
 TINY = f"""description = "tiny: width x background x activation"
 seeds = 3

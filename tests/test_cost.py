@@ -1,28 +1,18 @@
 """The static cost model against XLA: FLOPs of a training step, bytes of a compiled chunk."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import Mesh
 
 from contamination.config import preset, static_spec, traced_values
 from contamination.cost import memory_bytes, step_flops
-from contamination.model import forward, loss_values
-from contamination.train import init_carry, make_get_batch, make_optimizer, make_step, prepare
+from contamination.train import make_training
 
 
 def _xla_step_flops(cfg) -> float:
-    s, tr = static_spec(cfg), traced_values(cfg)
-    data, params, trainable, mask, k_batch = prepare(s, tr)
-    tx = make_optimizer(s.optimizer, tr["lr"], tr["weight_decay"], tr["momentum"])
-
-    def objective(p, batch):
-        f, _ = forward(p, batch.x, s.activation, tr["leaky_slope"], mask)
-        return jnp.mean(loss_values(f, batch.y, s.loss))
-
-    step = make_step(objective, tx, trainable, make_get_batch(s, data, k_batch, tr["bg_train"]))
-    analysis = jax.jit(step).lower(init_carry(params, tx), None).compile().cost_analysis()
+    step, carry, _ = make_training(static_spec(cfg), traced_values(cfg))
+    analysis = jax.jit(step).lower(carry, None).compile().cost_analysis()
     return float((analysis[0] if isinstance(analysis, list) else analysis)["flops"])
 
 

@@ -20,6 +20,8 @@ from sweeps.__main__ import main as sweeps_main
 from sweeps.engine import recover, run_grid
 from sweeps.grid import load
 
+from conftest import TINY_FIXED
+
 ROOT = Path(__file__).resolve().parent.parent
 
 TINY = """
@@ -28,14 +30,7 @@ preset = "toy_theory"
 seeds = 3
 
 [fixed]
-core_dim = 4
-bg_dim = 4
-input_dim = 32
-n_train = 64
-n_test = 64
-steps = 40
-log_every = 10
-
+""" + TINY_FIXED + """
 [axes]
 width = [8, 12, 16]
 activation = ["relu", "sigmoid"]
