@@ -1,0 +1,100 @@
+"""Where a training step's time goes: the full step against its parts, vmapped over a chunk.
+
+    python benchmarks/profile_step.py [--preset toy] [--chunk 8] [--steps 200]
+
+Times `steps` scanned steps of (1) the engine's full step, (2) the same step without the
+divergence guard, (3) forward + weight-gradient matmuls alone (the FLOP floor), all
+vmapped over `chunk` configs of the medium (reference) size, and prints each as a share of
+the full step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from contamination.config import preset, stack_traced, static_spec  # noqa: E402
+from contamination.cost import step_flops  # noqa: E402
+from contamination import train  # noqa: E402
+
+
+def scanned(make_step_fn, s, steps):
+    def run(traced):
+        step, carry, _ = train.make_training(s, traced) if make_step_fn is None else make_step_fn(s, traced)
+        out, _ = jax.lax.scan(step, carry, None, length=steps)
+        return out[0]
+    return jax.jit(jax.vmap(run))
+
+
+def unguarded(s, traced):
+    """The step without the non-finite guard (no isfinite, no where over params and state)."""
+    setup = train.prepare(s, traced)
+    tx = train.make_optimizer(s.optimizer, traced["lr"], traced["weight_decay"], traced["momentum"])
+    from contamination.model import forward, loss_values
+
+    def objective(p, batch):
+        f, _ = forward(p, batch.x, s.activation, traced["leaky_slope"], setup.mask)
+        return jnp.mean(loss_values(f, batch.y, s.loss))
+
+    def step(carry, _):
+        p, st = carry
+        g = jax.grad(objective)(p, setup.data.train)
+        g = jax.tree_util.tree_map(jnp.multiply, g, setup.trainable)
+        u, st = tx.update(g, st, p)
+        return (jax.tree_util.tree_map(lambda x, v, m: x + v * m, p, u, setup.trainable), st), None
+
+    return step, (setup.params, tx.init(setup.params)), None
+
+
+def matmuls_only(s, traced):
+    """Forward x W^T and the weight gradient dpre^T x: the step's FLOP floor."""
+    setup = train.prepare(s, traced)
+    x = setup.data.train.x
+
+    def step(w, _):
+        pre = x @ w.T
+        return w - 1e-6 * (jax.nn.relu(pre).T @ x), None
+
+    return step, setup.params.w, None
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--preset", default="toy")
+    ap.add_argument("--chunk", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=200)
+    args = ap.parse_args()
+    cfgs = [preset(args.preset, seed=i, steps=args.steps, log_every=args.steps) for i in range(args.chunk)]
+    s, traced = static_spec(cfgs[0]), stack_traced(cfgs)
+    rows = []
+    for name, fn in (("full step", None), ("without divergence guard", unguarded), ("matmuls only", matmuls_only)):
+        f = scanned(fn, s, args.steps)
+        jax.block_until_ready(f(traced))
+        best = min(_time(f, traced) for _ in range(3))
+        rows.append((name, best))
+    full = rows[0][1]
+    flop = step_flops(s) * args.steps * args.chunk
+    print(f"{args.chunk} configs x {args.steps} steps, {s.n_train}x{s.input_dim}, width {s.width}, {s.optimizer}; "
+          f"{jax.local_devices()[0].device_kind}")
+    print("| variant | seconds | share of full step | GFLOP/s (model FLOPs of the full step) |")
+    print("|---|---|---|---|")
+    for name, t in rows:
+        print(f"| {name} | {t:.3f} | {t / full:.0%} | {flop / t / 1e9:.0f} |")
+    return 0
+
+
+def _time(f, traced) -> float:
+    t0 = time.perf_counter()
+    jax.block_until_ready(f(traced))
+    return time.perf_counter() - t0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
