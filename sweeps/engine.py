@@ -208,7 +208,7 @@ def share(runs: list[Run], process_index: int, process_count: int) -> list[Run]:
     return ordered[process_index::process_count]
 
 
-def make_plan(grid: Grid, runs: list[Run], *, memory_budget: int, n_devices: int, min_efficiency: float,
+def make_plan(runs: list[Run], *, memory_budget: int, n_devices: int, min_efficiency: float,
               chunk_size: int | None = None) -> list[Bucket]:
     buckets = bucketize(runs, min_efficiency)
     choose_chunks(buckets, memory_budget, n_devices)
@@ -216,6 +216,32 @@ def make_plan(grid: Grid, runs: list[Run], *, memory_budget: int, n_devices: int
         for b in buckets:
             b.chunk_size = max(n_devices, (chunk_size // n_devices) * n_devices)
     return buckets
+
+
+@dataclasses.dataclass
+class Pending:
+    all_runs: list[Run]
+    pending: list[Run]  # this process's share, less what is already written
+    skipped: int  # runs of this process's share already written
+    budget: int
+    buckets: list[Bucket]
+
+
+def plan_pending(grid: Grid, out: Path, *, memory_budget: int | None, min_efficiency: float,
+                 chunk_size: int | None) -> Pending:
+    """What this process still has to train, and its plan (the run and the dry run share it)."""
+    import jax
+
+    all_runs = grid.runs()
+    done = done_run_ids(out)
+    # Share first, then skip what is done: the shares stay disjoint and complete even when
+    # each host of a slice sees only its own results directory.
+    mine = share(all_runs, jax.process_index(), jax.process_count())
+    pending = [r for r in mine if r.run_id not in done]
+    budget = memory_budget or default_memory_budget()
+    buckets = make_plan(pending, memory_budget=budget, n_devices=len(jax.local_devices()),
+                        min_efficiency=min_efficiency, chunk_size=chunk_size)
+    return Pending(all_runs, pending, len(mine) - len(pending), budget, buckets)
 
 
 def compile_bucket(bucket: Bucket, mesh):
@@ -255,22 +281,15 @@ def run_grid(grid: Grid, out: Path, *, memory_budget: int | None = None, min_eff
     devices = jax.local_devices()
     mesh = Mesh(np.array(devices), ("cfg",))
     dev = device_info()
-    all_runs = grid.runs()
-    done = done_run_ids(out)
-    # Share first, then skip what is done: the shares stay disjoint and complete even when
-    # each host of a slice sees only its own results directory.
-    mine = share(all_runs, dev["process_index"], dev["process_count"])
-    pending = [r for r in mine if r.run_id not in done]
-    budget = memory_budget or default_memory_budget()
     # Planning raises on an impossible budget before anything is written.
-    buckets = make_plan(grid, pending, memory_budget=budget, n_devices=len(devices),
-                        min_efficiency=min_efficiency, chunk_size=chunk_size)
+    p = plan_pending(grid, out, memory_budget=memory_budget, min_efficiency=min_efficiency, chunk_size=chunk_size)
+    all_runs, pending, budget, buckets = p.all_runs, p.pending, p.budget, p.buckets
     out.mkdir(parents=True, exist_ok=True)
     recover(out)
     provenance = {"grid": grid.name, "scale": grid.scale, "grid_sha256": grid.sha256, "git_commit": git_commit(),
                   "versions": versions(), **dev, "metrics": metric_names(all_runs),
                   "prng": "threefry2x32, keys from sha256 of run content"}
-    skipped = len(mine) - len(pending)
+    skipped = p.skipped
     invocation = {"started": started, "runs_in_grid": len(all_runs), "already_done": skipped,
                   "planned": len(pending), "memory_budget_bytes": budget, "min_efficiency": min_efficiency,
                   "buckets": []}
@@ -366,17 +385,14 @@ def describe_plan(grid: Grid, out: Path, *, memory_budget: int | None, min_effic
     """The dry run: configs, buckets, padding, compiles, chunks, FLOPs and memory; no training."""
     import jax
 
-    all_runs = grid.runs()
-    done = done_run_ids(out) if out.exists() else set()
-    pending = [r for r in all_runs if r.run_id not in done]
+    p = plan_pending(grid, out, memory_budget=memory_budget, min_efficiency=min_efficiency, chunk_size=chunk_size)
+    all_runs, pending, budget, buckets = p.all_runs, p.pending, p.budget, p.buckets
+    done = p.skipped
     n_dev = len(jax.local_devices())
-    budget = memory_budget or default_memory_budget()
-    buckets = make_plan(grid, pending, memory_budget=budget, n_devices=n_dev, min_efficiency=min_efficiency,
-                        chunk_size=chunk_size)
     n_cfg = len({r.config_id for r in all_runs})
     lines = [
         f"grid {grid.name} (scale {grid.scale}): {grid.description}",
-        f"{n_cfg} configs x {len(grid.seeds)} seeds = {len(all_runs)} runs; {len(done)} already in {out}; "
+        f"{n_cfg} configs x {len(grid.seeds)} seeds = {len(all_runs)} runs; {done} already in {out}; "
         f"{len(pending)} to train",
         f"devices: {n_dev} x {jax.local_devices()[0].device_kind} ({jax.default_backend()}); "
         f"memory budget {fmt_bytes(budget)} per device",

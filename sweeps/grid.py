@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import itertools
 import tomllib
 from pathlib import Path
 from typing import Any
 
 from contamination.config import (FIELDS, PRESETS, Config, ConfigError, check_field, config_id, from_dict, preset,
-                                  run_id, stable_hash)
+                                  run_id)
 
 GRID_DIR = Path(__file__).parent / "grids"
 TOP_KEYS = ("description", "preset", "seeds", "fixed", "axes", "scales")
@@ -78,7 +79,12 @@ class Grid:
         return {a: [label_of(v) if isinstance(v, dict) else v for v in vals] for a, vals in self.axes.items()}
 
     def runs(self) -> list[Run]:
-        return expand(self)
+        return list(self._runs)
+
+    @functools.cached_property
+    def _runs(self) -> tuple[Run, ...]:
+        # Expanded once: `load` expands to validate, and the engine reuses the result.
+        return tuple(expand(self))
 
 
 def label_of(table: dict) -> str:
@@ -210,7 +216,7 @@ def load(name_or_path: str, scale: str | None = None) -> Grid:
             raise _err(path, f"fixed.{name}", "is also an axis; set it in one place")
     grid = Grid(name=p.stem, path=path, text=text, scale=scale or "default", description=str(description),
                 preset=preset_name, seeds=seeds, fixed=dict(fixed), axes=dict(axes))
-    expand(grid)  # validates every config before any work starts
+    grid.runs()  # validates every config before any work starts (and caches them)
     return grid
 
 
@@ -252,7 +258,3 @@ def expand(grid: Grid) -> list[Run]:
                 seen.add(run.run_id)
                 runs.append(run)
     return runs
-
-
-def grid_hash(grid: Grid) -> str:
-    return stable_hash([grid.text, grid.scale])

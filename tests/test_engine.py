@@ -144,7 +144,7 @@ assert len(jax.local_devices()) == 4, jax.local_devices()
 summary = run_grid(grid, __import__("pathlib").Path(sys.argv[2]), progress=False)
 # inspect one chunk's output placement
 mesh = Mesh(np.array(jax.local_devices()), ("cfg",))
-b = make_plan(grid, grid.runs(), memory_budget=2**30, n_devices=4, min_efficiency=0.8)[0]
+b = make_plan(grid.runs(), memory_budget=2**30, n_devices=4, min_efficiency=0.8)[0]
 compiled, sharding, _ = compile_bucket(b, mesh)
 out = compiled(chunk_inputs(b, b.chunks()[0], sharding))
 leaf = out["final"]["id_loss"]
