@@ -26,10 +26,28 @@ class Data(NamedTuple):
     ood: Split  # the test set's core and labels, background redrawn from bg_ood
 
 
+def orthonormalize(a: jax.Array) -> jax.Array:
+    """The Q of `a = QR` with diag(R) > 0, for a (d, k) matrix of full column rank.
+
+    Classical Gram-Schmidt applied twice per column ("CGS2", orthogonal to working precision),
+    in plain JAX. Not `jnp.linalg.qr`: that is a LAPACK custom call, and on a CPU with few
+    cores, programs holding one deadlocked when several forced host devices ran them at once
+    (`tests/test_engine.py::test_programs_hold_no_custom_calls`).
+    """
+    hi = jax.lax.Precision.HIGHEST
+
+    def column(j, q):
+        v = jax.lax.dynamic_index_in_dim(a, j, axis=1, keepdims=False)
+        for _ in range(2):  # columns >= j of q are still zero, so this projects on q_0..q_{j-1}
+            v = v - jnp.dot(q, jnp.dot(v, q, precision=hi), precision=hi)
+        return jax.lax.dynamic_update_index_in_dim(q, v / jnp.linalg.norm(v), j, axis=1)
+
+    return jax.lax.fori_loop(0, a.shape[1], column, jnp.zeros_like(a))
+
+
 def dictionary(key: jax.Array, d0: int, d: int) -> jax.Array:
-    """A Haar-random (d0, d) matrix with orthonormal rows (QR of a Gaussian, signs fixed)."""
-    q, r = jnp.linalg.qr(jax.random.normal(key, (d, d0)))
-    return (q * jnp.sign(jnp.diagonal(r))).T
+    """A Haar-random (d0, d) matrix with orthonormal rows (the Q of a Gaussian with diag(R) > 0)."""
+    return orthonormalize(jax.random.normal(key, (d, d0))).T
 
 
 def balanced_labels(n: int) -> jax.Array:

@@ -24,6 +24,10 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--min-efficiency", type=float, default=0.8,
                         help="pad narrower widths into one program while this share of compute stays useful (0-1)")
         sp.add_argument("--chunk-size", type=int, default=None, help="force the runs per compiled call")
+        sp.add_argument("--host-devices", default="auto",
+                        help="CPU backend: split the host into this many JAX devices, runs sharded over them "
+                             "(default auto: one per usable core, unless XLA_FLAGS or JAX_NUM_CPU_DEVICES "
+                             "already set a count; accelerators ignore it)")
         sp.add_argument("--distributed", action="store_true",
                         help="multi-host: call jax.distributed.initialize(); each process runs a disjoint share")
         if name == "run":
@@ -40,15 +44,29 @@ def main(argv: list[str] | None = None) -> int:
             raise PlanError(f"--min-efficiency: must be in [0, 1], got {args.min_efficiency}")
         if args.chunk_size is not None and args.chunk_size < 1:
             raise PlanError(f"--chunk-size: must be >= 1, got {args.chunk_size}")
+        host_devices = None
+        if args.host_devices != "auto":
+            try:
+                host_devices = int(args.host_devices)
+            except ValueError:
+                raise PlanError(f"--host-devices: 'auto' or a positive integer, got {args.host_devices!r}") from None
+            if host_devices < 1:
+                raise PlanError(f"--host-devices: must be >= 1, got {host_devices}")
     except (GridError, PlanError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     out = Path(args.out) if args.out else Path("results") / (
         grid.name if grid.scale == "default" else f"{grid.name}-{grid.scale}")
+    from . import engine
+
+    try:
+        engine.use_host_devices(host_devices)  # before JAX starts its backends
+    except PlanError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if args.distributed:
         import jax
         jax.distributed.initialize()
-    from . import engine
 
     try:
         if args.command == "plan":

@@ -15,11 +15,20 @@ def _data(**kw):
     return cfg, prepare(static_spec(cfg), traced_values(cfg)).data
 
 
-@pytest.mark.parametrize("d0,d", [(8, 8), (16, 64), (64, 256)])
+@pytest.mark.parametrize("d0,d", [(8, 8), (16, 64), (64, 256), (128, 128)])
 def test_dictionary_orthonormal(d0, d):
     M = np.asarray(dictionary(jax.random.key(3), d0, d))
     assert M.shape == (d0, d)
     np.testing.assert_allclose(M @ M.T, np.eye(d0), atol=2e-5)
+
+
+@pytest.mark.parametrize("d0,d", [(8, 8), (16, 64), (64, 256), (32, 1024)])
+def test_dictionary_is_the_sign_fixed_qr_of_a_gaussian(d0, d):
+    """The plain-JAX Gram-Schmidt gives LAPACK's Q (float64 here) with diag(R) > 0: Haar-random rows."""
+    key = jax.random.key(5)
+    g = np.asarray(jax.random.normal(key, (d, d0)), np.float64)
+    q, r = np.linalg.qr(g)
+    np.testing.assert_allclose(np.asarray(dictionary(key, d0, d)), (q * np.sign(np.diag(r))).T, atol=1e-5)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
