@@ -70,8 +70,11 @@ def main() -> int:
     ap.add_argument("--preset", default="toy")
     ap.add_argument("--chunk", type=int, default=8)
     ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--shape", choices=["reference", "small"], default="reference",
+                    help="reference: the preset's sizes; small: n=256, d=64, width 64, 8+8 features")
     args = ap.parse_args()
-    cfgs = [preset(args.preset, seed=i, steps=args.steps, log_every=args.steps) for i in range(args.chunk)]
+    sizes = {} if args.shape == "reference" else dict(n_train=256, n_test=256, input_dim=64, width=64, core_dim=8, bg_dim=8)
+    cfgs = [preset(args.preset, seed=i, steps=args.steps, log_every=args.steps, **sizes) for i in range(args.chunk)]
     s, traced = static_spec(cfgs[0]), stack_traced(cfgs)
     rows = []
     for name, fn in (("full step", None), ("without divergence guard", unguarded), ("matmuls only", matmuls_only)):

@@ -19,6 +19,7 @@ import sys
 import time
 from importlib import metadata
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -37,8 +38,8 @@ PROVENANCE_KEY = b"contamination"
 
 # --- environment ---------------------------------------------------------------------
 
-def setup_jax(cache_dir: str | None = None) -> None:
-    """Enable JAX's persistent compilation cache (every compile is cached)."""
+def setup_jax(cache_dir: str | None = None) -> Path:
+    """Enable JAX's persistent compilation cache (every compile is cached); returns its directory."""
     import jax
 
     cache = cache_dir or os.environ.get("CONTAMINATION_JAX_CACHE") or str(
@@ -46,6 +47,7 @@ def setup_jax(cache_dir: str | None = None) -> None:
     jax.config.update("jax_compilation_cache_dir", cache)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return Path(cache)
 
 
 def usable_cores() -> int:
@@ -286,21 +288,48 @@ def plan_pending(grid: Grid, out: Path, *, memory_budget: int | None, min_effici
     return Pending(all_runs, pending, len(mine) - len(pending), budget, buckets)
 
 
-def compile_bucket(bucket: Bucket, mesh):
-    """AOT-compile jit(vmap(run)) for the bucket, its config axis sharded over the mesh."""
+class Program(NamedTuple):
+    compiled: Any  # jax.stages.Compiled: call it with chunk_inputs(...)
+    sharding: Any  # the NamedSharding of its inputs and outputs
+    seconds: float  # time to get it (trace + lower + compile, or load from the store)
+    source: str  # "compiled" or "store" (sweeps/executables.py)
+    key: str | None  # its key in the store, where the store is used
+
+
+def compile_bucket(bucket: Bucket, mesh, store: Path | None = None) -> Program:
+    """AOT-compile jit(vmap(run)) for the bucket, its config axis sharded over the mesh.
+
+    With `store` (a directory), a program compiled before under the same key
+    (`sweeps/executables.py`) is loaded instead, and a new one is saved there.
+    """
     import jax
     from jax.sharding import NamedSharding, PartitionSpec as P
 
     from contamination.train import make_run
 
+    from . import executables
+
+    t0 = time.perf_counter()
     sharding = NamedSharding(mesh, P("cfg"))
     example = stack_traced([r.config for r in bucket.runs[:1]])
     abstract = {k: jax.ShapeDtypeStruct((bucket.chunk_size,) + v.shape[1:], v.dtype, sharding=sharding)
                 for k, v in example.items()}
+    key = None
+    if store is not None and executables.enabled():
+        key = executables.program_key(bucket.static, bucket.chunk_size, abstract, mesh)
+        compiled = executables.load(store, key, list(mesh.devices.flat))
+        if compiled is not None:
+            return Program(compiled, sharding, time.perf_counter() - t0, "store", key)
     fn = jax.jit(jax.vmap(make_run(bucket.static)), in_shardings=(sharding,), out_shardings=sharding)
-    t0 = time.perf_counter()
-    compiled = fn.lower(abstract).compile()
-    return compiled, sharding, time.perf_counter() - t0
+    if key is None:
+        compiled = fn.lower(abstract).compile()
+    else:
+        with executables.fresh_compile():
+            compiled = fn.lower(abstract).compile()
+    seconds = time.perf_counter() - t0
+    if key is not None:
+        executables.save(store, key, compiled)
+    return Program(compiled, sharding, seconds, "compiled", key)
 
 
 def chunk_inputs(bucket: Bucket, chunk: list[Run], sharding):
@@ -317,7 +346,7 @@ def run_grid(grid: Grid, out: Path, *, memory_budget: int | None = None, min_eff
     import jax
     from jax.sharding import Mesh
 
-    setup_jax(cache_dir)
+    store = setup_jax(cache_dir) / "executables"
     t_start = time.perf_counter()
     started = dt.datetime.now(dt.timezone.utc).isoformat()
     devices = jax.local_devices()
@@ -346,17 +375,16 @@ def run_grid(grid: Grid, out: Path, *, memory_budget: int | None = None, min_eff
     runs_dir.mkdir(exist_ok=True)
     curves_dir.mkdir(exist_ok=True)
     done_count = 0
-    for bucket in buckets:
-        compiled, sharding, compile_s = compile_bucket(bucket, mesh)
-        t_bucket = time.perf_counter()
+
+    def train_chunks(bucket: Bucket, prog: Program, written: list[int]) -> None:
         chunks = bucket.chunks()
         # Dispatch chunk i+1 before fetching chunk i, so the device trains while the host writes.
-        inflight = (chunks[0], compiled(chunk_inputs(bucket, chunks[0], sharding)), time.perf_counter())
+        inflight = (chunks[0], prog.compiled(chunk_inputs(bucket, chunks[0], prog.sharding)), time.perf_counter())
         for i in range(len(chunks)):
             chunk, result, t0 = inflight
             nxt = None
             if i + 1 < len(chunks):
-                nxt = (chunks[i + 1], compiled(chunk_inputs(bucket, chunks[i + 1], sharding)))
+                nxt = (chunks[i + 1], prog.compiled(chunk_inputs(bucket, chunks[i + 1], prog.sharding)))
             host = jax.tree_util.tree_map(np.asarray, result)
             chunk_s = time.perf_counter() - t0
             name = f"{bucket.id}-{stable_hash(sorted(r.run_id for r in chunk))}.parquet"
@@ -366,16 +394,41 @@ def run_grid(grid: Grid, out: Path, *, memory_budget: int | None = None, min_eff
             runs_df, curves_df = build_tables(grid, chunk, host, extra)
             _atomic_write_table(_to_arrow(curves_df, provenance), curves_dir / name)
             _atomic_write_table(_to_arrow(runs_df, provenance), runs_dir / name)
-            done_count += len(chunk)
+            written[0] += len(chunk)
             if bar:
                 bar.update(len(chunk))
             if nxt:
                 inflight = (nxt[0], nxt[1], time.perf_counter())
+
+    from . import executables
+
+    for bucket in buckets:
+        prog = compile_bucket(bucket, mesh, store)
+        compile_s, source = prog.seconds, prog.source
+        t_bucket = time.perf_counter()
+        written = [0]
+        try:
+            train_chunks(bucket, prog, written)
+        except jax.errors.JaxRuntimeError as e:
+            if prog.source != "store" or written[0]:
+                raise
+            # A stored program that fails before its first chunk is written is dropped and
+            # compiled afresh; nothing of it reached the results.
+            print(f"warning: stored program {prog.key[:12]} failed ({str(e).splitlines()[0][:120]}); "
+                  "recompiling", file=sys.stderr)
+            executables.discard(store, prog.key)
+            t_again = time.perf_counter()
+            prog = compile_bucket(bucket, mesh, store)
+            compile_s, source = compile_s + prog.seconds, "compiled after a failed stored program"
+            t_bucket += time.perf_counter() - t_again
+            train_chunks(bucket, prog, written)
+        done_count += written[0]
+        chunks = bucket.chunks()
         run_s = time.perf_counter() - t_bucket
         invocation["buckets"].append({
             "bucket": bucket.id, "static": bucket.static._asdict(), "widths": bucket.widths,
             "runs": len(bucket.runs), "chunk_size": bucket.chunk_size, "chunks": len(chunks),
-            "padding_efficiency": bucket.efficiency, "compile_s": compile_s, "run_s": run_s,
+            "padding_efficiency": bucket.efficiency, "compile_s": compile_s, "program": source, "run_s": run_s,
             "runs_per_s": len(bucket.runs) / run_s if run_s > 0 else None,
             "flops": bucket.flops, "executed_flops": bucket.executed_flops,
             "flop_per_s": bucket.executed_flops / run_s if run_s > 0 else None,

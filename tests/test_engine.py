@@ -145,7 +145,8 @@ summary = run_grid(grid, __import__("pathlib").Path(sys.argv[2]), progress=False
 # inspect one chunk's output placement
 mesh = Mesh(np.array(jax.local_devices()), ("cfg",))
 b = make_plan(grid.runs(), memory_budget=2**30, n_devices=4, min_efficiency=0.8)[0]
-compiled, sharding, _ = compile_bucket(b, mesh)
+prog = compile_bucket(b, mesh)
+compiled, sharding = prog.compiled, prog.sharding
 out = compiled(chunk_inputs(b, b.chunks()[0], sharding))
 leaf = out["final"]["id_loss"]
 print(json.dumps({"chunk": b.chunk_size, "devices": len(leaf.sharding.device_set),
@@ -215,6 +216,120 @@ def test_two_host_devices_do_not_deadlock(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     assert len(read(tmp_path / "out")) == 32
     assert json.loads((tmp_path / "out" / "manifest.json").read_text())["local_device_count"] == 2
+
+
+# --- 3b. the program store -----------------------------------------------------------
+
+# one bucket, so each store test compiles one program
+ONE_PROGRAM = TINY.replace("width = [8, 12, 16]", "width = [16]").replace('activation = ["relu", "sigmoid"]', "")
+
+
+def _programs(summary) -> list[str]:
+    return [b["program"] for b in summary.buckets]
+
+
+def test_warm_run_loads_its_programs_from_the_store(reference, tmp_path, monkeypatch):
+    from sweeps import executables
+
+    grid = load(str(write_grid(tmp_path, ONE_PROGRAM)))
+    cache = str(tmp_path / "cache")
+    store = tmp_path / "cache" / "executables"
+    first = run_grid(grid, tmp_path / "a", progress=False, cache_dir=cache)
+    assert set(_programs(first)) == {"compiled"}
+    files = sorted(store.glob("*.jaxexe"))
+    assert len(files) == first.compiles
+    warm = run_grid(grid, tmp_path / "b", progress=False, cache_dir=cache)
+    assert set(_programs(warm)) == {"store"}
+    # a loaded program computes exactly what the compiled one did
+    cols = ["id_loss", "ood_loss", "bg_signed", "bg_norm", "act_asym", "train_loss"]
+    a, b = read(tmp_path / "a").set_index("run_id").sort_index(), read(tmp_path / "b").set_index("run_id").sort_index()
+    np.testing.assert_array_equal(a[cols].to_numpy(), b[cols].to_numpy())
+    assert_same_metrics(b.reset_index(), read(reference[0]).query("width == 16 and activation == 'relu'"))
+
+    # a damaged entry is a miss: recompiled, same results, entry replaced
+    files[0].write_bytes(b"not a program")
+    again = run_grid(grid, tmp_path / "c", progress=False, cache_dir=cache)
+    assert sorted(_programs(again)) == sorted(["compiled"] + ["store"] * (first.compiles - 1))
+    assert files[0].stat().st_size > 100
+    np.testing.assert_array_equal(read(tmp_path / "c").set_index("run_id").sort_index()[cols].to_numpy(),
+                                  a[cols].to_numpy())
+
+    # other code is another key: nothing stale is loaded
+    monkeypatch.setattr(executables, "code_digest", lambda: "edited source")
+    edited = run_grid(grid, tmp_path / "d", progress=False, cache_dir=cache)
+    assert set(_programs(edited)) == {"compiled"}
+    assert len(list(store.glob("*.jaxexe"))) == 2 * first.compiles
+
+    # and the store can be turned off
+    monkeypatch.setenv("CONTAMINATION_EXECUTABLE_CACHE", "0")
+    off = run_grid(grid, tmp_path / "e", progress=False, cache_dir=cache)
+    assert set(_programs(off)) == {"compiled"}
+    assert len(list(store.glob("*.jaxexe"))) == 2 * first.compiles
+
+
+def test_store_filled_after_a_jax_cache_hit_runs_in_a_new_process(tmp_path):
+    """The store's programs are fresh compiles: one saved after JAX's own cache had the
+    program (re-serialized from its cache entry) loaded but failed to run in the next process."""
+    grid = write_grid(tmp_path, ONE_PROGRAM)
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "CONTAMINATION_JAX_CACHE": str(tmp_path / "cache")}
+
+    def sweep(out):
+        res = subprocess.run([sys.executable, "-m", "sweeps", "run", str(grid), "--out", str(tmp_path / out),
+                              "--no-progress", "--host-devices", "1"],
+                             capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+        assert res.returncode == 0, res.stderr[-3000:]
+        assert "warning" not in res.stderr, res.stderr[-3000:]
+        return [b["program"] for b in json.loads((tmp_path / out / "manifest.json").read_text())["invocations"][-1]["buckets"]]
+
+    assert set(sweep("a")) == {"compiled"}
+    for f in (tmp_path / "cache" / "executables").glob("*.jaxexe"):
+        f.unlink()  # JAX's cache holds the programs, the store does not
+    assert set(sweep("b")) == {"compiled"}
+    assert set(sweep("c")) == {"store"}
+    assert_same_metrics(read(tmp_path / "c"), read(tmp_path / "a"))
+
+
+def test_a_stored_program_that_fails_to_run_is_recompiled(tmp_path, monkeypatch, capsys):
+    import jax
+
+    from sweeps import executables
+
+    class Broken:
+        def __call__(self, *args):
+            raise jax.errors.JaxRuntimeError("NOT_FOUND: Function fusion not found (simulated)")
+
+    grid = load(str(write_grid(tmp_path, ONE_PROGRAM)))
+    cache = str(tmp_path / "cache")
+    run_grid(grid, tmp_path / "a", progress=False, cache_dir=cache)
+    # the stored files load as programs that fail when called; once discarded, they are misses
+    monkeypatch.setattr(executables, "load",
+                        lambda store, key, devices: Broken() if (store / f"{key}.jaxexe").exists() else None)
+    s = run_grid(grid, tmp_path / "b", progress=False, cache_dir=cache)
+    assert {b["program"] for b in s.buckets} == {"compiled after a failed stored program"}
+    assert "recompiling" in capsys.readouterr().err
+    assert_same_metrics(read(tmp_path / "b"), read(tmp_path / "a"))
+
+
+def test_program_key_covers_what_the_program_depends_on(tmp_path):
+    import jax
+    from jax.sharding import Mesh
+
+    from contamination.config import preset, stack_traced, static_spec
+    from sweeps import executables
+
+    mesh = Mesh(np.array(jax.local_devices()[:1]), ("cfg",))
+
+    def key(chunk=4, **kw):
+        cfg = preset("toy", **kw)
+        inputs = {k: jax.ShapeDtypeStruct((chunk,) + v.shape[1:], v.dtype) for k, v in stack_traced([cfg]).items()}
+        return executables.program_key(static_spec(cfg), chunk, inputs, mesh)
+
+    base = key()
+    assert key() == base  # deterministic
+    assert key(seed=3, lr=0.5) == base  # traced values are inputs, not part of the program
+    assert len({base, key(chunk=8), key(steps=7), key(width=24), key(activation="tanh"), key(optimizer="sgd")}) == 6
+    before = executables.code_digest()
+    assert len(before) == 64 and before == executables.code_digest()
 
 
 # --- 4. crash safety ------------------------------------------------------------------

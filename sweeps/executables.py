@@ -1,0 +1,137 @@
+"""A store of compiled bucket programs, so a warm sweep skips tracing and lowering too.
+
+JAX's persistent compilation cache saves XLA's compile, but a cache hit still traces the
+Python run function and lowers it to StableHLO first: about 0.3-0.5 s per program on the
+2-core CPU, most of a warm `quickstart`'s compile time (BENCHMARKS.md). This store keeps the
+serialized executable itself (`jax.experimental.serialize_executable`), keyed by everything
+the program depends on:
+
+- the source of the `contamination` package and of `sweeps/engine.py` (the code traced),
+- the versions of Python, jax, jaxlib, optax and numpy,
+- every `jax.config` value and every `JAX_*` / `XLA_*` environment variable,
+- the backend, its platform version, and the mesh's devices (ids, kinds, processes),
+- the bucket's static spec, chunk size and input shapes and dtypes.
+
+Any change to one of them is a different key, so a stale program is never loaded; a file
+that fails to load, or a loaded program that fails on its first chunk, is recompiled and
+replaced. Programs are compiled for the store with JAX's persistent cache bypassed
+(`fresh_compile`): re-serializing an executable that JAX itself loaded from its cache gives
+a file that loads but fails to run on the CPU backend (jaxlib 0.10: "Function ... not found"). Files live in `executables/` next to JAX's
+cache (`~/.cache/contamination/jax` or `$CONTAMINATION_JAX_CACHE`); they are pickles, so
+the directory must be trusted as the cache itself is. `CONTAMINATION_EXECUTABLE_CACHE=0`
+turns the store off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import json
+import os
+import pickle
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def enabled() -> bool:
+    return os.environ.get("CONTAMINATION_EXECUTABLE_CACHE", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+@functools.lru_cache(maxsize=None)
+def code_digest() -> str:
+    """sha256 over the traced code: every module of `contamination` and `sweeps/engine.py`."""
+    h = hashlib.sha256()
+    files = sorted((ROOT / "contamination").rglob("*.py")) + [ROOT / "sweeps" / "engine.py"]
+    for f in files:
+        h.update(str(f.relative_to(ROOT)).encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+@functools.lru_cache(maxsize=None)
+def _versions() -> tuple:
+    from importlib import metadata
+
+    out = [("python", sys.version)]
+    for pkg in ("jax", "jaxlib", "optax", "numpy"):
+        try:
+            out.append((pkg, metadata.version(pkg)))
+        except metadata.PackageNotFoundError:
+            out.append((pkg, "unknown"))
+    return tuple(out)
+
+
+def program_key(static: Any, chunk_size: int, inputs: dict, mesh) -> str:
+    """The store's key of one bucket program (see the module docstring for what it covers)."""
+    import jax
+
+    devices = list(mesh.devices.flat)
+    client = devices[0].client
+    desc = {
+        "code": code_digest(),
+        "versions": _versions(),
+        "jax_config": sorted((k, repr(v)) for k, v in jax.config.values.items()),
+        "env": sorted((k, v) for k, v in os.environ.items() if k.startswith(("JAX_", "XLA_"))),
+        "backend": [client.platform, client.platform_version],
+        "mesh": [list(mesh.axis_names), list(mesh.devices.shape)],
+        "devices": [[d.id, d.device_kind, d.process_index] for d in devices],
+        "static": repr(static),
+        "chunk_size": chunk_size,
+        "inputs": sorted((k, list(v.shape), str(v.dtype)) for k, v in inputs.items()),
+    }
+    return hashlib.sha256(json.dumps(desc, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def load(store: Path, key: str, devices):
+    """The stored program for `key`, or None (missing, or unreadable by this JAX: recompile)."""
+    from jax.experimental.serialize_executable import deserialize_and_load
+
+    path = store / f"{key}.jaxexe"
+    if not path.exists():
+        return None
+    try:
+        with path.open("rb") as f:
+            blob, in_tree, out_tree = pickle.load(f)
+        return deserialize_and_load(blob, in_tree, out_tree, backend=devices[0].client, execution_devices=devices)
+    except Exception:  # noqa: BLE001 - a bad entry is a miss; the caller recompiles and replaces it
+        return None
+
+
+def save(store: Path, key: str, compiled) -> bool:
+    """Store a compiled program atomically; False where the backend cannot serialize it."""
+    from jax.experimental.serialize_executable import serialize
+
+    try:
+        blob, in_tree, out_tree = serialize(compiled)
+        data = pickle.dumps((blob, in_tree, out_tree))
+    except Exception:  # noqa: BLE001 - not every backend or program serializes; the store is optional
+        return False
+    store.mkdir(parents=True, exist_ok=True)
+    tmp = store / f".tmp-{key}-{os.getpid()}"
+    tmp.write_bytes(data)
+    os.replace(tmp, store / f"{key}.jaxexe")
+    return True
+
+
+def discard(store: Path, key: str) -> None:
+    (store / f"{key}.jaxexe").unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def fresh_compile():
+    """Compile inside without JAX's persistent cache (neither read nor written), so that the
+    executable is a fresh compile, the kind that serializes completely."""
+    import jax
+    from jax.experimental.compilation_cache import compilation_cache as cc
+
+    before = jax.config.jax_enable_compilation_cache
+    jax.config.update("jax_enable_compilation_cache", False)
+    cc.reset_cache()  # JAX decides once per process whether the cache is used; decide again
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_compilation_cache", before)
+        cc.reset_cache()
