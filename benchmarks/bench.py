@@ -59,22 +59,37 @@ def timed(fn, *args, repeat: int = 3) -> float:
     return best
 
 
-def matmul_rate(batch: int, n: int, d: int, m: int) -> float:
-    """FLOP/s of the engine's dominant op, a batched (n, d) @ (d, m) float32 matmul: the best of
-    one device and the batch sharded over all local devices (the way the engine runs chunks)."""
+def matmul_rate(batch: int, n: int, d: int, m: int, steps: int = 200) -> dict:
+    """The machine's float32 rate for the engine's matmuls at its sizes, in FLOP/s.
+
+    Two measurements, and the higher one is the limit: (1) one batched `(n, d) @ (d, m)`
+    einsum call, best of 3; (2) the engine's two matmuls alone, the forward `x @ w.T` and the
+    weight gradient `relu(pre).T @ x`, in a `lax.scan` of `steps` dependent steps, vmapped over
+    `batch` configs, as the engine runs them: on one device, and sharded over all local
+    devices. Each is timed best of 3.
+    """
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
     k1, k2 = jax.random.split(jax.random.key(0))
     x = jax.random.normal(k1, (batch, n, d), jnp.float32)
-    w = jax.random.normal(k2, (batch, m, d), jnp.float32)
-    f = jax.jit(lambda x, w: jnp.einsum("bnd,bmd->bnm", x, w))
-    best = timed(f, x, w)
+    w = jax.random.normal(k2, (batch, m, d), jnp.float32) / np.sqrt(d)
+    single = timed(jax.jit(lambda x, w: jnp.einsum("bnd,bmd->bnm", x, w)), x, w)
+    rates = {"one_einsum_call": 2 * batch * n * d * m / single}
+
+    def loop(x, w):
+        def step(w, _):
+            return w - 1e-6 * (jax.nn.relu(x @ w.T).T @ x), None
+        return jax.lax.scan(step, w, None, length=steps)[0]
+
+    f = jax.jit(jax.vmap(loop))
+    rates["scan_one_device"] = 4 * batch * n * d * m * steps / timed(f, x, w)
     devices = jax.local_devices()
     if len(devices) > 1 and batch % len(devices) == 0:
         sh = NamedSharding(Mesh(np.array(devices), ("cfg",)), P("cfg"))
-        best = min(best, timed(jax.jit(f, in_shardings=(sh, sh), out_shardings=sh),
-                               jax.device_put(x, sh), jax.device_put(w, sh)))
-    return 2 * batch * n * d * m / best
+        g = jax.jit(jax.vmap(loop), in_shardings=(sh, sh), out_shardings=sh)
+        rates["scan_all_devices"] = 4 * batch * n * d * m * steps / timed(g, jax.device_put(x, sh),
+                                                                          jax.device_put(w, sh))
+    return {"limit": max(rates.values()), **rates}
 
 
 def python_loop_run(cfg) -> None:
@@ -158,9 +173,11 @@ def main() -> int:
     out = {"device": f"{len(jax.local_devices())} x {dev.device_kind} ({jax.default_backend()})",
            "jax": jax.__version__, "python": platform.python_version(), "machine": platform.machine()}
     n, d, m, *_ = SHAPES["medium"]
-    out["matmul_medium_flop_per_s"] = matmul_rate(8, n, d, m)
+    out["matmul_medium"] = matmul_rate(8, n, d, m, steps=20 if q else 100)
+    out["matmul_medium_flop_per_s"] = out["matmul_medium"]["limit"]
     n, d, m, *_ = SHAPES["small"]
-    out["matmul_small_flop_per_s"] = matmul_rate(64, n, d, m)
+    out["matmul_small"] = matmul_rate(32, n, d, m, steps=100 if q else 1000)
+    out["matmul_small_flop_per_s"] = out["matmul_small"]["limit"]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         os.environ["CONTAMINATION_JAX_CACHE"] = str(work / "jax-cache")  # a fresh, empty cache
@@ -180,6 +197,8 @@ def main() -> int:
              "mixed": out["matmul_small_flop_per_s"]}
     print(f"device: {out['device']}, jax {out['jax']}, python {out['python']}")
     print(f"matmul limit: small shapes {limit['small'] / 1e9:.1f} GFLOP/s, medium shapes {limit['medium'] / 1e9:.1f} GFLOP/s")
+    for nm in ("small", "medium"):
+        print(f"  {nm}: " + ", ".join(f"{k} {v / 1e9:.1f}" for k, v in out[f"matmul_{nm}"].items() if k != "limit"))
     print("\n| grid | runs | buckets | run-steps/s | GFLOP/s | % of matmul limit | engine s (warm / cold) "
           "| x vs Python-loop step | x vs one compiled run at a time |")
     print("|---|---|---|---|---|---|---|---|---|")

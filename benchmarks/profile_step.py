@@ -3,9 +3,10 @@
     python benchmarks/profile_step.py [--preset toy] [--chunk 8] [--steps 200]
 
 Times `steps` scanned steps of (1) the engine's full step, (2) the same step without the
-divergence guard, (3) forward + weight-gradient matmuls alone (the FLOP floor), all
-vmapped over `chunk` configs of the medium (reference) size, and prints each as a share of
-the full step.
+divergence guard, (3) forward + weight-gradient matmuls alone (the FLOP floor), (4) the
+same with the first layer stored transposed, (5) the forward matmul alone, all vmapped over
+`chunk` configs on one device, of the reference size (or `--shape small`), and prints each
+as a share of the full step (GFLOP/s column: the full step's model FLOPs over each time).
 """
 
 from __future__ import annotations
@@ -34,27 +35,35 @@ def scanned(make_step_fn, s, steps):
 
 
 def unguarded(s, traced):
-    """The step without the non-finite guard (no isfinite, no where over params and state)."""
+    """The step without the non-finite guard (no isfinite, no where over params and state);
+    the first layer in the training layout, as the engine's step."""
     setup = train.prepare(s, traced)
     tx = train.make_optimizer(s.optimizer, traced["lr"], traced["weight_decay"], traced["momentum"])
     from contamination.model import forward, loss_values
 
+    from contamination.model import to_dm
+
+    xT = setup.data.train.x.T
+    trainable = to_dm(setup.trainable)
+
     def objective(p, batch):
-        f, _ = forward(p, batch.x, s.activation, traced["leaky_slope"], setup.mask)
+        f, _ = forward(p, batch.x, s.activation, traced["leaky_slope"], setup.mask, xT)
         return jnp.mean(loss_values(f, batch.y, s.loss))
 
     def step(carry, _):
         p, st = carry
         g = jax.grad(objective)(p, setup.data.train)
-        g = jax.tree_util.tree_map(jnp.multiply, g, setup.trainable)
+        g = jax.tree_util.tree_map(jnp.multiply, g, trainable)
         u, st = tx.update(g, st, p)
-        return (jax.tree_util.tree_map(lambda x, v, m: x + v * m, p, u, setup.trainable), st), None
+        return (jax.tree_util.tree_map(lambda x, v, m: x + v * m, p, u, trainable), st), None
 
-    return step, (setup.params, tx.init(setup.params)), None
+    params = to_dm(setup.params)
+    return step, (params, tx.init(params)), None
 
 
 def matmuls_only(s, traced):
-    """Forward x W^T and the weight gradient dpre^T x: the step's FLOP floor."""
+    """Forward x W^T and the weight gradient dpre^T x, first layer stored (m, d) (the layout
+    before the training layout): the step's FLOP floor as it was."""
     setup = train.prepare(s, traced)
     x = setup.data.train.x
 
@@ -63,6 +72,30 @@ def matmuls_only(s, traced):
         return w - 1e-6 * (jax.nn.relu(pre).T @ x), None
 
     return step, setup.params.w, None
+
+
+def forward_only(s, traced):
+    """The forward matmul alone (half the FLOP floor); the mean keeps it from being hoisted."""
+    setup = train.prepare(s, traced)
+    x = setup.data.train.x
+
+    def step(w, _):
+        return w * (1.0 - 1e-9 * jnp.mean(x @ w.T)), None
+
+    return step, setup.params.w, None
+
+
+def matmuls_dm_layout(s, traced):
+    """The two matmuls with the first layer stored as (d, m) (the engine's training layout):
+    both GEMMs non-transposed."""
+    setup = train.prepare(s, traced)
+    x = setup.data.train.x
+    xT = x.T
+
+    def step(wT, _):
+        return wT - 1e-6 * (xT @ jax.nn.relu(x @ wT)), None
+
+    return step, setup.params.w.T, None
 
 
 def main() -> int:
@@ -77,7 +110,10 @@ def main() -> int:
     cfgs = [preset(args.preset, seed=i, steps=args.steps, log_every=args.steps, **sizes) for i in range(args.chunk)]
     s, traced = static_spec(cfgs[0]), stack_traced(cfgs)
     rows = []
-    for name, fn in (("full step", None), ("without divergence guard", unguarded), ("matmuls only", matmuls_only)):
+    variants = (("full step", None), ("without divergence guard", unguarded), ("matmuls only", matmuls_only),
+                ("matmuls only, first layer stored (d, m)", matmuls_dm_layout),
+                ("forward matmul only (half the matmul FLOPs)", forward_only))
+    for name, fn in variants:
         f = scanned(fn, s, args.steps)
         jax.block_until_ready(f(traced))
         best = min(_time(f, traced) for _ in range(3))

@@ -41,24 +41,30 @@ def flops(s: Static) -> float:
 
 
 def memory_bytes(s: Static) -> int:
-    """Estimated peak bytes one run holds on a device (data, parameters, optimizer, activations)."""
+    """Estimated peak bytes one run holds on a device (data, parameters, optimizer, activations).
+
+    Fitted to XLA's buffer assignment (`memory_analysis()` of compiled chunks) over the
+    reference sizes varied one at a time (n_train, n_test, width, input_dim, batch, optimizer;
+    `tests/test_cost.py` checks it within 25%). XLA reuses buffers between the training step
+    and the metrics, so the activation term is one term over the evaluation sets rather than a
+    sum of the step's and the metrics' tensors; with minibatches or online batches they
+    overlap less.
+    """
     d0, d, m = s.core_dim + s.bg_dim, s.input_dim, s.width
     nb = s.batch_size or s.n_train
-    data = (s.n_train + 2 * s.n_test) * d + d0 * d + (nb * d if s.batch_size else 0)
+    full_batch = not s.online and not s.batch_size
+    n_eval = s.n_train + 2 * s.n_test
+    # the three sets and the dictionary; full batch: the training inputs transposed (train.py)
+    data = n_eval * d + d0 * d + (s.n_train * d if full_batch else nb * d)
     params = m * d + 3 * m + 1
     opt_copies = {"sgd": 1, "adam": 2, "adamw": 2}[s.optimizer]
-    # params, grads, updates, new params, masks, and the optimizer's moments
-    param_mem = params * (5 + opt_copies)
-    # forward/backward on a batch: pre-activations, activations, their gradients, an (n, d) grad product
-    acts = 4 * nb * m
-    # metrics: pre-activations and activations on the largest evaluation set
-    evals = 3 * max(s.n_train, s.n_test) * m
+    param_mem = params * (1 + opt_copies)
+    acts = 1.5 * n_eval * m if full_batch else 2.75 * n_eval * m + 2 * nb * m
     n_metrics = len(METRICS)
     if s.experiment == "distill":
         p = s.rep_dim
         n_metrics = len(DISTILL_METRICS)
-        param_mem += (p * m + p) * (5 + opt_copies) + p * d  # read-out, and the teacher
-        acts += 3 * nb * p
-        evals += 3 * (s.n_train + 2 * s.n_test) * p + 3 * p * p  # teacher and student reps, probe
+        param_mem += (p * m + p) * (1 + opt_copies) + p * d  # read-out, and the teacher
+        acts += 2 * nb * p + 1.5 * n_eval * p + 3 * p * p  # teacher and student reps, probe
     curves = len(log_steps(s.steps, s.log_every)) * n_metrics
-    return int(F32 * (data + param_mem + acts + evals + curves))
+    return int(F32 * (data + param_mem + acts + curves))

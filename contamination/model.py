@@ -92,14 +92,48 @@ def trainable_mask(width: int, true_width: jax.Array, *, output: str, bias: bool
     )
 
 
-def hidden(params: Params, x: jax.Array, activation: str, slope: jax.Array, mask: jax.Array):
-    """Hidden activations (masked) and pre-activations, both (n, m)."""
-    pre = x @ params.w.T + params.b
+@jax.custom_vjp
+def dense_dm(x: jax.Array, xT: jax.Array, wT: jax.Array) -> jax.Array:
+    """`x @ wT` for a first layer stored (d, m), given the inputs also as `xT` (d, n).
+
+    Its weight gradient is `xT @ g`, so both GEMMs of a step take row-major operands as they
+    are. Autodiff of `x @ w.T` with w stored (m, d) gives `g.T @ x`, a transposed-operand
+    GEMM that XLA's CPU backend ran 12-14% slower for the pair at the reference sizes
+    (`benchmarks/profile_step.py`, BENCHMARKS.md). No gradient flows to the data.
+    """
+    return x @ wT
+
+
+def _dense_dm_fwd(x, xT, wT):
+    return x @ wT, (x, xT)
+
+
+def _dense_dm_bwd(res, g):
+    x, xT = res
+    return jnp.zeros_like(x), jnp.zeros_like(xT), xT @ g
+
+
+dense_dm.defvjp(_dense_dm_fwd, _dense_dm_bwd)
+
+
+def to_dm(params: Params) -> Params:
+    """The training layout: the first layer stored (d, m) (see `dense_dm`); `to_dm` is its own inverse."""
+    return params._replace(w=params.w.T)
+
+
+def hidden(params: Params, x: jax.Array, activation: str, slope: jax.Array, mask: jax.Array,
+           xT: jax.Array | None = None):
+    """Hidden activations (masked) and pre-activations, both (n, m).
+
+    With `xT` (the inputs transposed), `params` are in the training layout (`to_dm`).
+    """
+    pre = (x @ params.w.T if xT is None else dense_dm(x, xT, params.w)) + params.b
     return activate(pre, activation, slope) * mask, pre
 
 
-def forward(params: Params, x: jax.Array, activation: str, slope: jax.Array, mask: jax.Array):
-    h, pre = hidden(params, x, activation, slope, mask)
+def forward(params: Params, x: jax.Array, activation: str, slope: jax.Array, mask: jax.Array,
+            xT: jax.Array | None = None):
+    h, pre = hidden(params, x, activation, slope, mask, xT)
     return h @ params.a + params.c, pre
 
 

@@ -17,7 +17,7 @@ import optax
 from .config import Static
 from .data import Data, Split, make_data, minibatch, online_batch
 from .metrics import METRICS, evaluate
-from .model import Params, forward, init_params, loss_values, neuron_mask, trainable_mask
+from .model import Params, forward, init_params, loss_values, neuron_mask, to_dm, trainable_mask
 
 
 def _sgd(learning_rate, weight_decay, momentum):
@@ -151,20 +151,31 @@ def train_and_log(step: Callable, carry, measure: Callable, steps: int, log_ever
 def make_training(s: Static, traced: dict):
     """The pieces of one classifier run: its step function, initial carry and metrics.
 
-    `make_run` scans them; the benchmarks call the same step from a Python loop.
+    `make_run` scans them; the benchmarks call the same step from a Python loop. The carry
+    holds the parameters in the training layout (`model.to_dm`: first layer stored (d, m));
+    `measure` takes them in that layout.
     """
     data, params, trainable, mask, k_batch = prepare(s, traced)
     slope = traced["leaky_slope"]
     tx = make_optimizer(s.optimizer, traced["lr"], traced["weight_decay"], traced["momentum"])
-    measure = functools.partial(evaluate, data=data, core_dim=s.core_dim, activation=s.activation,
-                                loss=s.loss, slope=slope, mask=mask)
+    evaluate_md = functools.partial(evaluate, data=data, core_dim=s.core_dim, activation=s.activation,
+                                    loss=s.loss, slope=slope, mask=mask)
+
+    def measure(p_dm):
+        return evaluate_md(to_dm(p_dm))
+
+    get_batch = make_get_batch(s, data, k_batch, traced["bg_train"])
+    full_batch = not s.online and not s.batch_size
+    # The full training set is the batch of every step: transpose it once, outside the loop.
+    train_xT = data.train.x.T if full_batch else None
 
     def objective(p, batch):
-        f, _ = forward(p, batch.x, s.activation, slope, mask)
+        xT = train_xT if full_batch else batch.x.T
+        f, _ = forward(p, batch.x, s.activation, slope, mask, xT)
         return jnp.mean(loss_values(f, batch.y, s.loss))
 
-    step = make_step(objective, tx, trainable, make_get_batch(s, data, k_batch, traced["bg_train"]))
-    return step, init_carry(params, tx), measure
+    step = make_step(objective, tx, to_dm(trainable), get_batch)
+    return step, init_carry(to_dm(params), tx), measure
 
 
 def make_run(static: Static) -> Callable[[dict], dict]:

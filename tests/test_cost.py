@@ -27,15 +27,23 @@ def test_step_flops_match_xla(kw):
     assert xla == pytest.approx(step_flops(static_spec(cfg)), rel=0.05)
 
 
-def test_memory_estimate_within_25_percent_of_xla_buffers():
+@pytest.mark.parametrize("name,kw", [
+    ("toy", dict()),  # the reference sizes
+    ("toy", dict(width=64, input_dim=64, core_dim=8, bg_dim=8, n_train=256, n_test=256)),
+    ("toy", dict(batch_size=100)),
+    ("toy", dict(n_test=3000)),
+    ("toy", dict(width=512, n_train=2000, optimizer="sgd")),
+    ("theory", dict()),  # online batches
+    ("distill", dict()),
+])
+def test_memory_estimate_within_25_percent_of_xla_buffers(name, kw):
     from sweeps.engine import compile_bucket
     from sweeps.grid import Run
     from sweeps.plan import Bucket
 
-    for kw in (dict(), dict(width=64, input_dim=64, core_dim=8, bg_dim=8, n_train=256, n_test=256)):
-        cfg = preset("toy", steps=20, log_every=10, **kw)
-        bucket = Bucket(static_spec(cfg), [Run.of(cfg, {})], chunk_size=4)
-        compiled = compile_bucket(bucket, Mesh(np.array(jax.local_devices()[:1]), ("cfg",))).compiled
-        ma = compiled.memory_analysis()
-        measured = (ma.temp_size_in_bytes + ma.argument_size_in_bytes + ma.output_size_in_bytes) / 4
-        assert memory_bytes(bucket.static) == pytest.approx(measured, rel=0.25)
+    cfg = preset(name, steps=20, log_every=10, **kw)
+    bucket = Bucket(static_spec(cfg), [Run.of(cfg, {})], chunk_size=4)
+    compiled = compile_bucket(bucket, Mesh(np.array(jax.local_devices()[:1]), ("cfg",))).compiled
+    ma = compiled.memory_analysis()
+    measured = (ma.temp_size_in_bytes + ma.argument_size_in_bytes + ma.output_size_in_bytes) / 4
+    assert memory_bytes(bucket.static) == pytest.approx(measured, rel=0.25)
