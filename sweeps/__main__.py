@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     from . import engine
 
     try:
-        engine.use_host_devices(host_devices)  # before JAX starts its backends
+        # before JAX starts its backends; no more devices than the grid has runs (padding)
+        engine.use_host_devices(host_devices, runs=len(grid.runs()))
     except PlanError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -57,8 +57,9 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def use_host_devices(n: int | None = None) -> int | None:
-    """Split the host CPU into `n` JAX devices (default: one per usable core) before JAX starts.
+def use_host_devices(n: int | None = None, runs: int | None = None) -> int | None:
+    """Split the host CPU into `n` JAX devices (default: one per usable core, at most `runs`)
+    before JAX starts.
 
     On a CPU backend the engine shards each chunk's runs over the local devices, so one device
     per core runs the vmapped runs on all cores at once; one device alone leaves most of a
@@ -77,7 +78,7 @@ def use_host_devices(n: int | None = None) -> int | None:
         if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "") \
                 or os.environ.get("JAX_NUM_CPU_DEVICES"):
             return None
-        n = usable_cores()
+        n = min(usable_cores(), max(runs or 1, 1)) if runs is not None else usable_cores()
     if n < 1:
         raise PlanError(f"--host-devices: must be >= 1, got {n}")
     if jax.config.jax_num_cpu_devices == n:

@@ -218,6 +218,33 @@ def test_two_host_devices_do_not_deadlock(tmp_path):
     assert json.loads((tmp_path / "out" / "manifest.json").read_text())["local_device_count"] == 2
 
 
+def test_host_devices_default_one_per_core_capped_by_runs(tmp_path):
+    from sweeps.engine import usable_cores
+
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env.pop("XLA_FLAGS", None)
+    env.pop("JAX_NUM_CPU_DEVICES", None)
+
+    def devices(text, *extra, **more_env):
+        grid = write_grid(tmp_path, text, "hd")
+        res = subprocess.run([sys.executable, "-m", "sweeps", "plan", str(grid), "--out", str(tmp_path / "o"), *extra],
+                             capture_output=True, text=True, env={**env, **more_env}, cwd=ROOT, timeout=120)
+        assert res.returncode == 0, res.stderr[-2000:]
+        return int(re.search(r"devices: (\d+) x", res.stdout).group(1))
+
+    one_run = TINY.replace("seeds = 3", "seeds = 1").replace("width = [8, 12, 16]", "width = [8]").replace(
+        'activation = ["relu", "sigmoid"]', "").replace(
+        'background = [{label = "shifted", bg_train = [0.0, 1.0]}, {label = "centred", bg_train = [-0.5, 0.5]}]', "")
+    assert devices(TINY) == min(usable_cores(), 36)
+    assert devices(one_run) == 1
+    assert devices(TINY, "--host-devices", "3") == 3
+    assert devices(TINY, XLA_FLAGS="--xla_force_host_platform_device_count=5") == 5  # the user's choice stands
+    for bad in ("0", "two"):
+        res = subprocess.run([sys.executable, "-m", "sweeps", "plan", str(tmp_path / "hd.toml"), "--host-devices", bad],
+                             capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+        assert res.returncode == 2 and "--host-devices" in res.stderr and res.stdout == ""
+
+
 # --- 3b. the program store -----------------------------------------------------------
 
 # one bucket, so each store test compiles one program
