@@ -1,7 +1,7 @@
 """Engine benchmarks: the machine's matmul limit, engine throughput, one-run-at-a-time
 baselines, compile cost and memory, all measured in one run (ratios are what count).
 
-    python benchmarks/bench.py [--quick] [--json FILE]
+    python benchmarks/bench.py [--quick] [--json FILE] [--seeds-factor K]
 
 Prints a Markdown table for BENCHMARKS.md and, with --json, the raw numbers.
 """
@@ -166,6 +166,9 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="smaller grids (a smoke test of the script)")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--seeds-factor", type=int, default=1,
+                    help="multiply every grid's seeds (an accelerator needs more runs per program to fill it; "
+                         "the CPU numbers in BENCHMARKS.md use 1)")
     args = ap.parse_args()
     q = args.quick
     use_host_devices()  # as `python -m sweeps` does: on a CPU, one JAX device per core
@@ -181,9 +184,10 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         os.environ["CONTAMINATION_JAX_CACHE"] = str(work / "jax-cache")  # a fresh, empty cache
-        grids = [("small", grid_text("small", 200 if q else 2000, 4 if q else 16), 2),
-                 ("medium", grid_text("medium", 50 if q else 500, 2 if q else 4), 1),
-                 ("mixed", grid_text("small", 100 if q else 1000, 2 if q else 4, mixed=True), 2)]
+        k = max(args.seeds_factor, 1)
+        grids = [("small", grid_text("small", 200 if q else 2000, k * (4 if q else 16)), 2),
+                 ("medium", grid_text("medium", 50 if q else 500, k * (2 if q else 4)), 1),
+                 ("mixed", grid_text("small", 100 if q else 1000, k * (2 if q else 4), mixed=True), 2)]
         out["grids"] = [bench_grid(nm, text, work, k) for nm, text, k in grids]
         out["memory"] = [memory_check(nm, work) for nm, _, _ in grids]
         qs = load("quickstart")
