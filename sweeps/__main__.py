@@ -50,8 +50,6 @@ def main(argv: list[str] | None = None) -> int:
                 host_devices = int(args.host_devices)
             except ValueError:
                 raise PlanError(f"--host-devices: 'auto' or a positive integer, got {args.host_devices!r}") from None
-            if host_devices < 1:
-                raise PlanError(f"--host-devices: must be >= 1, got {host_devices}")
     except (GridError, PlanError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -9,6 +9,7 @@ duplicate rows.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import json
@@ -78,7 +79,7 @@ def use_host_devices(n: int | None = None, runs: int | None = None) -> int | Non
         if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "") \
                 or os.environ.get("JAX_NUM_CPU_DEVICES"):
             return None
-        n = min(usable_cores(), max(runs or 1, 1)) if runs is not None else usable_cores()
+        n = usable_cores() if runs is None else max(1, min(usable_cores(), runs))
     if n < 1:
         raise PlanError(f"--host-devices: must be >= 1, got {n}")
     if jax.config.jax_num_cpu_devices == n:
@@ -322,13 +323,10 @@ def compile_bucket(bucket: Bucket, mesh, store: Path | None = None) -> Program:
         if compiled is not None:
             return Program(compiled, sharding, time.perf_counter() - t0, "store", key)
     fn = jax.jit(jax.vmap(make_run(bucket.static)), in_shardings=(sharding,), out_shardings=sharding)
-    if key is None:
+    with executables.fresh_compile() if key else contextlib.nullcontext():
         compiled = fn.lower(abstract).compile()
-    else:
-        with executables.fresh_compile():
-            compiled = fn.lower(abstract).compile()
     seconds = time.perf_counter() - t0
-    if key is not None:
+    if key:
         executables.save(store, key, compiled)
     return Program(compiled, sharding, seconds, "compiled", key)
 
