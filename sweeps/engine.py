@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import functools
 import json
 import os
 import platform
@@ -107,7 +108,9 @@ def git_commit() -> str | None:
         return None
 
 
+@functools.lru_cache(maxsize=None)
 def versions() -> dict[str, str]:
+    """Python's and the packages' versions (cached: the store's key reads them per program; read-only)."""
     out = {"python": platform.python_version()}
     for pkg in ("contamination", "jax", "jaxlib", "optax", "numpy", "pandas", "pyarrow"):
         try:

@@ -7,7 +7,7 @@ serialized executable itself (`jax.experimental.serialize_executable`), keyed by
 the program depends on:
 
 - the source of the `contamination` package and of `sweeps/engine.py` (the code traced),
-- the versions of Python, jax, jaxlib, optax and numpy,
+- the versions of Python and the packages the engine records (`engine.versions`),
 - every `jax.config` value and every `JAX_*` / `XLA_*` environment variable,
 - the backend, its platform version, and the mesh's devices (ids, kinds, processes),
 - the bucket's static spec, chunk size and input shapes and dtypes.
@@ -30,7 +30,6 @@ import hashlib
 import json
 import os
 import pickle
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -51,28 +50,17 @@ def code_digest() -> str:
     return h.hexdigest()
 
 
-@functools.lru_cache(maxsize=None)
-def _versions() -> tuple:
-    from importlib import metadata
-
-    out = [("python", sys.version)]
-    for pkg in ("jax", "jaxlib", "optax", "numpy"):
-        try:
-            out.append((pkg, metadata.version(pkg)))
-        except metadata.PackageNotFoundError:
-            out.append((pkg, "unknown"))
-    return tuple(out)
-
-
 def program_key(static: Any, chunk_size: int, inputs: dict, mesh) -> str:
     """The store's key of one bucket program (see the module docstring for what it covers)."""
     import jax
+
+    from .engine import versions
 
     devices = list(mesh.devices.flat)
     client = devices[0].client
     desc = {
         "code": code_digest(),
-        "versions": _versions(),
+        "versions": sorted(versions().items()),
         "jax_config": sorted((k, repr(v)) for k, v in jax.config.values.items()),
         "env": sorted((k, v) for k, v in os.environ.items() if k.startswith(("JAX_", "XLA_"))),
         "backend": [client.platform, client.platform_version],
