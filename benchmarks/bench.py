@@ -27,9 +27,11 @@ sys.path.insert(0, str(ROOT))
 from contamination.config import preset, static_spec, traced_values  # noqa: E402
 from contamination.cost import flops, memory_bytes  # noqa: E402
 from contamination.train import compiled_single_run, make_training  # noqa: E402
-from sweeps.engine import compile_bucket, run_grid, use_host_devices  # noqa: E402
+from sweeps.engine import run_grid  # noqa: E402
+from sweeps.environment import use_host_devices  # noqa: E402
 from sweeps.grid import load  # noqa: E402
-from sweeps.plan import bucketize, choose_chunks  # noqa: E402
+from sweeps.plan import Planning, bucketize, networks_of  # noqa: E402
+from sweeps.programs import compile_bucket  # noqa: E402
 
 SHAPES = {
     # name: (n_train, input_dim, width, core_dim, bg_dim)
@@ -150,10 +152,8 @@ def memory_check(name: str, workdir: Path) -> dict:
 
     path = workdir / f"{name}.toml"
     grid = load(str(path))
-    buckets = bucketize(grid.runs(), 0.8)
-    choose_chunks(buckets, 2**34, len(jax.local_devices()))
-    b = buckets[0]
-    compiled = compile_bucket(b, Mesh(np.array(jax.local_devices()), ("cfg",))).compiled
+    b = bucketize(networks_of(grid.runs()), Planning(2**34, len(jax.local_devices()), None, min_efficiency=0.8))[0]
+    compiled = compile_bucket(b.static, b.chunk_size, Mesh(np.array(jax.local_devices()), ("cfg",))).compiled
     ma = compiled.memory_analysis()  # of one device's program: its shard of the chunk
     measured = ma.temp_size_in_bytes + ma.argument_size_in_bytes + ma.output_size_in_bytes
     per_device = b.chunk_size // len(jax.local_devices())

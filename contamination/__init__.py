@@ -1,6 +1,7 @@
 """Feature contamination simulator: the structured feature model, two-layer networks and
 their training as pure, jit-compilable and vmappable JAX functions."""
 
+from . import lowering  # noqa: F401  (faster CPU compiles; before any program is lowered)
 from .config import Config, ConfigError, from_dict, preset, PRESETS
 from .simulate import simulate
 

@@ -24,7 +24,7 @@ def flops(s: Static) -> float:
     """Floating-point operations of one run (matmuls of training, data generation and metrics)."""
     d0, d, m = s.core_dim + s.bg_dim, s.input_dim, s.width
     nb = s.batch_size or s.n_train
-    n_eval = s.n_train + 2 * s.n_test
+    n_eval = s.n_train + (1 + s.n_evals) * s.n_test  # the OOD set once per evaluation variant
     step = step_flops(s)
     log = 2 * n_eval * d * m + 2 * m * d * d0 + 8 * n_eval * m
     setup = 2 * n_eval * d0 * d + 4 * d * d0 * d0
@@ -53,7 +53,7 @@ def memory_bytes(s: Static) -> int:
     d0, d, m = s.core_dim + s.bg_dim, s.input_dim, s.width
     nb = s.batch_size or s.n_train
     full_batch = not s.online and not s.batch_size
-    n_eval = s.n_train + 2 * s.n_test
+    n_eval = s.n_train + (1 + s.n_evals) * s.n_test
     # the three sets and the dictionary; full batch: the training inputs transposed (train.py)
     data = n_eval * d + d0 * d + (s.n_train * d if full_batch else nb * d)
     params = m * d + 3 * m + 1
@@ -66,5 +66,5 @@ def memory_bytes(s: Static) -> int:
         n_metrics = len(DISTILL_METRICS)
         param_mem += (p * m + p) * (1 + opt_copies) + p * d  # read-out, and the teacher
         acts += 2 * nb * p + 1.5 * n_eval * p + 3 * p * p  # teacher and student reps, probe
-    curves = len(log_steps(s.steps, s.log_every)) * n_metrics
+    curves = len(log_steps(s.steps, s.log_every)) * n_metrics * s.n_evals
     return int(F32 * (data + param_mem + acts + curves))

@@ -1,33 +1,68 @@
 """The structured feature model (PAPER.md section 2) as pure functions of a key.
 
-Inputs are `x = [core coefficients, background coefficients] @ M` with `M` a (d0, d)
-matrix of orthonormal rows (the feature dictionary). Background coefficients are
-`low + (high - low) * u` with `u ~ U[0, 1]`, so runs that differ only in a range share
-their base draws (paired comparisons across a sweep).
+Inputs are `x = z_core @ M_core + z_bg @ M_bg` with `M = [M_core; M_bg]` a (d0, d) matrix of
+orthonormal rows (the feature dictionary). Background coefficients are `low + (high - low) * u`
+with `u ~ U[0, 1]`, so runs that differ only in a range share their base draws (paired
+comparisons across a sweep).
+
+Every shape may be padded (a program holds runs of several sizes): arrays have the program's
+static sizes, and a run's true sizes (`Sizes`, traced) mask the rest to exact zeros. Every
+random draw is made per row (one `fold_in` per sample, feature or neuron) as a 1-D draw whose
+first k values do not depend on its length (threefry's partitionable counters), so the padded
+draw restricted to the true sizes *is* the unpadded one.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 
+class Sizes(NamedTuple):
+    """A run's true sizes (traced int32 scalars) inside a possibly larger program."""
+
+    core: jax.Array
+    bg: jax.Array
+    d: jax.Array
+    n_train: jax.Array
+    n_test: jax.Array
+
+
 class Split(NamedTuple):
-    x: jax.Array  # (n, d)
-    y: jax.Array  # (n,), +-1, first half +1
+    x: jax.Array  # (n, d); padded rows and columns are zero
+    y: jax.Array  # (n,), +-1, first half of the true rows +1; 0 on padded rows
+    mask: jax.Array  # (n,) 1.0 on true rows
 
 
 class Data(NamedTuple):
-    M: jax.Array  # (d0, d): rows are the features m_1..m_d0, core first
+    M: jax.Array  # (core_dim + bg_dim, d): rows are the features, core first; padded rows zero
     train: Split
     test: Split  # independent ID test set
-    ood: Split  # the test set's core and labels, background redrawn from bg_ood
+    test_core: jax.Array  # (n_test, d): the test set's core part, shared by every OOD set
+    ood_u: jax.Array  # (n_test, bg_dim): base uniforms of the OOD background (masked)
+
+
+def check_prefix_stable_draws() -> None:
+    """Padding is exact only with threefry's partitionable counters (JAX's default since 0.5)."""
+    if not jax.config.jax_threefry_partitionable:
+        raise RuntimeError("contamination needs jax_threefry_partitionable=True (JAX's default): padded "
+                           "random draws must restrict to the unpadded ones")
+
+
+def per_row(key: jax.Array, n: int, draw: Callable[[jax.Array], jax.Array]) -> jax.Array:
+    """`draw(fold_in(key, i))` for rows i < n, stacked: row i never depends on n."""
+    return jax.vmap(lambda i: draw(jax.random.fold_in(key, i)))(jnp.arange(n))
+
+
+def first(n: int, true_n: jax.Array) -> jax.Array:
+    """The float mask of the first `true_n` of `n` entries."""
+    return (jnp.arange(n) < true_n).astype(jnp.float32)
 
 
 def orthonormalize(a: jax.Array) -> jax.Array:
-    """The Q of `a = QR` with diag(R) > 0, for a (d, k) matrix of full column rank.
+    """The Q of `a = QR` with diag(R) > 0, for a (d, k) matrix; zero columns (padding) stay zero.
 
     Classical Gram-Schmidt applied twice per column ("CGS2", orthogonal to working precision),
     in plain JAX. Not `jnp.linalg.qr`: that is a LAPACK custom call, and on a CPU with few
@@ -40,70 +75,110 @@ def orthonormalize(a: jax.Array) -> jax.Array:
         v = jax.lax.dynamic_index_in_dim(a, j, axis=1, keepdims=False)
         for _ in range(2):  # columns >= j of q are still zero, so this projects on q_0..q_{j-1}
             v = v - jnp.dot(q, jnp.dot(v, q, precision=hi), precision=hi)
-        return jax.lax.dynamic_update_index_in_dim(q, v / jnp.linalg.norm(v), j, axis=1)
+        norm = jnp.linalg.norm(v)
+        return jax.lax.dynamic_update_index_in_dim(q, v / jnp.where(norm > 0, norm, 1.0), j, axis=1)
 
     return jax.lax.fori_loop(0, a.shape[1], column, jnp.zeros_like(a))
 
 
-def dictionary(key: jax.Array, d0: int, d: int) -> jax.Array:
-    """A Haar-random (d0, d) matrix with orthonormal rows (the Q of a Gaussian with diag(R) > 0)."""
-    return orthonormalize(jax.random.normal(key, (d, d0))).T
+def gaussian_frame(key: jax.Array, core_dim: int, bg_dim: int, input_dim: int, sizes: Sizes) -> jax.Array:
+    """The (d, core_dim + bg_dim) Gaussian the dictionary orthonormalizes: one column per feature,
+    drawn per feature (core and background features from separate streams), padding zero."""
+    k_core, k_bg = jax.random.split(key)
+    d_mask = first(input_dim, sizes.d)
+    column = lambda k: jax.random.normal(k, (input_dim,)) * d_mask  # noqa: E731
+    g_core = per_row(k_core, core_dim, column) * first(core_dim, sizes.core)[:, None]
+    g_bg = per_row(k_bg, bg_dim, column) * first(bg_dim, sizes.bg)[:, None]
+    return jnp.concatenate([g_core, g_bg]).T
 
 
-def balanced_labels(n: int) -> jax.Array:
-    """First n//2 labels +1, the rest -1 (as the reference script)."""
-    return jnp.where(jnp.arange(n) < n // 2, 1.0, -1.0)
+def dictionary(key: jax.Array, core_dim: int, bg_dim: int, input_dim: int, sizes: Sizes | None = None) -> jax.Array:
+    """A Haar-random (d0, d) matrix with orthonormal rows (the Q of a Gaussian with diag(R) > 0),
+    orthonormal in the run's own coordinates: padded rows and columns are zero."""
+    if sizes is None:
+        sizes = Sizes(core_dim, bg_dim, input_dim, 0, 0)
+    return orthonormalize(gaussian_frame(key, core_dim, bg_dim, input_dim, sizes)).T
 
 
-def core_coefficients(key: jax.Array, y: jax.Array, core_dim: int, core: str) -> jax.Array:
+def balanced_labels(n: int, true_n: jax.Array | int | None = None) -> jax.Array:
+    """First true_n//2 labels +1, the rest of the true rows -1 (as the reference script); padding 0."""
+    true_n = n if true_n is None else true_n
+    i = jnp.arange(n)
+    return jnp.where(i < true_n // 2, 1.0, jnp.where(i < true_n, -1.0, 0.0))
+
+
+def uniform_rows(key: jax.Array, n: int, k: int, true_k: jax.Array) -> jax.Array:
+    """U[0, 1] per row and column, the columns past `true_k` zero."""
+    return per_row(key, n, lambda kk: jax.random.uniform(kk, (k,))) * first(k, true_k)
+
+
+def core_coefficients(key: jax.Array, y: jax.Array, core_dim: int, true_core: jax.Array, core: str) -> jax.Array:
     """`linear`: y * U[0,1] per coordinate. `nonlinear`: a uniform direction of radius 1 (y=+1) or 2 (y=-1)."""
     n = y.shape[0]
     if core == "linear":
-        return y[:, None] * jax.random.uniform(key, (n, core_dim))
-    g = jax.random.normal(key, (n, core_dim))
+        return y[:, None] * uniform_rows(key, n, core_dim, true_core)
+    g = per_row(key, n, lambda k: jax.random.normal(k, (core_dim,))) * first(core_dim, true_core)
     g = g / jnp.linalg.norm(g, axis=1, keepdims=True)
-    return g * jnp.where(y > 0, 1.0, 2.0)[:, None]
+    return g * jnp.where(y > 0, 1.0, jnp.where(y < 0, 2.0, 0.0))[:, None]
 
 
-def background_coefficients(key: jax.Array, n: int, bg_dim: int, rng: jax.Array) -> jax.Array:
-    """Independent U[rng[0], rng[1]] per coordinate."""
-    return rng[0] + (rng[1] - rng[0]) * jax.random.uniform(key, (n, bg_dim))
+def background(u: jax.Array, rng: jax.Array, bg_mask: jax.Array) -> jax.Array:
+    """Coefficients U[rng[0], rng[1]] from base uniforms `u`; padded columns stay zero."""
+    return (rng[0] + (rng[1] - rng[0]) * u) * bg_mask
 
 
-def sample(key: jax.Array, M: jax.Array, y: jax.Array, core_dim: int, core: str,
-           bg_range: jax.Array, ood_range: jax.Array | None = None):
-    """Inputs for labels `y`; with `ood_range`, also the paired OOD inputs (same core)."""
+def sample(key: jax.Array, M: jax.Array, y: jax.Array, mask: jax.Array, core_dim: int, core: str,
+           sizes: Sizes, bg_range: jax.Array, with_ood: bool = False):
+    """A split of inputs for labels `y` (rows where `mask` is 0 are zero).
+
+    With `with_ood`, also the split's core part and the base uniforms of its OOD background
+    (an OOD set reuses the core coefficients and labels; only the background is redrawn).
+    """
     k_core, k_bg, k_ood = jax.random.split(key, 3)
-    bg_dim = M.shape[0] - core_dim
-    zc = core_coefficients(k_core, y, core_dim, core)
-    x = jnp.concatenate([zc, background_coefficients(k_bg, y.shape[0], bg_dim, bg_range)], axis=1) @ M
-    if ood_range is None:
-        return x
-    z_ood = jnp.concatenate([zc, background_coefficients(k_ood, y.shape[0], bg_dim, ood_range)], axis=1)
-    return x, z_ood @ M
+    n, bg_dim = y.shape[0], M.shape[0] - core_dim
+    bg_mask = first(bg_dim, sizes.bg)
+    x_core = core_coefficients(k_core, y, core_dim, sizes.core, core) @ M[:core_dim] * mask[:, None]
+    zb = background(uniform_rows(k_bg, n, bg_dim, sizes.bg), bg_range, bg_mask)
+    split = Split(x_core + zb @ M[core_dim:] * mask[:, None], y, mask)
+    if not with_ood:
+        return split
+    return split, x_core, uniform_rows(k_ood, n, bg_dim, sizes.bg)
 
 
 def make_data(key: jax.Array, core_dim: int, bg_dim: int, input_dim: int, core: str,
-              n_train: int, n_test: int, bg_train: jax.Array, bg_ood: jax.Array) -> Data:
+              n_train: int, n_test: int, sizes: Sizes, bg_train: jax.Array) -> Data:
+    check_prefix_stable_draws()
     k_dict, k_train, k_test = jax.random.split(key, 3)
-    M = dictionary(k_dict, core_dim + bg_dim, input_dim)
-    y_train, y_test = balanced_labels(n_train), balanced_labels(n_test)
-    x_train = sample(k_train, M, y_train, core_dim, core, bg_train)
-    x_test, x_ood = sample(k_test, M, y_test, core_dim, core, bg_train, bg_ood)
-    return Data(M, Split(x_train, y_train), Split(x_test, y_test), Split(x_ood, y_test))
+    M = dictionary(k_dict, core_dim, bg_dim, input_dim, sizes)
+    y_train, y_test = balanced_labels(n_train, sizes.n_train), balanced_labels(n_test, sizes.n_test)
+    train = sample(k_train, M, y_train, first(n_train, sizes.n_train), core_dim, core, sizes, bg_train)
+    test, test_core, ood_u = sample(k_test, M, y_test, first(n_test, sizes.n_test), core_dim, core, sizes,
+                                    bg_train, with_ood=True)
+    return Data(M, train, test, test_core, ood_u)
+
+
+def ood_split(data: Data, core_dim: int, sizes: Sizes, ood_range: jax.Array) -> Split:
+    """The OOD set for background range `ood_range`: the test set's core and labels, background redrawn."""
+    bg_dim = data.M.shape[0] - core_dim
+    zb = background(data.ood_u, ood_range, first(bg_dim, sizes.bg))
+    x = data.test_core + (zb @ data.M[core_dim:]) * data.test.mask[:, None]
+    return Split(x, data.test.y, data.test.mask)
 
 
 def online_batch(key: jax.Array, step: jax.Array, M: jax.Array, batch_size: int, core_dim: int,
-                 core: str, bg_train: jax.Array) -> Split:
+                 core: str, sizes: Sizes, bg_train: jax.Array) -> Split:
     """A fresh balanced batch from the training distribution for step `step` (theory's online SGD)."""
     y = balanced_labels(batch_size)
-    return Split(sample(jax.random.fold_in(key, step), M, y, core_dim, core, bg_train), y)
+    return sample(jax.random.fold_in(key, step), M, y, jnp.ones((batch_size,)), core_dim, core, sizes, bg_train)
 
 
 def minibatch(key: jax.Array, step: jax.Array, train: Split, batch_size: int) -> Split:
-    """Minibatch `step` of epoch-wise shuffling without replacement (the last partial batch is dropped)."""
+    """Minibatch `step` of epoch-wise shuffling without replacement (the last partial batch is dropped).
+
+    The training set is unpadded here (`config.pad_fields`): a permutation depends on its length.
+    """
     n = train.y.shape[0]
     per_epoch = n // batch_size
     perm = jax.random.permutation(jax.random.fold_in(key, step // per_epoch), n)
     idx = jax.lax.dynamic_slice(perm, ((step % per_epoch) * batch_size,), (batch_size,))
-    return Split(train.x[idx], train.y[idx])
+    return Split(train.x[idx], train.y[idx], train.mask[idx])

@@ -17,8 +17,10 @@
   each representation, evaluated by accuracy on the ID test set and the paired OOD set.
 
 `make_distill_run(static)` returns `run(traced)` with the output structure of
-`train.make_run`. Width padding is exact: padded neurons have zero first-layer rows and
-read-out columns, are masked and never train.
+`train.make_run`. Padding is exact as the classifier's: padded neurons have zero first-layer
+rows and read-out columns, are masked and never train; padded samples and features are
+masked out of every mean. Each evaluation variant (`bg_ood`, `probe_ridge`) gets its own OOD
+set and probes; the student trains once.
 """
 
 from __future__ import annotations
@@ -29,9 +31,9 @@ import jax
 import jax.numpy as jnp
 
 from .config import Static
-from .data import Data
-from .metrics import activation_asymmetry, projection_metrics
-from .model import Params, _per_neuron, activate, forward, init_params, loss_values
+from .data import Data, first, ood_split, per_row
+from .metrics import activation_asymmetry, masked_mean, projection_metrics
+from .model import Params, activate, forward, init_params, loss_values
 from .train import (init_carry, make_get_batch, make_optimizer, make_step, prepare, train_and_log, train_for)
 
 DISTILL_METRICS = (
@@ -67,14 +69,17 @@ def student_rep(p: Student, x: jax.Array, activation: str, slope: jax.Array, mas
     return (activate(pre, activation, slope) * mask) @ p.v.T + p.c, pre
 
 
-def core_teacher(key: jax.Array, M: jax.Array, core_dim: int, rep_dim: int, bias_scale: jax.Array) -> Teacher:
+def core_teacher(key: jax.Array, M: jax.Array, core_dim: int, true_core: jax.Array, rep_dim: int,
+                 bias_scale: jax.Array) -> Teacher:
     """Rows `g_i @ M_core` and biases `bias_scale * n_i`, `g_i ~ N(0, I)`, `n_i ~ N(0, 1)`, drawn
     per unit (a wider teacher extends a narrower one)."""
-    g = _per_neuron(key, rep_dim, lambda k: jax.random.normal(k, (core_dim + 1,)))
-    return Teacher(g[:, :core_dim] @ M[:core_dim], bias_scale * g[:, core_dim])
+    k_g, k_n = jax.random.split(key)
+    g = per_row(k_g, rep_dim, lambda k: jax.random.normal(k, (core_dim,))) * first(core_dim, true_core)
+    n = per_row(k_n, rep_dim, lambda k: jax.random.normal(k, ()))
+    return Teacher(g @ M[:core_dim], bias_scale * n)
 
 
-def trained_teacher(key: jax.Array, s: Static, data: Data, traced: dict):
+def trained_teacher(key: jax.Array, s: Static, data: Data, true_core: jax.Array, traced: dict):
     """A ReLU network of width rep_dim trained on labels from the core coordinates; its hidden layer.
 
     Returns the teacher and whether its training diverged.
@@ -82,8 +87,8 @@ def trained_teacher(key: jax.Array, s: Static, data: Data, traced: dict):
     core = data.M[: s.core_dim]
     z = data.train.x @ core.T  # the background projected out, in the core basis
     rep = s.rep_dim
-    params = init_params(key, rep, s.core_dim, jnp.int32(rep), init="torch", output="train", bias=s.bias,
-                         init_scale=jnp.float32(1.0))
+    params = init_params(key, rep, s.core_dim, jnp.int32(rep), true_core, init="torch", output="train",
+                         bias=s.bias, init_scale=jnp.float32(1.0))
     trainable = Params(w=jnp.ones((rep, 1)), b=jnp.full((rep,), float(s.bias)), a=jnp.ones((rep,)),
                        c=jnp.asarray(float(s.bias)))
     tx = make_optimizer(s.optimizer, traced["teacher_lr"], traced["weight_decay"], traced["momentum"])
@@ -91,7 +96,7 @@ def trained_teacher(key: jax.Array, s: Static, data: Data, traced: dict):
 
     def objective(p, batch):
         f, _ = forward(p, batch[0], "relu", jnp.float32(0.0), ones)
-        return jnp.mean(loss_values(f, batch[1], s.loss))
+        return masked_mean(loss_values(f, batch[1], s.loss), data.train.mask)
 
     step = make_step(objective, tx, trainable, lambda t: (z, data.train.y))
     carry = train_for(step, init_carry(params, tx), s.teacher_steps)
@@ -99,24 +104,25 @@ def trained_teacher(key: jax.Array, s: Static, data: Data, traced: dict):
     return Teacher(p.w @ core, p.b), carry[3]
 
 
-def init_student(key: jax.Array, s: Static, true_width: jax.Array, mask: jax.Array, init_scale: jax.Array) -> Student:
+def init_student(key: jax.Array, s: Static, true_width: jax.Array, true_d: jax.Array, mask: jax.Array,
+                 init_scale: jax.Array) -> Student:
     """First layer exactly as the classifier's (`model.init_params`); read-out per neuron.
 
     Read-out: `torch`, U(+-1/sqrt(m)) for V and c (PyTorch's Linear(m, rep_dim)); `theory`,
     V ~ N(0, 1/m) and c = 0. m is the true width.
     """
-    first = init_params(key, s.width, s.input_dim, true_width, init=s.init, output="train", bias=s.bias,
+    layer = init_params(key, s.width, s.input_dim, true_width, true_d, init=s.init, output="train", bias=s.bias,
                         init_scale=init_scale)
     k_v, k_c = jax.random.split(jax.random.fold_in(key, READOUT_STREAM))
     inv_sqrt_m = 1.0 / jnp.sqrt(true_width.astype(jnp.float32))
     if s.init == "torch":
-        v = _per_neuron(k_v, s.width, lambda k: jax.random.uniform(k, (s.rep_dim,), minval=-1.0, maxval=1.0)).T
+        v = per_row(k_v, s.width, lambda k: jax.random.uniform(k, (s.rep_dim,), minval=-1.0, maxval=1.0)).T
         c = jax.random.uniform(k_c, (s.rep_dim,), minval=-1.0, maxval=1.0) * inv_sqrt_m
     else:
-        v = _per_neuron(k_v, s.width, lambda k: jax.random.normal(k, (s.rep_dim,))).T
+        v = per_row(k_v, s.width, lambda k: jax.random.normal(k, (s.rep_dim,))).T
         c = jnp.zeros((s.rep_dim,))
     v = v * inv_sqrt_m * mask[None, :]
-    return Student(first.w, first.b, v, c if s.bias else jnp.zeros((s.rep_dim,)))
+    return Student(layer.w, layer.b, v, c if s.bias else jnp.zeros((s.rep_dim,)))
 
 
 def spd_solve(a: jax.Array, b: jax.Array) -> jax.Array:
@@ -147,87 +153,101 @@ def spd_solve(a: jax.Array, b: jax.Array) -> jax.Array:
     return jax.lax.fori_loop(0, p, back_sub, jnp.zeros_like(b))
 
 
-def ridge_probe(h: jax.Array, y: jax.Array, ridge: jax.Array):
-    """Least squares of +-1 labels on features `h` (n, p) with an unpenalised intercept.
+def ridge_probe(h: jax.Array, y: jax.Array, mask: jax.Array, ridge: jax.Array):
+    """Least squares of +-1 labels on features `h` (n, p) with an unpenalised intercept, over the
+    rows where `mask` is 1.
 
     The ridge is relative: `ridge * trace(C) / p` for the feature covariance C, so it does not
     depend on the representation's scale.
     """
-    n, p = h.shape
-    mu = jnp.mean(h, axis=0)
-    hc = h - mu
-    ybar = jnp.mean(y)
+    p = h.shape[1]
+    n = jnp.sum(mask)
+    mu = mask @ h / n
+    hc = (h - mu) * mask[:, None]
+    ybar = mask @ y / n
     cov = hc.T @ hc / n
     lam = ridge * jnp.trace(cov) / p + 1e-12
     w = spd_solve(cov + lam * jnp.eye(p), hc.T @ (y - ybar) / n)
     return w, ybar - mu @ w
 
 
-def probe_accuracy(probe, h: jax.Array, y: jax.Array) -> jax.Array:
+def probe_accuracy(probe, h: jax.Array, y: jax.Array, mask: jax.Array) -> jax.Array:
     w, b = probe
-    return jnp.mean(y * (h @ w + b) > 0)
+    return masked_mean(y * (h @ w + b) > 0, mask)
 
 
 def make_distill_run(static: Static) -> Callable[[dict], dict]:
     s = static
 
     def run(traced: dict) -> dict:
-        data, params, _, mask, k_batch = prepare(s, traced)
-        slope, ridge = traced["leaky_slope"], traced["probe_ridge"]
+        setup = prepare(s, traced)
+        data, mask, sizes = setup.data, setup.mask, setup.sizes
+        slope = traced["leaky_slope"]
         data_key = jax.random.wrap_key_data(traced["data_key"], impl="threefry2x32")
         init_key = jax.random.wrap_key_data(traced["init_key"], impl="threefry2x32")
         k_teacher = jax.random.fold_in(data_key, TEACHER_STREAM)
         if s.teacher == "core":
-            teacher = core_teacher(k_teacher, data.M, s.core_dim, s.rep_dim, traced["teacher_bias"])
+            teacher = core_teacher(k_teacher, data.M, s.core_dim, sizes.core, s.rep_dim, traced["teacher_bias"])
             teacher_diverged = jnp.bool_(False)
         else:
-            teacher, teacher_diverged = trained_teacher(k_teacher, s, data, traced)
+            teacher, teacher_diverged = trained_teacher(k_teacher, s, data, sizes.core, traced)
 
-        student = init_student(init_key, s, traced["true_width"], mask, traced["init_scale"])
+        student = init_student(init_key, s, traced["true_width"], sizes.d, mask, traced["init_scale"])
         # Same masks as the classifier's: padded neurons never train; biases only with `bias`.
         trainable = Student(w=mask[:, None], b=mask * float(s.bias), v=mask[None, :],
                             c=jnp.full((s.rep_dim,), float(s.bias)))
+        train, test = data.train, data.test
+        # One OOD set per evaluation variant; the teacher's representations of every set, once.
+        oods = jax.vmap(lambda rng: ood_split(data, s.core_dim, sizes, rng).x)(traced["bg_ood"])
+        t_train, t_id = teacher_rep(teacher, train.x), teacher_rep(teacher, test.x)
+        t_oods = jax.vmap(lambda x: teacher_rep(teacher, x))(oods)
+        t_var = masked_mean(jnp.sum((t_id - test.mask @ t_id / jnp.sum(test.mask)) ** 2, axis=1), test.mask)
 
-        # Teacher representations of the fixed sets, computed once.
-        t_train, t_id, t_ood = (teacher_rep(teacher, split.x) for split in (data.train, data.test, data.ood))
-        t_var = jnp.mean(jnp.sum((t_id - jnp.mean(t_id, axis=0)) ** 2, axis=1))
-        teacher_probe = ridge_probe(t_train, data.train.y, ridge)
-        teacher_metrics = {
-            "teacher_probe_id_acc": probe_accuracy(teacher_probe, t_id, data.test.y),
-            "teacher_probe_ood_acc": probe_accuracy(teacher_probe, t_ood, data.ood.y),
-            **{f"teacher_{k}": v for k, v in projection_metrics(teacher.w, data.M, s.core_dim,
-                                                              jnp.ones((s.rep_dim,))).items()
-               if k in ("core_norm", "bg_norm")},
-        }
+        def teacher_probe(ridge, t_ood):
+            probe = ridge_probe(t_train, train.y, train.mask, ridge)
+            return probe_accuracy(probe, t_id, test.y, test.mask), probe_accuracy(probe, t_ood, test.y, test.mask)
 
-        def rel_err(h, target):
-            return jnp.mean(jnp.sum((h - target) ** 2, axis=1)) / t_var
+        t_probe_id, t_probe_ood = jax.vmap(teacher_probe)(traced["probe_ridge"], t_oods)
+        t_proj = projection_metrics(teacher.w, data.M, s.core_dim, jnp.ones((s.rep_dim,)), sizes.bg)
+        n_evals = s.n_evals
+
+        def rel_err(h, target, rows):
+            return masked_mean(jnp.sum((h - target) ** 2, axis=1), rows) / t_var
 
         def measure(p: Student) -> dict:
-            h_train, _ = student_rep(p, data.train.x, s.activation, slope, mask)
-            h_id, pre = student_rep(p, data.test.x, s.activation, slope, mask)
-            h_ood, _ = student_rep(p, data.ood.x, s.activation, slope, mask)
-            probe = ridge_probe(h_train, data.train.y, ridge)
-            out = {
-                "student_rep_err_train": rel_err(h_train, t_train),
-                "student_rep_err_id": rel_err(h_id, t_id),
-                "student_rep_err_ood": rel_err(h_ood, t_ood),
-                "student_probe_id_acc": probe_accuracy(probe, h_id, data.test.y),
-                "student_probe_ood_acc": probe_accuracy(probe, h_ood, data.ood.y),
-                "act_asym": activation_asymmetry(pre, data.test.y, mask),
-                **projection_metrics(p.w, data.M, s.core_dim, mask),
-                **teacher_metrics,
-            }
-            return {k: out[k] for k in DISTILL_METRICS}
+            h_train, _ = student_rep(p, train.x, s.activation, slope, mask)
+            h_id, pre = student_rep(p, test.x, s.activation, slope, mask)
 
-        get_batch = make_get_batch(s, data, k_batch, traced["bg_train"])
+            def variant(ridge, x_ood, t_ood):
+                h_ood, _ = student_rep(p, x_ood, s.activation, slope, mask)
+                probe = ridge_probe(h_train, train.y, train.mask, ridge)
+                return (rel_err(h_ood, t_ood, test.mask), probe_accuracy(probe, h_id, test.y, test.mask),
+                        probe_accuracy(probe, h_ood, test.y, test.mask))
+
+            err_ood, probe_id, probe_ood = jax.vmap(variant)(traced["probe_ridge"], oods, t_oods)
+            out = {
+                "student_rep_err_train": rel_err(h_train, t_train, train.mask),
+                "student_rep_err_id": rel_err(h_id, t_id, test.mask),
+                "student_rep_err_ood": err_ood,
+                "student_probe_id_acc": probe_id,
+                "student_probe_ood_acc": probe_ood,
+                "teacher_probe_id_acc": t_probe_id,
+                "teacher_probe_ood_acc": t_probe_ood,
+                "act_asym": activation_asymmetry(pre, test.y, mask),
+                **projection_metrics(p.w, data.M, s.core_dim, mask, sizes.bg),
+                "teacher_core_norm": t_proj["core_norm"],
+                "teacher_bg_norm": t_proj["bg_norm"],
+            }
+            return {k: jnp.broadcast_to(out[k], (n_evals,)) for k in DISTILL_METRICS}
+
+        get_batch = make_get_batch(s, setup, traced["bg_train"])
         full_batch = not s.online and not s.batch_size
 
         def objective(p: Student, batch):
             # Full batch: the teacher's targets are the precomputed t_train.
             target = t_train if full_batch else teacher_rep(teacher, batch.x)
             h, _ = student_rep(p, batch.x, s.activation, slope, mask)
-            return jnp.mean((h - target) ** 2)
+            return masked_mean(jnp.mean((h - target) ** 2, axis=1), batch.mask)
 
         tx = make_optimizer(s.optimizer, traced["lr"], traced["weight_decay"], traced["momentum"])
         step = make_step(objective, tx, trainable, get_batch)

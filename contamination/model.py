@@ -2,8 +2,10 @@
 
 Width may be padded: neurons `k >= true_width` have zero weights, are held at zero by the
 trainable mask, and their activations are masked (sigmoid(0) != 0 would revive them).
-Every init draw is per neuron (`fold_in(key, k)`), so the first `true_width` neurons of a
-padded network are exactly the neurons of the unpadded one.
+The input dimension may be padded too: padded input columns of `w` start at zero and stay
+there (their inputs are exactly zero, so is their gradient). Every init draw is per neuron
+(`data.per_row`), so the first `true_width` neurons of a padded network, restricted to the
+first `true_d` inputs, are exactly the neurons of the unpadded one.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+
+from .data import first, per_row
 
 
 class Params(NamedTuple):
@@ -37,16 +41,8 @@ def activate(pre: jax.Array, activation: str, slope: jax.Array) -> jax.Array:
     raise ValueError(f"unknown activation {activation!r}")
 
 
-def neuron_mask(width: int, true_width: jax.Array) -> jax.Array:
-    return (jnp.arange(width) < true_width).astype(jnp.float32)
-
-
-def _per_neuron(key: jax.Array, width: int, draw) -> jax.Array:
-    return jax.vmap(lambda k: draw(jax.random.fold_in(key, k)))(jnp.arange(width))
-
-
-def init_params(key: jax.Array, width: int, input_dim: int, true_width: jax.Array, *, init: str,
-                output: str, bias: bool, init_scale: jax.Array) -> Params:
+def init_params(key: jax.Array, width: int, input_dim: int, true_width: jax.Array, true_d: jax.Array, *,
+                init: str, output: str, bias: bool, init_scale: jax.Array) -> Params:
     """PyTorch-default (`torch`) or N(0, 1/d) (`theory`) init; output per `output` mode.
 
     Fan-ins are the true ones: d for the first layer, the true width for the output layer.
@@ -54,18 +50,19 @@ def init_params(key: jax.Array, width: int, input_dim: int, true_width: jax.Arra
     """
     k_w, k_b, k_a, k_c = jax.random.split(key, 4)
     m_true = true_width.astype(jnp.float32)
-    mask = neuron_mask(width, true_width)
+    d_true = jnp.asarray(true_d).astype(jnp.float32)
+    mask = first(width, true_width)
     if init == "torch":
-        bound = 1.0 / jnp.sqrt(float(input_dim))
-        w = _per_neuron(k_w, width, lambda k: jax.random.uniform(k, (input_dim,), minval=-bound, maxval=bound))
-        b = _per_neuron(k_b, width, lambda k: jax.random.uniform(k, (), minval=-bound, maxval=bound))
+        bound = 1.0 / jnp.sqrt(d_true)
+        w = per_row(k_w, width, lambda k: jax.random.uniform(k, (input_dim,), minval=-bound, maxval=bound))
+        b = per_row(k_b, width, lambda k: jax.random.uniform(k, (), minval=-bound, maxval=bound))
         out_bound = 1.0 / jnp.sqrt(m_true)
-        a = _per_neuron(k_a, width, lambda k: jax.random.uniform(k, (), minval=-1.0, maxval=1.0)) * out_bound
+        a = per_row(k_a, width, lambda k: jax.random.uniform(k, (), minval=-1.0, maxval=1.0)) * out_bound
         c = jax.random.uniform(k_c, (), minval=-1.0, maxval=1.0) * out_bound
     elif init == "theory":
-        w = _per_neuron(k_w, width, lambda k: jax.random.normal(k, (input_dim,))) / jnp.sqrt(float(input_dim))
+        w = per_row(k_w, width, lambda k: jax.random.normal(k, (input_dim,))) / jnp.sqrt(d_true)
         b = jnp.zeros((width,))
-        a = _per_neuron(k_a, width, lambda k: jax.random.rademacher(k, (), dtype=jnp.float32)) / m_true
+        a = per_row(k_a, width, lambda k: jax.random.rademacher(k, (), dtype=jnp.float32)) / m_true
         c = jnp.zeros(())
     else:
         raise ValueError(f"unknown init {init!r}")
@@ -73,8 +70,8 @@ def init_params(key: jax.Array, width: int, input_dim: int, true_width: jax.Arra
     if output == "frozen_half":
         a = jnp.where(idx < true_width // 2, 1.0, -1.0) / m_true
     elif output == "frozen_random":
-        a = _per_neuron(k_a, width, lambda k: jax.random.rademacher(k, (), dtype=jnp.float32)) / m_true
-    w = w * init_scale * mask[:, None]
+        a = per_row(k_a, width, lambda k: jax.random.rademacher(k, (), dtype=jnp.float32)) / m_true
+    w = w * init_scale * mask[:, None] * first(input_dim, true_d)
     b = b * init_scale * mask if bias else jnp.zeros((width,))
     c = c if bias else jnp.zeros(())
     return Params(w, b, a * mask, c)
@@ -82,7 +79,7 @@ def init_params(key: jax.Array, width: int, input_dim: int, true_width: jax.Arra
 
 def trainable_mask(width: int, true_width: jax.Array, *, output: str, bias: bool) -> Params:
     """1 where a parameter trains, 0 where it is padding, frozen, or switched off."""
-    mask = neuron_mask(width, true_width)
+    mask = first(width, true_width)
     train_out = output == "train"
     return Params(
         w=jnp.broadcast_to(mask[:, None], (width, 1)),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from .config import Config, log_steps, stack_traced, static_spec, traced_values
+from .config import Config, log_steps, padded_spec, stack_traced, static_spec, traced_values
 from .train import compiled_batch_run, compiled_single_run
 
 
@@ -13,18 +13,25 @@ def _to_numpy(tree):
     return jax.tree_util.tree_map(np.asarray, tree)
 
 
+def _one_variant(out: dict) -> dict:
+    """Drop the trailing evaluation-variant axis of a run that has one variant."""
+    return {"curves": {k: v[..., 0] for k, v in out["curves"].items()},
+            "final": {k: (v if k.startswith("diverged") else v[..., 0]) for k, v in out["final"].items()}}
+
+
 def simulate(cfg: Config) -> dict:
     """Train one config; returns {"steps": [...], "curves": {...}, "final": {...}} as numpy."""
-    out = _to_numpy(compiled_single_run(static_spec(cfg))(traced_values(cfg)))
+    out = _one_variant(_to_numpy(compiled_single_run(static_spec(cfg))(traced_values(cfg))))
     out["steps"] = np.array(log_steps(cfg.steps, cfg.log_every))
     return out
 
 
-def simulate_batch(cfgs: list[Config], width: int | None = None) -> dict:
-    """Train configs sharing one static spec (widths padded to `width`) in one vmapped program."""
-    specs = {static_spec(c, width or max(c.width for c in cfgs)) for c in cfgs}
-    if len(specs) != 1:
-        raise ValueError(f"configs do not share one static spec: {specs}")
-    out = _to_numpy(compiled_batch_run(specs.pop())(stack_traced(cfgs)))
+def simulate_batch(cfgs: list[Config], **pad) -> dict:
+    """Train configs in one vmapped program, each padded to the largest sizes of the batch and to
+    any larger sizes given in `pad` (e.g. `width=24, input_dim=64`); they must share every other
+    static field."""
+    spec = padded_spec([static_spec(c) for c in cfgs])
+    spec = spec._replace(**{k: max(v, getattr(spec, k)) for k, v in pad.items()})
+    out = _one_variant(_to_numpy(compiled_batch_run(spec)(stack_traced(cfgs))))
     out["steps"] = np.array(log_steps(cfgs[0].steps, cfgs[0].log_every))
     return out

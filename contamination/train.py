@@ -1,8 +1,9 @@
 """One whole run as one pure function: data, init, a `lax.scan` over steps, metrics.
 
-`make_run(static)` returns `run(traced) -> {"curves": {metric: (n_logs,)}, "final": {...}}`
-where `traced` is `config.traced_values(cfg)` (arrays). `jax.jit(jax.vmap(run))` trains a
-batch of configs that share `static` in one compiled program.
+`make_run(static)` returns `run(traced) -> {"curves": {metric: (n_logs, n_evals)}, "final": {...}}`
+where `traced` is `config.traced_values(runs)` (arrays): one trained network, measured once per
+evaluation variant. `jax.jit(jax.vmap(run))` trains a batch of networks that share `static`
+(their sizes padded to its sizes) in one compiled program.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ import jax.numpy as jnp
 import optax
 
 from .config import Static
-from .data import Data, Split, make_data, minibatch, online_batch
-from .metrics import METRICS, evaluate
-from .model import Params, forward, init_params, loss_values, neuron_mask, to_dm, trainable_mask
+from .data import Data, Sizes, Split, first, make_data, minibatch, online_batch
+from .metrics import METRICS, evaluate, masked_mean
+from .model import Params, forward, init_params, loss_values, to_dm, trainable_mask
 
 
 def _sgd(learning_rate, weight_decay, momentum):
@@ -56,8 +57,14 @@ class Setup(NamedTuple):
     data: Data
     params: Params
     trainable: Params
-    mask: jax.Array
+    mask: jax.Array  # the true neurons
     batch_key: jax.Array
+    sizes: Sizes  # the run's true sizes
+
+
+def sizes_of(traced: dict) -> Sizes:
+    return Sizes(traced["true_core"], traced["true_bg"], traced["true_d"], traced["true_n_train"],
+                 traced["true_n_test"])
 
 
 def prepare(s: Static, traced: dict) -> Setup:
@@ -65,21 +72,22 @@ def prepare(s: Static, traced: dict) -> Setup:
     data_key = jax.random.wrap_key_data(traced["data_key"], impl="threefry2x32")
     init_key = jax.random.wrap_key_data(traced["init_key"], impl="threefry2x32")
     k_data, k_batch = jax.random.split(data_key)
-    true_width = traced["true_width"]
-    data = make_data(k_data, s.core_dim, s.bg_dim, s.input_dim, s.core, s.n_train, s.n_test,
-                     traced["bg_train"], traced["bg_ood"])
-    params = init_params(init_key, s.width, s.input_dim, true_width, init=s.init, output=s.output,
+    true_width, sizes = traced["true_width"], sizes_of(traced)
+    data = make_data(k_data, s.core_dim, s.bg_dim, s.input_dim, s.core, s.n_train, s.n_test, sizes,
+                     traced["bg_train"])
+    params = init_params(init_key, s.width, s.input_dim, true_width, sizes.d, init=s.init, output=s.output,
                          bias=s.bias, init_scale=traced["init_scale"])
     trainable = trainable_mask(s.width, true_width, output=s.output, bias=s.bias)
-    return Setup(data, params, trainable, neuron_mask(s.width, true_width), k_batch)
+    return Setup(data, params, trainable, first(s.width, true_width), k_batch, sizes)
 
 
-def make_get_batch(s: Static, data: Data, k_batch: jax.Array, bg_train: jax.Array) -> Callable[[jax.Array], Split]:
+def make_get_batch(s: Static, setup: Setup, bg_train: jax.Array) -> Callable[[jax.Array], Split]:
     """The training batch of step `t`: a fresh online batch, a minibatch, or the full training set."""
+    data, k_batch = setup.data, setup.batch_key
 
     def get_batch(t):
         if s.online:
-            return online_batch(k_batch, t, data.M, s.batch_size, s.core_dim, s.core, bg_train)
+            return online_batch(k_batch, t, data.M, s.batch_size, s.core_dim, s.core, setup.sizes, bg_train)
         if s.batch_size:
             return minibatch(k_batch, t, data.train, s.batch_size)
         return data.train
@@ -127,7 +135,7 @@ def train_for(step: Callable, carry, n: int):
 def train_and_log(step: Callable, carry, measure: Callable, steps: int, log_every: int) -> dict:
     """Train `steps` steps, measuring at step 0, every `log_every` steps and at the last step.
 
-    Returns the run's output: {"curves": {metric: (n_logs,)}, "final": {metric, "diverged", "diverged_step"}}.
+    Returns the run's output: {"curves": {metric: (n_logs, ...)}, "final": {metric, "diverged", "diverged_step"}}.
     """
 
     def block(carry, _):
@@ -155,16 +163,18 @@ def make_training(s: Static, traced: dict):
     holds the parameters in the training layout (`model.to_dm`: first layer stored (d, m));
     `measure` takes them in that layout.
     """
-    data, params, trainable, mask, k_batch = prepare(s, traced)
+    setup = prepare(s, traced)
+    data, params, trainable, mask = setup.data, setup.params, setup.trainable, setup.mask
     slope = traced["leaky_slope"]
     tx = make_optimizer(s.optimizer, traced["lr"], traced["weight_decay"], traced["momentum"])
-    evaluate_md = functools.partial(evaluate, data=data, core_dim=s.core_dim, activation=s.activation,
-                                    loss=s.loss, slope=slope, mask=mask)
+    evaluate_md = functools.partial(evaluate, data=data, core_dim=s.core_dim, sizes=setup.sizes,
+                                    bg_ood=traced["bg_ood"], activation=s.activation, loss=s.loss, slope=slope,
+                                    mask=mask)
 
     def measure(p_dm):
         return evaluate_md(to_dm(p_dm))
 
-    get_batch = make_get_batch(s, data, k_batch, traced["bg_train"])
+    get_batch = make_get_batch(s, setup, traced["bg_train"])
     full_batch = not s.online and not s.batch_size
     # The full training set is the batch of every step: transpose it once, outside the loop.
     train_xT = data.train.x.T if full_batch else None
@@ -172,7 +182,7 @@ def make_training(s: Static, traced: dict):
     def objective(p, batch):
         xT = train_xT if full_batch else batch.x.T
         f, _ = forward(p, batch.x, s.activation, slope, mask, xT)
-        return jnp.mean(loss_values(f, batch.y, s.loss))
+        return masked_mean(loss_values(f, batch.y, s.loss), batch.mask)
 
     step = make_step(objective, tx, to_dm(trainable), get_batch)
     return step, init_carry(to_dm(params), tx), measure

@@ -21,8 +21,10 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--out", default=None, help="output directory (default: results/NAME or results/NAME-SCALE)")
         sp.add_argument("--memory-budget", default=None,
                         help="per-device memory for one chunk, e.g. 2GB (default: half the device, or 1/4 of RAM)")
-        sp.add_argument("--min-efficiency", type=float, default=0.8,
-                        help="pad narrower widths into one program while this share of compute stays useful (0-1)")
+        sp.add_argument("--min-efficiency", default="auto",
+                        help="auto (default): programs chosen by least predicted time on this device; a number "
+                             "in [0, 1]: pad runs of smaller sizes into one program while this share of its FLOPs "
+                             "stays useful (1: one program per exact shape, 0: one per set of categorical choices)")
         sp.add_argument("--chunk-size", type=int, default=None, help="force the runs per compiled call")
         sp.add_argument("--host-devices", default="auto",
                         help="CPU backend: split the host into this many JAX devices, runs sharded over them "
@@ -32,7 +34,22 @@ def build_parser() -> argparse.ArgumentParser:
                         help="multi-host: call jax.distributed.initialize(); each process runs a disjoint share")
         if name == "run":
             sp.add_argument("--no-progress", action="store_true", help="no progress bar")
+            sp.add_argument("--compile-ahead", type=int, default=1,
+                            help="programs compiled in a background thread while a bucket trains (default 1; 0: none)")
     return p
+
+
+def parse_min_efficiency(text: str) -> float | None:
+    """'auto' -> None (plan by predicted time); else a number in [0, 1]."""
+    if str(text).strip().lower() == "auto":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise PlanError(f"--min-efficiency: 'auto' or a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise PlanError(f"--min-efficiency: must be in [0, 1], got {value}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,8 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         grid = load(args.grid, args.scale)
         budget = parse_bytes(args.memory_budget) if args.memory_budget else None
-        if not 0.0 <= args.min_efficiency <= 1.0:
-            raise PlanError(f"--min-efficiency: must be in [0, 1], got {args.min_efficiency}")
+        min_efficiency = parse_min_efficiency(args.min_efficiency)
+        if getattr(args, "compile_ahead", 0) < 0:
+            raise PlanError(f"--compile-ahead: must be >= 0, got {args.compile_ahead}")
         if args.chunk_size is not None and args.chunk_size < 1:
             raise PlanError(f"--chunk-size: must be >= 1, got {args.chunk_size}")
         host_devices = None
@@ -56,11 +74,14 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else Path("results") / (
         grid.name if grid.scale == "default" else f"{grid.name}-{grid.scale}")
     from . import engine
+    from .environment import use_host_devices
+    from .results import ResultsError, check_version
 
     try:
+        check_version(out)
         # before JAX starts its backends; no more devices than the grid has runs (padding)
-        engine.use_host_devices(host_devices, runs=len(grid.runs()))
-    except PlanError as e:
+        use_host_devices(host_devices, runs=len(grid.runs()))
+    except (PlanError, ResultsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.distributed:
@@ -69,12 +90,13 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command == "plan":
-            print(engine.describe_plan(grid, out, memory_budget=budget, min_efficiency=args.min_efficiency,
+            print(engine.describe_plan(grid, out, memory_budget=budget, min_efficiency=min_efficiency,
                                        chunk_size=args.chunk_size))
             return 0
-        summary = engine.run_grid(grid, out, memory_budget=budget, min_efficiency=args.min_efficiency,
-                                  chunk_size=args.chunk_size, progress=not args.no_progress)
-    except PlanError as e:
+        summary = engine.run_grid(grid, out, memory_budget=budget, min_efficiency=min_efficiency,
+                                  chunk_size=args.chunk_size, progress=not args.no_progress,
+                                  compile_ahead=args.compile_ahead)
+    except (PlanError, ResultsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(summary.line())

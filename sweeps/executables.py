@@ -6,8 +6,8 @@ Python run function and lowers it to StableHLO first: about 0.3-0.5 s per progra
 serialized executable itself (`jax.experimental.serialize_executable`), keyed by everything
 the program depends on:
 
-- the source of the `contamination` package and of `sweeps/engine.py` (the code traced),
-- the versions of Python and the packages the engine records (`engine.versions`),
+- the source of the `contamination` package and of `sweeps/programs.py` (the code traced),
+- the versions of Python and the packages the engine records (`provenance.versions`),
 - every `jax.config` value and every `JAX_*` / `XLA_*` environment variable,
 - the backend, its platform version, and the mesh's devices (ids, kinds, processes),
 - the bucket's static spec, chunk size and input shapes and dtypes.
@@ -42,9 +42,9 @@ def enabled() -> bool:
 
 @functools.lru_cache(maxsize=None)
 def code_digest() -> str:
-    """sha256 over the traced code: every module of `contamination` and `sweeps/engine.py`."""
+    """sha256 over the traced code: every module of `contamination` and `sweeps/programs.py`."""
     h = hashlib.sha256()
-    files = sorted((ROOT / "contamination").rglob("*.py")) + [ROOT / "sweeps" / "engine.py"]
+    files = sorted((ROOT / "contamination").rglob("*.py")) + [ROOT / "sweeps" / "programs.py"]
     for f in files:
         h.update(str(f.relative_to(ROOT)).encode() + b"\0" + f.read_bytes() + b"\0")
     return h.hexdigest()
@@ -54,7 +54,7 @@ def program_key(static: Any, chunk_size: int, inputs: dict, mesh) -> str:
     """The store's key of one bucket program (see the module docstring for what it covers)."""
     import jax
 
-    from .engine import versions
+    from .provenance import versions
 
     devices = list(mesh.devices.flat)
     client = devices[0].client
@@ -71,6 +71,10 @@ def program_key(static: Any, chunk_size: int, inputs: dict, mesh) -> str:
         "inputs": sorted((k, list(v.shape), str(v.dtype)) for k, v in inputs.items()),
     }
     return hashlib.sha256(json.dumps(desc, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def exists(store: Path, key: str) -> bool:
+    return (store / f"{key}.jaxexe").exists()
 
 
 def load(store: Path, key: str, devices):

@@ -1,110 +1,217 @@
-"""Plan a sweep: shape buckets (one compile each), width padding, chunks that fit memory."""
+"""Plan a sweep: trained networks, programs (buckets) chosen by predicted wall time, chunks.
+
+- A *network* is one training: the runs that differ only in `config.EVAL_ONLY_FIELDS` train it
+  once and are measured once each (its evaluation variants).
+- A *bucket* is one compiled program. Networks that share their categorical choices (the
+  `config.pad_key` of their static spec) may share one: every paddable size (width, feature
+  dimensions, input dimension, sample sizes, variants) is padded exactly to the bucket's largest.
+- The bucketing minimises predicted wall time (`auto`): a separate program costs a compile (none
+  when the program store has it), a padded one costs the FLOPs of its padding and, on an
+  accelerator, a device that sits at its per-step latency floor; `calibrate.DeviceModel` holds
+  the constants measured on this device kind. A numeric `min_efficiency` instead merges while
+  that share of the executed FLOPs stays useful: 1 gives one program per exact shape, 0 one
+  program per set of categorical choices.
+- The planner alone sizes chunks: multiples of the device count that fit the memory budget.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+from typing import Callable
 
-from contamination.config import Static, stable_hash, static_spec
+from contamination.config import Static, pad_key, padded_spec, stable_hash, static_spec, training_key
 from contamination.cost import flops, memory_bytes
 
 from .grid import Run
-
-
-@dataclasses.dataclass
-class Bucket:
-    static: Static  # padded width
-    runs: list[Run]
-    chunk_size: int = 0
-
-    @property
-    def id(self) -> str:
-        return stable_hash(list(self.static), nbytes=4)
-
-    @property
-    def widths(self) -> list[int]:
-        return sorted({r.config.width for r in self.runs})
-
-    @property
-    def efficiency(self) -> float:
-        """Share of the bucket's neuron-compute that belongs to true (unpadded) neurons."""
-        return sum(r.config.width for r in self.runs) / (len(self.runs) * self.static.width)
-
-    @property
-    def n_chunks(self) -> int:
-        return math.ceil(len(self.runs) / self.chunk_size) if self.chunk_size else 0
-
-    def chunks(self) -> list[list[Run]]:
-        c = self.chunk_size
-        return [self.runs[i:i + c] for i in range(0, len(self.runs), c)]
-
-    @property
-    def flops(self) -> float:
-        """FLOPs of the true runs (what a researcher asked for)."""
-        return sum(flops(static_spec(r.config)) for r in self.runs)
-
-    @property
-    def executed_flops(self) -> float:
-        """FLOPs executed, padding of width and of the last chunk included."""
-        return self.n_chunks * self.chunk_size * flops(self.static)
-
-    @property
-    def run_memory(self) -> int:
-        return memory_bytes(self.static)
 
 
 class PlanError(ValueError):
     pass
 
 
-def bucketize(runs: list[Run], min_efficiency: float = 0.8) -> list[Bucket]:
-    """Group runs by static spec; merge width groups while padding keeps `min_efficiency`.
+@dataclasses.dataclass(frozen=True)
+class Network:
+    """The runs that train one network (equal `training_key`), ordered by run id."""
 
-    Merging pads narrower runs up to the widest of the group (exact: see model.py), trading
-    padded compute for fewer compiles. min_efficiency = 1 never pads; 0 pads every width
-    of a shape group into one program.
-    """
-    groups: dict[Static, dict[int, list[Run]]] = {}
-    for r in runs:
-        key = static_spec(r.config)._replace(width=0)
-        groups.setdefault(key, {}).setdefault(r.config.width, []).append(r)
+    runs: tuple[Run, ...]
+
+    @property
+    def config(self):
+        return self.runs[0].config
+
+    @property
+    def id(self) -> str:
+        return training_key(self.config)
+
+    @functools.cached_property
+    def static(self) -> Static:
+        return static_spec(self.config, n_evals=len(self.runs))
+
+    @functools.cached_property
+    def flops(self) -> float:
+        return flops(self.static)
+
+
+def networks_of(runs: list[Run]) -> list[Network]:
+    """Group runs into the networks they train, in order of their first run id."""
+    groups: dict[str, list[Run]] = {}
+    for r in sorted(runs, key=lambda r: r.run_id):
+        groups.setdefault(training_key(r.config), []).append(r)
+    return [Network(tuple(g)) for g in groups.values()]
+
+
+@dataclasses.dataclass
+class Bucket:
+    static: Static  # padded sizes
+    networks: list[Network]
+    chunk_size: int = 0  # networks per compiled call
+    predicted_compile_s: float = 0.0
+    predicted_run_s: float = 0.0
+
+    @property
+    def id(self) -> str:
+        return stable_hash(list(self.static), nbytes=4)
+
+    @property
+    def runs(self) -> list[Run]:
+        return [r for n in self.networks for r in n.runs]
+
+    @property
+    def widths(self) -> list[int]:
+        return sorted({n.config.width for n in self.networks})
+
+    @property
+    def shapes(self) -> list[Static]:
+        return sorted({n.static for n in self.networks})
+
+    @property
+    def efficiency(self) -> float:
+        """Share of the executed FLOPs (last chunk's padding aside) that belongs to true sizes."""
+        return self.flops / (len(self.networks) * flops(self.static))
+
+    @property
+    def n_chunks(self) -> int:
+        return math.ceil(len(self.networks) / self.chunk_size) if self.chunk_size else 0
+
+    def chunks(self) -> list[list[Network]]:
+        c = self.chunk_size
+        return [self.networks[i:i + c] for i in range(0, len(self.networks), c)]
+
+    @property
+    def flops(self) -> float:
+        """FLOPs of the true networks (what a researcher asked for)."""
+        return sum(n.flops for n in self.networks)
+
+    @property
+    def executed_flops(self) -> float:
+        """FLOPs executed, padding of sizes and of the last chunk included."""
+        return self.n_chunks * self.chunk_size * flops(self.static)
+
+    @property
+    def run_memory(self) -> int:
+        return memory_bytes(self.static)
+
+    @property
+    def predicted_s(self) -> float:
+        return self.predicted_compile_s + self.predicted_run_s
+
+
+def choose_chunk(bucket: Bucket, memory_budget: int, n_devices: int, max_chunk: int = 4096,
+                 chunk_size: int | None = None) -> None:
+    """The bucket's chunk size: a multiple of the device count that fits `memory_budget` per
+    device (two chunks in flight when there are several), split so that chunks are as even as
+    possible (least padding); `chunk_size` forces it (rounded to the device count)."""
+    b = bucket
+    per_device = memory_budget // b.run_memory
+    if per_device < 1:
+        raise PlanError(
+            f"memory budget {fmt_bytes(memory_budget)} per device is below one run of bucket "
+            f"{b.id} ({fmt_bytes(b.run_memory)}, width {b.static.width}, n_train {b.static.n_train}, "
+            f"input_dim {b.static.input_dim}); raise --memory-budget")
+    if chunk_size:
+        b.chunk_size = max(n_devices, (chunk_size // n_devices) * n_devices)
+        return
+    if len(b.networks) > per_device * n_devices:
+        # Several chunks: the engine dispatches the next chunk while the host fetches and
+        # writes the last, so two chunks are in flight and each gets half the budget.
+        per_device = max(per_device // 2, 1)
+    cap = min(per_device * n_devices, max(max_chunk // n_devices, 1) * n_devices)
+    n_chunks = math.ceil(len(b.networks) / cap)
+    even = math.ceil(len(b.networks) / n_chunks)
+    b.chunk_size = math.ceil(even / n_devices) * n_devices
+
+
+@dataclasses.dataclass(frozen=True)
+class Planning:
+    """What the planner needs besides the networks."""
+
+    memory_budget: int
+    n_devices: int
+    model: object  # calibrate.DeviceModel: compile_s(static), run_s(bucket); None: no predictions
+    min_efficiency: float | None = None  # None: auto (least predicted time)
+    chunk_size: int | None = None
+    in_store: Callable[[Static, int], bool] = lambda static, chunk: False  # noqa: E731
+
+
+def make_bucket(networks: list[Network], p: Planning) -> Bucket:
+    """A bucket of `networks` padded to their largest sizes, chunked, with its predicted seconds."""
+    b = Bucket(padded_spec(n.static for n in networks), sorted(networks, key=lambda n: n.runs[0].run_id))
+    choose_chunk(b, p.memory_budget, p.n_devices, chunk_size=p.chunk_size)
+    if p.model is not None:
+        b.predicted_compile_s = 0.0 if p.in_store(b.static, b.chunk_size) else p.model.compile_s(b.static)
+        b.predicted_run_s = p.model.run_s(b)
+    return b
+
+
+def _greedy(clusters: list[Bucket], merge_score, p: Planning) -> list[Bucket]:
+    """Merge the best-scoring pair while some pair scores above zero (None: not allowed)."""
+    clusters = list(clusters)
+    scores: dict[tuple[int, int], tuple[float, Bucket]] = {}
+    alive = dict(enumerate(clusters))
+    next_id = len(clusters)
+
+    def score(i, j):
+        merged = make_bucket(alive[i].networks + alive[j].networks, p)
+        s = merge_score(alive[i], alive[j], merged)
+        if s is not None:
+            scores[(i, j)] = (s, merged)
+
+    ids = sorted(alive)
+    for x, i in enumerate(ids):
+        for j in ids[x + 1:]:
+            score(i, j)
+    while scores:
+        (i, j), (s, merged) = max(scores.items(), key=lambda kv: (kv[1][0], -kv[0][0], -kv[0][1]))
+        if s <= 0:
+            break
+        del alive[i], alive[j]
+        scores = {k: v for k, v in scores.items() if i not in k and j not in k}
+        alive[next_id] = merged
+        for k in sorted(alive):
+            if k != next_id:
+                score(k, next_id)
+        next_id += 1
+    return [alive[k] for k in sorted(alive)]
+
+
+def bucketize(networks: list[Network], p: Planning) -> list[Bucket]:
+    """Group networks into programs: by categorical choices, then by the chosen padding."""
+    groups: dict[Static, dict[Static, list[Network]]] = {}
+    for n in networks:
+        groups.setdefault(pad_key(n.static), {}).setdefault(n.static, []).append(n)
+    if p.min_efficiency is None:
+        def merge_score(a, b, merged):  # seconds saved
+            return a.predicted_s + b.predicted_s - merged.predicted_s
+    else:
+        def merge_score(a, b, merged):  # the most efficient merge first, while it is efficient enough
+            return merged.efficiency + 1e-9 if merged.efficiency >= p.min_efficiency - 1e-12 else None
     buckets = []
-    for key, by_width in groups.items():
-        widths = sorted(by_width, reverse=True)
-        while widths:
-            top = widths.pop(0)
-            members = list(by_width[top])
-            while widths:
-                cand = members + by_width[widths[0]]
-                eff = sum(r.config.width for r in cand) / (len(cand) * top)
-                if eff < min_efficiency:
-                    break
-                members = cand
-                widths.pop(0)
-            members.sort(key=lambda r: r.run_id)  # deterministic chunking
-            buckets.append(Bucket(key._replace(width=top), members))
+    for by_shape in groups.values():
+        exact = [make_bucket(nets, p) for _, nets in sorted(by_shape.items())]
+        buckets += _greedy(exact, merge_score, p)
     return buckets
-
-
-def choose_chunks(buckets: list[Bucket], memory_budget: int, n_devices: int, max_chunk: int = 4096) -> None:
-    """Per bucket, the chunk size: a multiple of the device count that fits `memory_budget`
-    per device (two chunks in flight when there are several), split so that chunks are as
-    even as possible (least padding)."""
-    for b in buckets:
-        per_device = memory_budget // b.run_memory
-        if per_device < 1:
-            raise PlanError(
-                f"memory budget {fmt_bytes(memory_budget)} per device is below one run of bucket "
-                f"{b.id} ({fmt_bytes(b.run_memory)}, width {b.static.width}, n_train {b.static.n_train}, "
-                f"input_dim {b.static.input_dim}); raise --memory-budget")
-        if len(b.runs) > per_device * n_devices:
-            # Several chunks: the engine dispatches the next chunk while the host fetches and
-            # writes the last, so two chunks are in flight and each gets half the budget.
-            per_device = max(per_device // 2, 1)
-        cap = min(per_device * n_devices, max(max_chunk // n_devices, 1) * n_devices)
-        n_chunks = math.ceil(len(b.runs) / cap)
-        even = math.ceil(len(b.runs) / n_chunks)
-        b.chunk_size = math.ceil(even / n_devices) * n_devices
 
 
 def fmt_bytes(n: float) -> str:

@@ -1,23 +1,33 @@
 """Claim 1: the data is PAPER.md section 2's structured feature model."""
 
+import types
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from contamination.config import preset, static_spec, traced_values
-from contamination.data import dictionary, make_data, online_batch, minibatch
+from contamination.data import Sizes, dictionary, gaussian_frame, minibatch, online_batch, ood_split
 from contamination.train import prepare
 
 
-def _data(**kw):
+def _setup(**kw):
     cfg = preset("toy", **{"n_train": 200, "n_test": 300, **kw})
-    return cfg, prepare(static_spec(cfg), traced_values(cfg)).data
+    return cfg, prepare(static_spec(cfg), traced_values(cfg))
+
+
+def _data(**kw):
+    cfg, setup = _setup(**kw)
+    data = setup.data
+    # with the OOD set of the config's own range as a split
+    return cfg, types.SimpleNamespace(**data._asdict(),
+                                      ood=ood_split(data, cfg.core_dim, setup.sizes, jnp.asarray(cfg.bg_ood)))
 
 
 @pytest.mark.parametrize("d0,d", [(8, 8), (16, 64), (64, 256), (128, 128)])
 def test_dictionary_orthonormal(d0, d):
-    M = np.asarray(dictionary(jax.random.key(3), d0, d))
+    M = np.asarray(dictionary(jax.random.key(3), d0 // 2, d0 - d0 // 2, d))
     assert M.shape == (d0, d)
     np.testing.assert_allclose(M @ M.T, np.eye(d0), atol=2e-5)
 
@@ -26,9 +36,11 @@ def test_dictionary_orthonormal(d0, d):
 def test_dictionary_is_the_sign_fixed_qr_of_a_gaussian(d0, d):
     """The plain-JAX Gram-Schmidt gives LAPACK's Q (float64 here) with diag(R) > 0: Haar-random rows."""
     key = jax.random.key(5)
-    g = np.asarray(jax.random.normal(key, (d, d0)), np.float64)
+    c, b = d0 // 4, d0 - d0 // 4
+    g = np.asarray(gaussian_frame(key, c, b, d, Sizes(c, b, d, 0, 0)), np.float64)
+    assert g.shape == (d, d0) and abs(g.std() - 1) < 0.1
     q, r = np.linalg.qr(g)
-    np.testing.assert_allclose(np.asarray(dictionary(key, d0, d)), (q * np.sign(np.diag(r))).T, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(dictionary(key, c, b, d)), (q * np.sign(np.diag(r))).T, atol=1e-5)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -84,10 +96,10 @@ def test_ranges_share_base_draws():
 
 
 def test_online_and_minibatches():
-    cfg, data = _data(core="linear")
-    key = jax.random.key(0)
-    b0 = online_batch(key, jnp.int32(0), data.M, 16, cfg.core_dim, "linear", jnp.array([0.0, 1.0]))
-    b1 = online_batch(key, jnp.int32(1), data.M, 16, cfg.core_dim, "linear", jnp.array([0.0, 1.0]))
+    cfg, setup = _setup(core="linear")
+    data, key = setup.data, jax.random.key(0)
+    b0 = online_batch(key, jnp.int32(0), data.M, 16, cfg.core_dim, "linear", setup.sizes, jnp.array([0.0, 1.0]))
+    b1 = online_batch(key, jnp.int32(1), data.M, 16, cfg.core_dim, "linear", setup.sizes, jnp.array([0.0, 1.0]))
     assert b0.x.shape == (16, cfg.input_dim) and not np.allclose(b0.x, b1.x)
     assert float(b0.y.sum()) == 0.0
     # one epoch of minibatches covers the training set exactly once

@@ -17,8 +17,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from sweeps.__main__ import main as sweeps_main
-from sweeps.engine import recover, run_grid
+from sweeps.engine import run_grid
 from sweeps.grid import load
+from sweeps.results import recover
 
 from conftest import TINY_FIXED
 
@@ -138,16 +139,18 @@ import jax
 from jax.sharding import Mesh
 import numpy as np
 from sweeps.grid import load
-from sweeps.engine import run_grid, compile_bucket, chunk_inputs, make_plan
+from sweeps.engine import run_grid
+from sweeps.plan import Planning, bucketize, networks_of
+from sweeps.programs import chunk_inputs, compile_bucket
 grid = load(sys.argv[1])
 assert len(jax.local_devices()) == 4, jax.local_devices()
 summary = run_grid(grid, __import__("pathlib").Path(sys.argv[2]), progress=False)
 # inspect one chunk's output placement
 mesh = Mesh(np.array(jax.local_devices()), ("cfg",))
-b = make_plan(grid.runs(), memory_budget=2**30, n_devices=4, min_efficiency=0.8)[0]
-prog = compile_bucket(b, mesh)
+b = bucketize(networks_of(grid.runs()), Planning(2**30, 4, None, min_efficiency=0.8))[0]
+prog = compile_bucket(b.static, b.chunk_size, mesh)
 compiled, sharding = prog.compiled, prog.sharding
-out = compiled(chunk_inputs(b, b.chunks()[0], sharding))
+out = compiled(chunk_inputs(b.static, b.chunk_size, b.chunks()[0], sharding))
 leaf = out["final"]["id_loss"]
 print(json.dumps({"chunk": b.chunk_size, "devices": len(leaf.sharding.device_set),
                   "shards": [list(s.data.shape) for s in leaf.addressable_shards],
@@ -164,7 +167,7 @@ def test_four_devices_equal_one_device(reference, tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     info = json.loads(res.stdout.strip().splitlines()[-1])
     assert info["devices"] == 4
-    assert len(info["shards"]) == 4 and all(s == [info["chunk"] // 4] for s in info["shards"])
+    assert len(info["shards"]) == 4 and all(s == [info["chunk"] // 4, 1] for s in info["shards"])  # (networks, variants)
     assert all(b["chunk_size"] % 4 == 0 for b in info["buckets"])
     assert_same_metrics(read(tmp_path / "out4"), read(ref_out))
     manifest = json.loads((tmp_path / "out4" / "manifest.json").read_text())
@@ -219,7 +222,7 @@ def test_two_host_devices_do_not_deadlock(tmp_path):
 
 
 def test_host_devices_default_one_per_core_capped_by_runs(tmp_path):
-    from sweeps.engine import usable_cores
+    from sweeps.environment import usable_cores
 
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     env.pop("XLA_FLAGS", None)
@@ -379,7 +382,7 @@ def test_sigkill_then_resume_completes_without_duplicates(reference, tmp_path):
     assert 0 < partial < 36, "the kill should land part way"
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
-    assert f"{36 - partial} runs trained, {partial} already done" in res.stdout
+    assert f"{36 - partial} runs trained ({36 - partial} networks), {partial} already done" in res.stdout
     runs, curves = read(out), read(out, "curves")
     assert len(runs) == 36 and runs["run_id"].is_unique
     assert len(curves) == 36 * 5 and not curves.duplicated(["run_id", "step"]).any()
@@ -501,14 +504,14 @@ def test_parquet_schema_matches_readme(reference, table):
 
 def test_chunks_fit_the_budget_with_two_in_flight(tmp_path):
     from contamination.cost import memory_bytes
-    from sweeps.plan import bucketize, choose_chunks
+    from sweeps.plan import Planning, bucketize, choose_chunk, networks_of
 
-    runs = load(str(write_grid(tmp_path))).runs()
-    buckets = bucketize(runs, 1.0)
+    nets = networks_of(load(str(write_grid(tmp_path))).runs())
+    buckets = bucketize(nets, Planning(2**30, 1, None, min_efficiency=1.0))
     per_run = max(memory_bytes(b.static) for b in buckets)
-    choose_chunks(buckets, 4 * per_run, n_devices=1)
-    for b in buckets:  # 6 runs each: more than 4 fit, so two chunks of at most 2 are in flight
+    for b in buckets:  # 6 networks each: more than 4 fit, so two chunks of at most 2 are in flight
+        choose_chunk(b, 4 * per_run, n_devices=1)
         assert b.chunk_size <= 2 and b.chunk_size * 2 * memory_bytes(b.static) <= 4 * per_run
-        assert sum(len(c) for c in b.chunks()) == len(b.runs)
-    choose_chunks(buckets, 10 * per_run, n_devices=1)
-    assert all(b.chunk_size == 6 and b.n_chunks == 1 for b in buckets)  # one chunk: the whole budget
+        assert sum(len(c) for c in b.chunks()) == len(b.networks)
+        choose_chunk(b, 10 * per_run, n_devices=1)
+        assert b.chunk_size == 6 and b.n_chunks == 1  # one chunk: the whole budget

@@ -1,0 +1,93 @@
+"""The process's JAX environment: compilation cache, host devices, device facts, memory budget."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .plan import PlanError
+
+
+def setup_jax(cache_dir: str | None = None) -> Path:
+    """Enable JAX's persistent compilation cache (every compile is cached); returns its directory.
+
+    The program store (`executables/`) and the device model (`calibration/`) live beside it.
+    """
+    import jax
+
+    cache = cache_dir or os.environ.get("CONTAMINATION_JAX_CACHE") or str(
+        Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "contamination" / "jax")
+    jax.config.update("jax_compilation_cache_dir", cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return Path(cache)
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def use_host_devices(n: int | None = None, runs: int | None = None) -> int | None:
+    """Split the host CPU into `n` JAX devices (default: one per usable core, at most `runs`)
+    before JAX starts.
+
+    On a CPU backend the engine shards each chunk's runs over the local devices, so one device
+    per core runs the vmapped runs on all cores at once; one device alone leaves most of a
+    small program's steps on a single core (BENCHMARKS.md: the small grid trains about twice
+    as fast on 2 cores). Accelerator backends ignore the CPU's devices.
+
+    Returns the count set, or None where it was left alone: `n` is None and the user already
+    chose (`XLA_FLAGS=--xla_force_host_platform_device_count` or `JAX_NUM_CPU_DEVICES`), or
+    JAX's backends are already running (in-process callers keep what they have). An explicit
+    `n` that can no longer be applied raises PlanError.
+    """
+    import jax
+
+    explicit = n is not None
+    if not explicit:
+        if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "") \
+                or os.environ.get("JAX_NUM_CPU_DEVICES"):
+            return None
+        n = usable_cores() if runs is None else max(1, min(usable_cores(), runs))
+    if n < 1:
+        raise PlanError(f"--host-devices: must be >= 1, got {n}")
+    if jax.config.jax_num_cpu_devices == n:
+        return n
+    try:
+        jax.config.update("jax_num_cpu_devices", n)
+    except RuntimeError:  # backends already initialized
+        if explicit:
+            raise PlanError(f"--host-devices {n}: JAX is already running in this process; "
+                            "it must be set before the first JAX call") from None
+        return None
+    return n
+
+
+def device_info() -> dict:
+    import jax
+
+    devs = jax.local_devices()
+    return {"backend": jax.default_backend(), "device_kind": devs[0].device_kind,
+            "local_device_count": len(devs), "device_count": jax.device_count(),
+            "process_index": jax.process_index(), "process_count": jax.process_count()}
+
+
+def default_memory_budget() -> int:
+    """Per-device budget: half the device's memory where JAX reports it, else a quarter of host RAM."""
+    import jax
+
+    stats = None
+    try:
+        stats = jax.local_devices()[0].memory_stats()
+    except Exception:  # noqa: BLE001 - CPU backends may not implement it
+        stats = None
+    if stats and stats.get("bytes_limit"):
+        return int(stats["bytes_limit"] * 0.5)
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        ram = 8 * 2**30
+    return int(ram / 4 / max(len(jax.local_devices()), 1))

@@ -1,0 +1,130 @@
+"""Bucket programs: `jit(vmap(run))` over a bucket's networks, sharded over the local devices,
+compiled ahead of time (or loaded from the program store), and compiled in the background so
+that the next bucket's compile overlaps the current bucket's training."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import threading
+import time
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from contamination.config import Static, stack_traced
+
+from . import executables
+
+
+class Program(NamedTuple):
+    compiled: Any  # jax.stages.Compiled: call it with chunk_inputs(...)
+    sharding: Any  # the NamedSharding of its inputs and outputs
+    seconds: float  # time to get it (trace + lower + compile, or load from the store)
+    source: str  # "compiled" or "store" (sweeps/executables.py)
+    key: str | None  # its key in the store, where the store is used
+
+
+def abstract_inputs(static: Static, chunk_size: int, sharding=None, example=None) -> dict:
+    """The shapes and dtypes of a chunk's traced inputs (`example`: one network's configs)."""
+    import jax
+
+    from contamination.config import Config
+
+    example = example or [Config()]
+    one = stack_traced([example], n_evals=static.n_evals)
+    return {k: jax.ShapeDtypeStruct((chunk_size,) + v.shape[1:], v.dtype, sharding=sharding) for k, v in one.items()}
+
+
+def store_key(static: Static, chunk_size: int, mesh) -> str:
+    return executables.program_key(static, chunk_size, abstract_inputs(static, chunk_size), mesh)
+
+
+def in_store(store: Path | None, mesh):
+    """`(static, chunk_size) -> bool`: whether the store holds that program (for the planner)."""
+    if store is None or not executables.enabled():
+        return lambda static, chunk_size: False
+    return lambda static, chunk_size: executables.exists(store, store_key(static, chunk_size, mesh))
+
+
+# Only one thread lowers at a time: `fresh_compile` switches a process-wide JAX setting.
+_compile_lock = threading.Lock()
+
+
+def compile_bucket(static: Static, chunk_size: int, mesh, store: Path | None = None) -> Program:
+    """AOT-compile jit(vmap(run)) for a bucket's static spec, its network axis sharded over the mesh.
+
+    With `store` (a directory), a program compiled before under the same key
+    (`sweeps/executables.py`) is loaded instead, and a new one is saved there.
+    """
+    import jax
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    from contamination.train import make_run
+
+    t0 = time.perf_counter()
+    sharding = NamedSharding(mesh, P("cfg"))
+    abstract = abstract_inputs(static, chunk_size, sharding)
+    key = None
+    if store is not None and executables.enabled():
+        key = executables.program_key(static, chunk_size, abstract, mesh)
+        compiled = executables.load(store, key, list(mesh.devices.flat))
+        if compiled is not None:
+            return Program(compiled, sharding, time.perf_counter() - t0, "store", key)
+    fn = jax.jit(jax.vmap(make_run(static)), in_shardings=(sharding,), out_shardings=sharding)
+    with _compile_lock, (executables.fresh_compile() if key else contextlib.nullcontext()):
+        compiled = fn.lower(abstract).compile()
+    seconds = time.perf_counter() - t0
+    if key:
+        executables.save(store, key, compiled)
+    return Program(compiled, sharding, seconds, "compiled", key)
+
+
+def chunk_inputs(static: Static, chunk_size: int, chunk: list, sharding):
+    """Stacked traced inputs of a chunk of networks, padded to the chunk size by repeating the
+    last network (its results are dropped)."""
+    import jax
+
+    nets = [[r.config for r in n.runs] for n in chunk]
+    nets += [nets[-1]] * (chunk_size - len(nets))
+    return jax.device_put(stack_traced(nets, n_evals=static.n_evals), sharding)
+
+
+class Compiler:
+    """Compiles (or loads) bucket programs in order in one worker thread, ahead of the run loop.
+
+    `get(i)` waits for program i; the seconds spent waiting are the compile time the run loop
+    did not hide behind training (`waited_s`).
+    """
+
+    def __init__(self, buckets: list, mesh, store: Path | None, ahead: int = 1):
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="compile")
+        self._buckets, self._mesh, self._store, self._ahead = buckets, mesh, store, ahead
+        self._futures: dict[int, concurrent.futures.Future] = {}
+        self.waited_s = 0.0
+
+    def _submit(self, i: int) -> None:
+        if i < len(self._buckets) and i not in self._futures:
+            b = self._buckets[i]
+            self._futures[i] = self._pool.submit(compile_bucket, b.static, b.chunk_size, self._mesh, self._store)
+
+    def get(self, i: int) -> Program:
+        self._submit(i)
+        t0 = time.perf_counter()
+        prog = self._futures.pop(i).result()
+        self.waited_s += time.perf_counter() - t0
+        for j in range(i + 1, i + 1 + self._ahead):
+            self._submit(j)
+        return prog
+
+    def recompile(self, i: int) -> Program:
+        """Compile bucket i again in the calling thread (after its stored program failed)."""
+        b = self._buckets[i]
+        t0 = time.perf_counter()
+        prog = compile_bucket(b.static, b.chunk_size, self._mesh, self._store)
+        self.waited_s += time.perf_counter() - t0
+        return prog
+
+    def close(self) -> None:
+        for f in self._futures.values():
+            f.cancel()
+        self._pool.shutdown(wait=True)

@@ -1,0 +1,208 @@
+"""Whole grids in few programs: the planner, exact padding through the engine, train once /
+evaluate many, the device model, and the results-version guard."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from contamination.config import RESULTS_VERSION, preset
+from contamination.simulate import simulate
+from sweeps.__main__ import main as sweeps_main
+from sweeps.engine import describe_plan, run_grid
+from sweeps.grid import load
+from sweeps.plan import Planning, bucketize, networks_of
+
+from conftest import TINY_FIXED
+
+ROOT = Path(__file__).resolve().parent.parent
+METRICS = ["train_loss", "id_loss", "id_acc", "ood_loss", "ood_acc", "id_margin", "ood_margin", "core_norm",
+           "bg_norm", "bg_signed", "act_asym"]
+
+SHAPES = """
+description = "widths x feature dimensions x sample sizes"
+preset = "toy"
+seeds = 2
+[fixed]
+steps = 30
+log_every = 10
+lr = 0.01
+[axes]
+width = [6, 16]
+dims = [
+  {label = "small", core_dim = 2, bg_dim = 3, input_dim = 9, n_train = 24, n_test = 20},
+  {label = "large", core_dim = 4, bg_dim = 4, input_dim = 24, n_train = 40, n_test = 32},
+]
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "g") -> Path:
+    p = tmp_path / f"{name}.toml"
+    p.write_text(text)
+    return p
+
+
+def final(out: Path) -> pd.DataFrame:
+    return pd.read_parquet(out / "runs").set_index("run_id")[METRICS].sort_index()
+
+
+def test_one_program_equals_one_program_per_shape(tmp_path):
+    grid = load(str(write(tmp_path, SHAPES)))
+    plan = describe_plan(grid, tmp_path / "x", memory_budget=None, min_efficiency=0.0)
+    assert "1 compiled programs" in plan and "m=16 d0=4+4 d=24 n=40/32" in plan
+    one = run_grid(grid, tmp_path / "one", min_efficiency=0.0, progress=False)
+    exact = run_grid(grid, tmp_path / "exact", min_efficiency=1.0, progress=False)
+    assert one.compiles == 1 and exact.compiles == 4
+    assert [b["padding_efficiency"] for b in exact.buckets] == [1.0] * 4 and one.buckets[0]["padding_efficiency"] < 0.5
+    a, b = final(tmp_path / "one"), final(tmp_path / "exact")
+    assert list(a.index) == list(b.index) and len(a) == 8
+    np.testing.assert_allclose(a.to_numpy(), b.to_numpy(), rtol=1e-4, atol=1e-6)
+
+
+SHIFTS = """
+description = "train once, evaluate many"
+preset = "toy"
+seeds = 2
+[fixed]
+""" + TINY_FIXED + """width = 8
+[axes]
+activation = ["relu", "tanh"]
+shift = [{label = "none", bg_ood = [0.0, 1.0]}, {label = "flip", bg_ood = [-1.0, 0.0]},
+         {label = "far", bg_ood = [-2.0, -1.0]}]
+"""
+
+
+def test_shipped_activation_vs_shift_trains_48_networks_for_288_runs():
+    runs = load("activation_vs_shift").runs()
+    nets = networks_of(runs)
+    assert (len(runs), len(nets)) == (288, 48) and all(len(n.runs) == 6 for n in nets)
+
+
+def test_shift_runs_share_a_network_and_equal_runs_alone(tmp_path):
+    grid = load(str(write(tmp_path, SHIFTS)))
+    s = run_grid(grid, tmp_path / "out", progress=False)
+    assert (s.done, s.networks) == (12, 4) and "12 runs trained (4 networks)" in s.line()
+    inv = json.loads((tmp_path / "out" / "manifest.json").read_text())["invocations"][-1]
+    assert inv["networks_trained"] == 4 and inv["planned"] == 12
+    df = pd.read_parquet(tmp_path / "out" / "runs")
+    assert df.groupby("network_id").size().tolist() == [3] * 4
+    # training metrics are shared by the three shifts of a network; OOD metrics are not
+    assert (df.groupby("network_id")["id_loss"].nunique() == 1).all()
+    assert (df.groupby("network_id")["ood_loss"].nunique() == 3).all()
+    by_id = df.set_index("run_id")
+    for r in grid.runs():
+        alone = simulate(r.config)["final"]
+        np.testing.assert_allclose(by_id.loc[r.run_id, METRICS].to_numpy(float),
+                                   [float(alone[k]) for k in METRICS], rtol=1e-5, atol=1e-6)
+    # and through the single-run command, as a user would
+    r = grid.runs()[-1]
+    args = [f"--set={k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in r.config.to_dict().items()]
+    res = subprocess.run([sys.executable, "-m", "contamination.run", "--preset", "toy", *args],
+                         capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    cli = json.loads(res.stdout)["final"]
+    np.testing.assert_allclose(by_id.loc[r.run_id, METRICS].to_numpy(float), [cli[k] for k in METRICS],
+                               rtol=1e-5, atol=1e-6)
+    # the results version is recorded in the manifest and every file's metadata
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["results_version"] == RESULTS_VERSION
+    for table in ("runs", "curves"):
+        meta = pq.read_schema(next((tmp_path / "out" / table).glob("*.parquet"))).metadata[b"contamination"]
+        assert json.loads(meta)["results_version"] == RESULTS_VERSION
+    assert inv["compile_wait_s"] >= 0 and all("predicted_run_s" in b and "run_s" in b for b in inv["buckets"])
+
+
+@pytest.mark.parametrize("old", [{"results_version": 1}, {}])
+def test_results_of_another_simulator_version_are_refused(tmp_path, capsys, old):
+    out = tmp_path / "out"
+    (out / "runs").mkdir(parents=True)
+    (out / "runs" / "x.parquet").write_bytes(b"old results")
+    (out / "manifest.json").write_text(json.dumps({"grid": "g", **old}))
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    path = write(tmp_path, SHIFTS)
+    for args in (["run", "--no-progress"], ["plan"]):
+        assert sweeps_main([args[0], str(path), "--out", str(out), *args[1:]]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "results version 1" in err and f"version {RESULTS_VERSION}" in err
+        assert "--out" in err
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+
+
+# --- the planner, with a device model of chosen constants --------------------------
+
+class Model:
+    def __init__(self, compile_s, flop_rate=1e11, step_s=1e-5):
+        self._compile, self.flop_rate, self.step_s = compile_s, flop_rate, step_s
+
+    def compile_s(self, static):
+        return self._compile
+
+    def run_s(self, bucket):
+        from sweeps.calibrate import DeviceModel
+        return DeviceModel.run_s(self, bucket)
+
+
+GRID = SHAPES.replace("width = [6, 16]", "width = [8, 16, 32, 64]")  # 8 shapes
+
+
+def plan(tmp_path, model, min_efficiency=None, in_store=None):
+    nets = networks_of(load(str(write(tmp_path, GRID))).runs())
+    p = Planning(2**30, 2, model, min_efficiency, None, in_store or (lambda s, c: False))
+    return bucketize(nets, p)
+
+
+def total(buckets):
+    return sum(b.predicted_s for b in buckets)
+
+
+def test_planner_trades_compiles_for_padding(tmp_path):
+    assert len(plan(tmp_path, Model(compile_s=1e6))) == 1  # compiling dominates: one program
+    # compiling is free and a step costs only its FLOPs: no padding at all
+    assert len(plan(tmp_path, Model(compile_s=0.0, step_s=0.0))) == 8
+    # the program store makes compiling free too
+    assert len(plan(tmp_path, Model(compile_s=1e6, step_s=0.0), in_store=lambda s, c: True)) == 8
+    # a per-step latency floor (an accelerator's launches) is paid per program: tiny runs share one
+    assert len(plan(tmp_path, Model(compile_s=0.0, step_s=1.0))) == 1
+    for compile_s in (0.01, 0.1, 1.0, 5.0):
+        m = Model(compile_s)
+        auto = plan(tmp_path, m)
+        assert total(auto) <= min(total(plan(tmp_path, m, 0.0)), total(plan(tmp_path, m, 1.0))) + 1e-9
+        assert sorted(r.run_id for b in auto for r in b.runs) == sorted(r.run_id for r in load(str(tmp_path / "g.toml")).runs())
+
+
+def test_min_efficiency_bounds_padding(tmp_path):
+    for e in (0.3, 0.6, 0.9):
+        assert all(b.efficiency >= e - 1e-9 for b in plan(tmp_path, Model(1.0), e))
+    assert len(plan(tmp_path, Model(1.0), 1.0)) == 8 and len(plan(tmp_path, Model(1.0), 0.0)) == 1
+
+
+def test_device_model_is_measured_once_and_cached(tmp_path, monkeypatch):
+    import jax
+    from jax.sharding import Mesh
+
+    from contamination.config import static_spec
+    from sweeps import calibrate
+
+    mesh = Mesh(np.array(jax.local_devices()[:1]), ("cfg",))
+    model = calibrate.load_or_measure(mesh, tmp_path)
+    assert model.flop_rate > 1e8 and 0 < model.step_s < 0.1 and 0 < model.calibration_compile_s < 120
+    files = list((tmp_path / "calibration").glob("*.json"))
+    assert len(files) == 1
+
+    def no_measure(mesh):
+        raise AssertionError("measured again")
+
+    monkeypatch.setattr(calibrate, "measure", no_measure)
+    again = calibrate.load_or_measure(mesh, tmp_path)
+    assert again.flop_rate == model.flop_rate
+    spec = static_spec(preset("toy"))
+    again.record_compile(spec, 3.0)
+    again.record_compile(spec, 5.0)
+    assert calibrate.load_or_measure(mesh, tmp_path).compile_s(spec) == 4.0  # the recorded median
