@@ -51,7 +51,7 @@ def cold(args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         t = Path(tmp)
         exact = sweep(args.grid, t / "exact", t / "cache-exact", "--min-efficiency", "1", scale=args.scale)
-        auto = sweep(args.grid, t / "auto", t / "cache-auto", scale=args.scale)
+        auto = sweep(args.grid, t / "auto", t / "cache-auto", *args.auto_args, scale=args.scale)
     for name, r in (("--min-efficiency 1", exact), ("auto", auto)):
         print(f"{name:>18}: {r['programs']:3d} programs, wall {r['wall_s']:6.1f} s (engine {r['engine_s']:6.1f} s, "
               f"of which planning {r['plan_s']:.1f} s), compiling {r['compile_s']:5.1f} s, waiting for compiles "
@@ -92,6 +92,7 @@ def main() -> int:
     c = sub.add_parser("cold")
     c.add_argument("--grid", default="width_vs_dim")
     c.add_argument("--scale", default=None)
+    c.add_argument("--auto-args", nargs="*", default=[], help="more options of the auto run, e.g. --compile-ahead 0")
     a = sub.add_parser("accuracy")
     a.add_argument("--grids", default=None)
     for p in (c, a):

@@ -3,21 +3,28 @@
 Three constants, measured once per device kind and set of local devices (about 2-4 s) and
 cached in `calibration/` next to the program store:
 
-- `compile_s`: seconds to trace, lower and compile a bucket program afresh (a tiny classifier,
-  JAX's cache bypassed). Every later fresh compile is recorded too, per experiment, and the
-  median of the recorded ones is used where there are any;
-- `step_s`: seconds per training step of a chunk beyond its FLOPs: the per-step latency floor
-  (loop, dispatch, kernel launches), measured on the same tiny program;
-- `flop_rate`: FLOP/s of the local devices together on a training step's matmul pair at
-  reference sizes, with the chunk sharded as the engine shards it.
+- `compile_s`: seconds to trace, lower and compile a bucket program afresh (a small
+  classifier, JAX's cache bypassed). Every later fresh compile is recorded too, per
+  experiment, and the median of the recorded ones is used where there are any;
+- `step_s` and `flop_rate`: a chunk's seconds per training step are `step_s + FLOPs /
+  flop_rate` (FLOPs as `contamination.cost` counts them), the line through two points
+  measured with a chunk sharded as the engine shards it: that small program (fixed costs
+  dominate: loop, dispatch or kernel launches, small memory-bound ops) and the real training
+  step (forward, backward, AdamW) at reference sizes (FLOPs dominate).
 
 A bucket's predicted time is `compile_s` (zero when the store has the program) plus, per
-chunk, `steps * step_s` plus its executed FLOPs over `flop_rate`.
+chunk, `steps * step_s` plus its executed FLOPs over `flop_rate`. Every bucket trained
+afterwards is recorded too (chunks, chunk-steps, executed FLOPs, seconds); from
+`MIN_RECORDED_RUNS` of them on, training seconds are predicted by a non-negative least-squares
+fit of seconds per chunk, per chunk-step and per FLOP to the recorded buckets (relative
+error), which also takes in what the constants miss: writing results, small matmuls below the
+device's rate, a compile running beside the training.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -25,10 +32,29 @@ import statistics
 import time
 from pathlib import Path
 
+import numpy as np
+
 from contamination.config import Static
 
 CALIBRATION_STEPS = 400
 RECORDED = 32  # recorded compile times kept per experiment
+RECORDED_RUNS = 64  # recorded buckets kept
+MIN_RECORDED_RUNS = 4
+
+
+def nnls(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """min ||a x - b|| over x >= 0, for a few columns: the best feasible least-squares fit
+    over every subset of columns."""
+    best, best_res = np.zeros(a.shape[1]), float(np.sum(b ** 2))
+    for mask in range(1, 2 ** a.shape[1]):
+        cols = [j for j in range(a.shape[1]) if mask >> j & 1]
+        x, *_ = np.linalg.lstsq(a[:, cols], b, rcond=None)
+        if (x >= 0).all():
+            res = float(np.sum((a[:, cols] @ x - b) ** 2))
+            if res < best_res:
+                best, best_res = np.zeros(a.shape[1]), res
+                best[cols] = x
+    return best
 
 
 @dataclasses.dataclass
@@ -38,16 +64,41 @@ class DeviceModel:
     step_s: float
     calibration_compile_s: float
     recorded_compile_s: dict[str, list[float]] = dataclasses.field(default_factory=dict)
+    recorded_runs: list[list[float]] = dataclasses.field(default_factory=list)  # chunks, chunk-steps, FLOPs, s
     path: str | None = None
 
     def compile_s(self, static: Static) -> float:
         seen = self.recorded_compile_s.get(static.experiment)
         return statistics.median(seen) if seen else self.calibration_compile_s
 
-    def run_s(self, bucket) -> float:
+    @staticmethod
+    def features(bucket) -> list[float]:
+        """What a bucket's training seconds are predicted from: chunks, chunk-steps, executed FLOPs."""
         s = bucket.static
         steps = s.steps + (s.teacher_steps if s.experiment == "distill" and s.teacher == "trained" else 0)
-        return bucket.n_chunks * steps * self.step_s + bucket.executed_flops / self.flop_rate
+        return [float(bucket.n_chunks), float(bucket.n_chunks * steps), float(bucket.executed_flops)]
+
+    @functools.cached_property
+    def run_coefficients(self) -> tuple[float, float, float]:
+        """Seconds per chunk, per chunk-step and per FLOP: fitted to the recorded buckets, or the
+        calibration's constants while fewer than MIN_RECORDED_RUNS are recorded."""
+        if len(self.recorded_runs) < MIN_RECORDED_RUNS:
+            return 0.0, self.step_s, 1.0 / self.flop_rate
+        rec = np.array(self.recorded_runs, dtype=float)
+        scale = np.maximum(rec[:, :3].max(axis=0), 1e-30)
+        a = rec[:, :3] / scale / rec[:, 3:4]  # relative error: each bucket's seconds divide its row
+        return tuple(float(c) for c in nnls(a, np.ones(len(rec))) / scale)
+
+    def run_s(self, bucket) -> float:
+        return float(np.dot(self.run_coefficients, self.features(bucket)))
+
+    def record_run(self, bucket, seconds: float) -> None:
+        """Remember a trained bucket's seconds (and save them, where the model has a file)."""
+        if seconds > 0:
+            self.recorded_runs.append(self.features(bucket) + [seconds])
+            del self.recorded_runs[:-RECORDED_RUNS]
+            self.__dict__.pop("run_coefficients", None)
+            self.save()
 
     def record_compile(self, static: Static, seconds: float) -> None:
         """Remember a fresh compile's seconds (and save them, where the model has a file)."""
@@ -61,13 +112,16 @@ class DeviceModel:
             path = Path(self.path)
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.parent / f".tmp-{path.name}-{os.getpid()}"
-            tmp.write_text(json.dumps(dataclasses.asdict(self) | {"path": None}, indent=1))
+            tmp.write_text(json.dumps(dataclasses.asdict(self) | {"path": None}))
             os.replace(tmp, path)
 
     def summary(self) -> dict:
         return {"device": self.device, "flop_rate": self.flop_rate, "step_s": self.step_s,
                 "compile_s": self.calibration_compile_s,
-                "recorded_compile_s": {k: statistics.median(v) for k, v in self.recorded_compile_s.items() if v}}
+                "recorded_compile_s": {k: statistics.median(v) for k, v in self.recorded_compile_s.items() if v},
+                "recorded_runs": len(self.recorded_runs),
+                "run_coefficients": dict(zip(("s_per_chunk", "s_per_chunk_step", "s_per_flop"),
+                                             self.run_coefficients))}
 
 
 def device_key(mesh) -> tuple[str, str]:
@@ -93,6 +147,29 @@ def _time(fn, *args) -> float:
     return time.perf_counter() - t0
 
 
+def _train_steps(cfg, steps: int, x, w_dm):
+    """`steps` classifier training steps on inputs `x` from first-layer weights `w_dm` (d, m)."""
+    import jax
+    import jax.numpy as jnp
+
+    from contamination.model import Params, forward, loss_values, to_dm, trainable_mask
+    from contamination.train import init_carry, make_optimizer, make_step
+
+    m = cfg.width
+    y = jnp.where(jnp.arange(x.shape[0]) % 2 == 0, 1.0, -1.0)
+    xT, mask = x.T, jnp.ones((m,))
+    params = Params(w_dm, jnp.zeros((m,)), jnp.ones((m,)) / m, jnp.zeros(()))
+    tx = make_optimizer(cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
+
+    def objective(p, batch):
+        f, _ = forward(p, batch, "leaky_relu", jnp.float32(0.0), mask, xT)
+        return jnp.mean(loss_values(f, y, cfg.loss))
+
+    trainable = to_dm(trainable_mask(m, jnp.int32(m), output="train", bias=True))
+    step = make_step(objective, tx, trainable, lambda t: x)
+    return jax.lax.scan(step, init_carry(params, tx), None, length=steps)[0][0].w
+
+
 def measure(mesh) -> DeviceModel:
     """Measure the three constants on the mesh's devices (module docstring)."""
     import jax
@@ -100,6 +177,7 @@ def measure(mesh) -> DeviceModel:
     from jax.sharding import NamedSharding, PartitionSpec as P
 
     from contamination.config import preset, static_spec
+    from contamination.cost import step_flops
     from sweeps.grid import Run
     from sweeps.plan import networks_of
 
@@ -109,32 +187,31 @@ def measure(mesh) -> DeviceModel:
     n_dev = mesh.devices.size
     sharding = NamedSharding(mesh, P("cfg"))
 
-    # A tiny classifier program: its compile time, and the per-step floor (its FLOPs are negligible).
-    cfg = preset("toy", width=8, core_dim=2, bg_dim=2, input_dim=8, n_train=16, n_test=16,
-                 steps=CALIBRATION_STEPS, log_every=CALIBRATION_STEPS)
-    nets = networks_of([Run.of(cfg.replace(seed=i), {}) for i in range(n_dev)])
+    chunk = 4 * n_dev
+    # A small classifier program (the smallest sizes a CPU grid sweeps): its compile time, and
+    # its seconds per step, where fixed costs (loop, dispatch, small memory-bound ops) dominate.
+    small = preset("toy", width=16, core_dim=4, bg_dim=4, input_dim=32, n_train=256, n_test=64,
+                   steps=CALIBRATION_STEPS, log_every=CALIBRATION_STEPS)
+    nets = networks_of([Run.of(small.replace(seed=i), {}) for i in range(chunk)])
     with executables.fresh_compile():
         t0 = time.perf_counter()
-        prog = compile_bucket(static_spec(cfg), n_dev, mesh, store=None)
+        prog = compile_bucket(static_spec(small), chunk, mesh, store=None)
         compile_s = time.perf_counter() - t0
-    step_s = _time(prog.compiled, chunk_inputs(static_spec(cfg), n_dev, nets, prog.sharding)) / CALIBRATION_STEPS
+    t_small = _time(prog.compiled, chunk_inputs(static_spec(small), chunk, nets, prog.sharding)) / CALIBRATION_STEPS
 
-    # The matmul pair of a training step (forward x @ W and weight gradient x^T @ g) at reference sizes.
-    n = d = m = 256
-    chunk, steps = 4 * n_dev, 20
+    # The real training step (contamination.train.make_step: forward, loss, backward, AdamW,
+    # divergence guard) at reference sizes, on synthetic data, in a scan.
+    mid, steps = preset("toy", width=256, core_dim=32, bg_dim=32, input_dim=256, n_train=256, n_test=16), 20
+    fn = jax.jit(jax.vmap(functools.partial(_train_steps, mid, steps)), in_shardings=(sharding,) * 2,
+                 out_shardings=sharding)
+    x = jax.device_put(jnp.ones((chunk, mid.n_train, mid.input_dim), jnp.float32) * 0.01, sharding)
+    w = jax.device_put(jnp.ones((chunk, mid.input_dim, mid.width), jnp.float32) * 0.01, sharding)
+    t_mid = _time(fn, x, w) / steps
 
-    def pair(x, xT, w):  # both GEMMs with operands as stored, as the training step has them (model.dense_dm)
-        def body(w, _):
-            g = x @ w
-            return w - 1e-6 * (xT @ g), None
-        return jax.lax.scan(body, w, None, length=steps)[0]
-
-    fn = jax.jit(jax.vmap(pair), in_shardings=(sharding,) * 3, out_shardings=sharding)
-    x = jax.device_put(jnp.ones((chunk, n, d), jnp.float32) * 0.01, sharding)
-    xT = jax.device_put(jnp.ones((chunk, d, n), jnp.float32) * 0.01, sharding)
-    w = jax.device_put(jnp.ones((chunk, d, m), jnp.float32) * 0.01, sharding)
-    seconds = _time(fn, x, xT, w)
-    flop_rate = chunk * steps * 4 * n * d * m / max(seconds - steps * step_s, 1e-9)
+    # seconds per step = step_s + FLOPs / flop_rate, through both points (FLOPs as `cost` counts them)
+    f_small, f_mid = (chunk * step_flops(static_spec(c)) for c in (small, mid))
+    flop_rate = (f_mid - f_small) / (t_mid - t_small) if t_mid > t_small else f_mid / t_mid
+    step_s = max(t_small - f_small / flop_rate, 0.0)
     desc, _ = device_key(mesh)
     return DeviceModel(desc, flop_rate, step_s, compile_s)
 

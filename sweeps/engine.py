@@ -181,6 +181,7 @@ def run_grid(grid: Grid, out: Path, *, memory_budget: int | None = None, min_eff
             run_s = time.perf_counter() - t_bucket
             if prog.source == "compiled":
                 p.model.record_compile(bucket.static, prog.seconds)
+            p.model.record_run(bucket, run_s)
             done_count += written[0]
             invocation["buckets"].append(bucket_record(bucket, compile_s, source, compiler.waited_s - waited, run_s))
             results.write_manifest(manifest_path, grid, provenance, invocation, manifest)

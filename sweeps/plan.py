@@ -210,7 +210,39 @@ def bucketize(networks: list[Network], p: Planning) -> list[Bucket]:
     buckets = []
     for by_shape in groups.values():
         exact = [make_bucket(nets, p) for _, nets in sorted(by_shape.items())]
-        buckets += _greedy(exact, merge_score, p)
+        merged = _greedy(exact, merge_score, p)
+        buckets += _improve(merged, p) if p.min_efficiency is None else merged
+    return buckets
+
+
+def _improve(buckets: list[Bucket], p: Planning, rounds: int = 20) -> list[Bucket]:
+    """Local search after the greedy merges: move one shape's networks to another bucket (or to
+    a bucket of its own) while that lowers the predicted total."""
+    buckets = list(buckets)
+    for _ in range(rounds):
+        best = None  # (gain, source index, target index or None, the shape's networks)
+        for i, src in enumerate(buckets):
+            by_shape: dict[Static, list[Network]] = {}
+            for n in src.networks:
+                by_shape.setdefault(n.static, []).append(n)
+            if len(by_shape) < 2:
+                continue
+            for shape, nets in by_shape.items():
+                rest = make_bucket([n for n in src.networks if n.static != shape], p)
+                for j in [None] + [j for j in range(len(buckets)) if j != i]:
+                    moved = make_bucket(nets + (buckets[j].networks if j is not None else []), p)
+                    before = src.predicted_s + (buckets[j].predicted_s if j is not None else 0.0)
+                    gain = before - rest.predicted_s - moved.predicted_s
+                    if gain > 1e-9 and (best is None or gain > best[0]):
+                        best = (gain, i, j, rest, moved)
+        if best is None:
+            break
+        _, i, j, rest, moved = best
+        buckets[i] = rest
+        if j is None:
+            buckets.append(moved)
+        else:
+            buckets[j] = moved
     return buckets
 
 

@@ -206,3 +206,28 @@ def test_device_model_is_measured_once_and_cached(tmp_path, monkeypatch):
     again.record_compile(spec, 3.0)
     again.record_compile(spec, 5.0)
     assert calibrate.load_or_measure(mesh, tmp_path).compile_s(spec) == 4.0  # the recorded median
+
+
+def test_training_seconds_are_fitted_to_recorded_buckets():
+    from types import SimpleNamespace
+
+    from sweeps.calibrate import MIN_RECORDED_RUNS, DeviceModel, nnls
+
+    x = nnls(np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]), np.array([2.0, -1.0, 1.0]))
+    assert x[1] == 0 and x[0] > 0  # the constraint binds
+    spec = preset("toy", steps=100)
+    from contamination.config import static_spec
+
+    def bucket(chunks, flops):
+        return SimpleNamespace(static=static_spec(spec), n_chunks=chunks, executed_flops=flops)
+
+    model = DeviceModel("test", flop_rate=1e12, step_s=1e-6, calibration_compile_s=1.0)
+    truth = (0.2, 3e-4, 2e-11)  # seconds per chunk, per chunk-step, per FLOP
+    shapes = [(1, 1e9), (2, 5e10), (4, 1e11), (1, 3e11), (8, 2e10), (3, 7e11)]
+    assert model.run_s(bucket(1, 1e9)) == pytest.approx(100 * 1e-6 + 1e9 / 1e12)  # the constants, at first
+    for k, (c, f) in enumerate(shapes):
+        model.record_run(bucket(c, f), float(np.dot(truth, DeviceModel.features(bucket(c, f)))))
+        if k + 1 < MIN_RECORDED_RUNS:
+            assert model.run_coefficients == (0.0, 1e-6, 1e-12)
+    np.testing.assert_allclose(model.run_coefficients, truth, rtol=1e-6)
+    assert model.run_s(bucket(5, 4e11)) == pytest.approx(5 * 0.2 + 500 * 3e-4 + 4e11 * 2e-11)
