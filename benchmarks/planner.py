@@ -1,7 +1,7 @@
 """Whole grids in few programs: a cold sweep against one program per shape, and how well the
 planner's device model predicts compile and training seconds.
 
-    python benchmarks/planner.py cold [--grid width_vs_dim] [--scale NAME] [--json FILE]
+    python benchmarks/planner.py cold [--grid width_vs_dim] [--scale NAME] [--auto-only] [--matmul] [--json FILE]
     python benchmarks/planner.py accuracy [--grids a,b,...] [--json FILE]
 
 `cold` runs `python -m sweeps run GRID` twice, each in a fresh process with an empty
@@ -47,17 +47,50 @@ def sweep(grid: str, out: Path, cache: Path, *extra: str, scale: str | None = No
             "buckets": inv["buckets"], "summary": res.stdout.strip().splitlines()[-1]}
 
 
+def matmul_limit() -> dict:
+    """The device's matmul rate at the engine's reference sizes and JAX's default precision
+    (`bench.matmul_rate`; float32 on a CPU, TF32 on an NVIDIA GPU from Ampere on), in a
+    separate process so that this one never starts JAX."""
+    code = ("import json, sys; sys.path.insert(0, 'benchmarks'); import jax; "
+            "from sweeps.environment import use_host_devices; use_host_devices(); "
+            "from bench import matmul_rate; r = matmul_rate(8 * len(jax.local_devices()), 1000, 256, 256, steps=50); "
+            "r['precision'] = str(jax.config.jax_default_matmul_precision or 'default'); "
+            "r['device'] = jax.local_devices()[0].device_kind; print(json.dumps(r))")
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise SystemExit(res.stderr[-3000:])
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def achieved(r: dict) -> float:
+    """Executed FLOPs over training seconds, over all buckets of a sweep."""
+    return sum(b["executed_flops"] for b in r["buckets"]) / sum(b["run_s"] for b in r["buckets"])
+
+
 def cold(args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         t = Path(tmp)
-        exact = sweep(args.grid, t / "exact", t / "cache-exact", "--min-efficiency", "1", scale=args.scale)
+        exact = None
+        if not args.auto_only:
+            exact = sweep(args.grid, t / "exact", t / "cache-exact", "--min-efficiency", "1", scale=args.scale)
         auto = sweep(args.grid, t / "auto", t / "cache-auto", *args.auto_args, scale=args.scale)
+    limit = matmul_limit() if args.matmul else None
     for name, r in (("--min-efficiency 1", exact), ("auto", auto)):
+        if r is None:
+            continue
         print(f"{name:>18}: {r['programs']:3d} programs, wall {r['wall_s']:6.1f} s (engine {r['engine_s']:6.1f} s, "
               f"of which planning {r['plan_s']:.1f} s), compiling {r['compile_s']:5.1f} s, waiting for compiles "
-              f"{r['compile_wait_s']:5.1f} s = {100 * r['compile_wait_s'] / r['wall_s']:.0f}% of the wall")
-    print(f"auto / exact wall: {auto['wall_s'] / exact['wall_s']:.2f}")
-    return {"exact": exact, "auto": auto, "ratio": auto["wall_s"] / exact["wall_s"]}
+              f"{r['compile_wait_s']:5.1f} s = {100 * r['compile_wait_s'] / r['wall_s']:.0f}% of the wall; "
+              f"training at {achieved(r) / 1e9:.1f} GFLOP/s (executed FLOPs)")
+    out = {"exact": exact, "auto": auto}
+    if exact:
+        out["ratio"] = auto["wall_s"] / exact["wall_s"]
+        print(f"auto / exact wall: {out['ratio']:.2f}")
+    if limit:
+        out["matmul"] = limit
+        print(f"matmul limit ({limit['device']}, precision {limit['precision']}): {limit['limit'] / 1e9:.1f} GFLOP/s; "
+              f"auto trains at {100 * achieved(auto) / limit['limit']:.0f}% of it")
+    return out
 
 
 def accuracy(args) -> dict:
@@ -93,6 +126,8 @@ def main() -> int:
     c.add_argument("--grid", default="width_vs_dim")
     c.add_argument("--scale", default=None)
     c.add_argument("--auto-args", nargs="*", default=[], help="more options of the auto run, e.g. --compile-ahead 0")
+    c.add_argument("--auto-only", action="store_true", help="skip the one-program-per-shape run")
+    c.add_argument("--matmul", action="store_true", help="also measure the matmul limit (bench.matmul_rate)")
     a = sub.add_parser("accuracy")
     a.add_argument("--grids", default=None)
     for p in (c, a):

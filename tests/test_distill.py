@@ -69,10 +69,17 @@ def test_student_background_weights_grow_teacher_has_none(relu):
 
 
 def test_linear_student_control(relu, linear):
-    """A linear student cannot fit the ReLU teacher, but its OOD error stays at its ID error."""
+    """A linear student cannot fit the ReLU teacher, but its OOD error stays near its ID error.
+
+    Near, not at: on this fixed training set (n = 512) the linear student also fits sample noise
+    through background coordinates (weights of no consistent sign: `bg_signed` ~ 0), i.e. it
+    over-fits (PAPER.md 4.2). Results version 2 (seeds 0-3) gives OOD / ID error 1.25-1.76 (the
+    bound was 1.5 under version 1's draws, where it measured below 1.3); the ReLU student's ratio
+    is ~90. Separating the two effects with fresh data is issue 12.
+    """
     id_err, ood_err = last(linear, "student_rep_err_id"), last(linear, "student_rep_err_ood")
     assert (id_err > 0.05).all(), id_err
-    assert (ood_err < 1.5 * id_err).all(), (id_err, ood_err)
+    assert (ood_err < 2.0 * id_err).all(), (id_err, ood_err)
     relu_ratio = last(relu, "student_rep_err_ood") / last(relu, "student_rep_err_id")
     assert (relu_ratio > 10 * ood_err / id_err).all()
     assert (np.abs(last(linear, "bg_signed")) < 0.3 * last(relu, "bg_signed")).all()  # measured < 0.11x

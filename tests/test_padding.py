@@ -31,7 +31,7 @@ def row(out, i):
 # --- every axis padded at once, against the run alone -------------------------------
 
 @pytest.mark.parametrize("name,extra", [
-    ("toy_theory", {}),  # linear core, hinge, SGD, frozen output; full batch
+    # (toy_theory, the linear core with hinge, SGD and a frozen output, is covered below)
     ("toy", {"activation": "sigmoid"}),  # non-linear core, logistic, AdamW, trained output; f(0) != 0
     ("theory", {"batch_size": 8}),  # online batches, no biases, N(0, 1/d) init
     ("toy", {"batch_size": 16, "optimizer": "adam", "activation": "gelu"}),  # minibatches: n_train static

@@ -137,16 +137,10 @@ def test_results_of_another_simulator_version_are_refused(tmp_path, capsys, old)
 
 # --- the planner, with a device model of chosen constants --------------------------
 
-class Model:
-    def __init__(self, compile_s, flop_rate=1e11, step_s=1e-5):
-        self._compile, self.flop_rate, self.step_s = compile_s, flop_rate, step_s
-
-    def compile_s(self, static):
-        return self._compile
-
-    def run_s(self, bucket):
-        from sweeps.calibrate import DeviceModel
-        return DeviceModel.run_s(self, bucket)
+def Model(compile_s, flop_rate=1e11, step_s=1e-5):
+    """A device model of chosen constants (nothing recorded, so the constants are used)."""
+    from sweeps.calibrate import DeviceModel
+    return DeviceModel("test", flop_rate=flop_rate, step_s=step_s, calibration_compile_s=compile_s)
 
 
 GRID = SHAPES.replace("width = [6, 16]", "width = [8, 16, 32, 64]")  # 8 shapes
@@ -215,18 +209,17 @@ def test_training_seconds_are_fitted_to_recorded_buckets():
 
     x = nnls(np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]), np.array([2.0, -1.0, 1.0]))
     assert x[1] == 0 and x[0] > 0  # the constraint binds
-    spec = preset("toy", steps=100)
     from contamination.config import static_spec
 
-    def bucket(chunks, flops):
-        return SimpleNamespace(static=static_spec(spec), n_chunks=chunks, executed_flops=flops)
+    def bucket(chunks, flops, steps=100):
+        return SimpleNamespace(static=static_spec(preset("toy", steps=steps)), n_chunks=chunks, executed_flops=flops)
 
     model = DeviceModel("test", flop_rate=1e12, step_s=1e-6, calibration_compile_s=1.0)
     truth = (0.2, 3e-4, 2e-11)  # seconds per chunk, per chunk-step, per FLOP
-    shapes = [(1, 1e9), (2, 5e10), (4, 1e11), (1, 3e11), (8, 2e10), (3, 7e11)]
+    shapes = [(1, 1e9, 100), (2, 5e10, 300), (4, 1e11, 50), (1, 3e11, 1000), (8, 2e10, 100), (3, 7e11, 20)]
     assert model.run_s(bucket(1, 1e9)) == pytest.approx(100 * 1e-6 + 1e9 / 1e12)  # the constants, at first
-    for k, (c, f) in enumerate(shapes):
-        model.record_run(bucket(c, f), float(np.dot(truth, DeviceModel.features(bucket(c, f)))))
+    for k, shape in enumerate(shapes):
+        model.record_run(bucket(*shape), float(np.dot(truth, DeviceModel.features(bucket(*shape)))))
         if k + 1 < MIN_RECORDED_RUNS:
             assert model.run_coefficients == (0.0, 1e-6, 1e-12)
     np.testing.assert_allclose(model.run_coefficients, truth, rtol=1e-6)
