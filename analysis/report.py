@@ -137,8 +137,12 @@ def _timing(manifest: dict) -> list[str]:
         rate = inv.get("runs_per_s")
         lines.append(f"- invocation {k}: started {inv.get('started', '?')}, "
                      + (f"{secs:.1f} s wall, " if secs is not None else "unfinished, ")
-                     + f"{inv.get('trained', 0)} runs trained ({inv.get('already_done', 0)} already done), "
-                     + f"{len(buckets)} compiled programs ({compile_s:.1f} s compiling, {run_s:.1f} s running)"
+                     + f"{inv.get('trained', 0)} runs trained"
+                     + (f" by {inv['networks_trained']} networks" if "networks_trained" in inv else "")
+                     + f" ({inv.get('already_done', 0)} already done), "
+                     + f"{len(buckets)} compiled programs ({compile_s:.1f} s compiling"
+                     + (f", {inv['compile_wait_s']:.1f} s of it waited for" if "compile_wait_s" in inv else "")
+                     + f", {run_s:.1f} s running)"
                      + (f", {rate:.1f} runs/s" if rate else ""))
     return lines or ["- (no invocation recorded in the manifest)"]
 

@@ -1,7 +1,7 @@
 """The planner's device model: how long a program takes to compile and to run, on this device kind.
 
 Three constants, measured once per device kind and set of local devices (about 2-4 s) and
-cached in `calibration/` next to the program store:
+cached in `calibration/` next to the program store (or in `$CONTAMINATION_DEVICE_MODELS`):
 
 - `compile_s`: seconds to trace, lower and compile a bucket program afresh (a small
   classifier, JAX's cache bypassed). Every later fresh compile is recorded too, per
@@ -216,10 +216,18 @@ def measure(mesh) -> DeviceModel:
     return DeviceModel(desc, flop_rate, step_s, compile_s)
 
 
-def load_or_measure(mesh, cache: Path | None) -> DeviceModel:
-    """The cached model of these devices, or a fresh measurement (saved when `cache` is given)."""
+def model_dir(cache: Path | None) -> Path | None:
+    """Where device models live: `$CONTAMINATION_DEVICE_MODELS`, else `calibration/` in the cache."""
+    env = os.environ.get("CONTAMINATION_DEVICE_MODELS")
+    if env:
+        return Path(env)
+    return cache / "calibration" if cache is not None else None
+
+
+def load_or_measure(mesh, directory: Path | None) -> DeviceModel:
+    """The model of these devices saved in `directory`, or a fresh measurement (saved there)."""
     desc, digest = device_key(mesh)
-    path = cache / "calibration" / f"{digest}.json" if cache is not None else None
+    path = directory / f"{digest}.json" if directory is not None else None
     if path is not None and path.exists():
         try:
             data = json.loads(path.read_text())

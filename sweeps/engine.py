@@ -81,7 +81,7 @@ def plan_pending(grid: Grid, out: Path, mesh, cache: Path | None, *, memory_budg
     mine = [r for n in share(networks_of(all_runs), jax.process_index(), jax.process_count()) for r in n.runs]
     pending = [r for r in mine if r.run_id not in done]
     budget = memory_budget or default_memory_budget()
-    model = calibrate.load_or_measure(mesh, cache)
+    model = calibrate.load_or_measure(mesh, calibrate.model_dir(cache))
     store = cache / "executables" if cache is not None else None
     planning = Planning(budget, mesh.devices.size, model, min_efficiency, chunk_size, in_store(store, mesh))
     buckets = bucketize(networks_of(pending), planning)

@@ -1,7 +1,26 @@
 import os
+import shutil
+import tempfile
 
 # Tests run on the CPU; keep XLA from grabbing every thread of a shared machine.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+# One JAX compilation cache and one device model for the whole session, shared with the
+# subprocesses the tests start: a program compiled by one test is a cache hit for the next
+# (tests that exercise the caches give their own directories), and the device model is measured
+# once (tests/test_planner.py measures its own). Fresh per session, so timings do not depend on
+# what an earlier session left behind.
+_SESSION = tempfile.mkdtemp(prefix="contamination-tests-")
+os.environ.setdefault("CONTAMINATION_JAX_CACHE", os.path.join(_SESSION, "jax"))
+os.environ.setdefault("CONTAMINATION_DEVICE_MODELS", os.path.join(_SESSION, "device-models"))
+
+from sweeps.environment import setup_jax  # noqa: E402
+
+setup_jax()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_SESSION, ignore_errors=True)
 
 import pytest  # noqa: E402
 

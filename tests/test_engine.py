@@ -467,6 +467,8 @@ def test_plan_is_a_dry_run(tmp_path, capsys):
     assert sweeps_main(["plan", str(path), "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "12 configs x 3 seeds = 36 runs" in text and "compiled programs" in text and "TFLOP" in text
+    # predicted compile, training and total seconds per bucket, and in total
+    assert re.search(r"\d+\.\ds +\d+\.\ds +\d+\.\ds  m=", text) and "s compiling +" in text
     assert not out.exists()
 
 
