@@ -28,7 +28,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    from .cache import setup_jax
     from .simulate import simulate  # imports JAX: only after the input is known to be good
+
+    setup_jax()  # a program compiled before (by this command or a sweep) is loaded from the cache
 
     t0 = time.perf_counter()
     out = simulate(cfg)

@@ -16,11 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
+from contamination.cache import setup_jax
 from contamination.config import stable_hash, static_spec
 from contamination.train import metric_names as _metric_names
 
 from . import calibrate, executables, results
-from .environment import default_memory_budget, device_info, setup_jax
+from .environment import default_memory_budget, device_info
 from .grid import Grid, Run
 from .plan import Bucket, Network, Planning, bucketize, fmt_bytes, networks_of
 from .programs import Compiler, chunk_inputs, in_store

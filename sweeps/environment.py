@@ -1,26 +1,11 @@
-"""The process's JAX environment: compilation cache, host devices, device facts, memory budget."""
+"""The process's JAX environment: host devices, device facts, memory budget (the compilation
+cache is `contamination.cache`)."""
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from .plan import PlanError
-
-
-def setup_jax(cache_dir: str | None = None) -> Path:
-    """Enable JAX's persistent compilation cache (every compile is cached); returns its directory.
-
-    The program store (`executables/`) and the device model (`calibration/`) live beside it.
-    """
-    import jax
-
-    cache = cache_dir or os.environ.get("CONTAMINATION_JAX_CACHE") or str(
-        Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "contamination" / "jax")
-    jax.config.update("jax_compilation_cache_dir", cache)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    return Path(cache)
 
 
 def usable_cores() -> int:

@@ -14,7 +14,7 @@ _SESSION = tempfile.mkdtemp(prefix="contamination-tests-")
 os.environ.setdefault("CONTAMINATION_JAX_CACHE", os.path.join(_SESSION, "jax"))
 os.environ.setdefault("CONTAMINATION_DEVICE_MODELS", os.path.join(_SESSION, "device-models"))
 
-from sweeps.environment import setup_jax  # noqa: E402
+from contamination.cache import setup_jax  # noqa: E402
 
 setup_jax()
 
