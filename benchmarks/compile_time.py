@@ -11,7 +11,6 @@ rolled loops) to compare. The program is width_vs_dim's (64 x 8+8 in 64, n = 256
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import time
 from pathlib import Path
