@@ -331,15 +331,10 @@ def effective_slope(cfg: Config) -> float:
     return PIECEWISE_LINEAR_SLOPE.get(cfg.activation, cfg.leaky_slope)
 
 
-def static_spec(cfg: Config, width: int | None = None, n_evals: int = 1) -> Static:
-    """The compile-time description of `cfg` alone (its own sizes), optionally with a larger `width`."""
+def static_spec(cfg: Config, n_evals: int = 1) -> Static:
+    """The compile-time description of `cfg` alone (its own sizes; `padded_spec` pads several)."""
     spec = Static(**{n: getattr(cfg, n) for n in STATIC_FIELDS}, n_evals=n_evals)
-    spec = spec._replace(activation=compiled_activation(cfg.activation))
-    if width is not None:
-        if width < cfg.width:
-            raise ValueError(f"cannot pad width {cfg.width} down to {width}")
-        spec = spec._replace(width=width)
-    return spec
+    return spec._replace(activation=compiled_activation(cfg.activation))
 
 
 def pad_key(spec: Static) -> Static:

@@ -194,9 +194,8 @@ def measure(mesh) -> DeviceModel:
                    steps=CALIBRATION_STEPS, log_every=CALIBRATION_STEPS)
     nets = networks_of([Run.of(small.replace(seed=i), {}) for i in range(chunk)])
     with executables.fresh_compile():
-        t0 = time.perf_counter()
         prog = compile_bucket(static_spec(small), chunk, mesh, store=None)
-        compile_s = time.perf_counter() - t0
+    compile_s = prog.seconds
     t_small = _time(prog.compiled, chunk_inputs(static_spec(small), chunk, nets, prog.sharding)) / CALIBRATION_STEPS
 
     # The real training step (contamination.train.make_step: forward, loss, backward, AdamW,

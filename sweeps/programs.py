@@ -24,14 +24,13 @@ class Program(NamedTuple):
     key: str | None  # its key in the store, where the store is used
 
 
-def abstract_inputs(static: Static, chunk_size: int, sharding=None, example=None) -> dict:
-    """The shapes and dtypes of a chunk's traced inputs (`example`: one network's configs)."""
+def abstract_inputs(static: Static, chunk_size: int, sharding=None) -> dict:
+    """The shapes and dtypes of a chunk's traced inputs (any config's values have them)."""
     import jax
 
     from contamination.config import Config
 
-    example = example or [Config()]
-    one = stack_traced([example], n_evals=static.n_evals)
+    one = stack_traced([[Config()]], n_evals=static.n_evals)
     return {k: jax.ShapeDtypeStruct((chunk_size,) + v.shape[1:], v.dtype, sharding=sharding) for k, v in one.items()}
 
 
@@ -63,14 +62,14 @@ def compile_bucket(static: Static, chunk_size: int, mesh, store: Path | None = N
 
     t0 = time.perf_counter()
     sharding = NamedSharding(mesh, P("cfg"))
-    abstract = abstract_inputs(static, chunk_size, sharding)
     key = None
     if store is not None and executables.enabled():
-        key = executables.program_key(static, chunk_size, abstract, mesh)
+        key = store_key(static, chunk_size, mesh)
         compiled = executables.load(store, key, list(mesh.devices.flat))
         if compiled is not None:
             return Program(compiled, sharding, time.perf_counter() - t0, "store", key)
     fn = jax.jit(jax.vmap(make_run(static)), in_shardings=(sharding,), out_shardings=sharding)
+    abstract = abstract_inputs(static, chunk_size, sharding)
     with _compile_lock, (executables.fresh_compile() if key else contextlib.nullcontext()):
         compiled = fn.lower(abstract).compile()
     seconds = time.perf_counter() - t0
