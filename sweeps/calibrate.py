@@ -15,10 +15,11 @@ cached in `calibration/` next to the program store (or in `$CONTAMINATION_DEVICE
 A bucket's predicted time is `compile_s` (zero when the store has the program) plus, per
 chunk, `steps * step_s` plus its executed FLOPs over `flop_rate`. Every bucket trained
 afterwards is recorded too (chunks, chunk-steps, executed FLOPs, seconds); from
-`MIN_RECORDED_RUNS` of them on, training seconds are predicted by a non-negative least-squares
-fit of seconds per chunk, per chunk-step and per FLOP to the recorded buckets (relative
-error), which also takes in what the constants miss: writing results, small matmuls below the
-device's rate, a compile running beside the training.
+`MIN_RECORDED_RUNS` of them on, training seconds are predicted as seconds per chunk plus a
+multiple of the calibrated time, both fitted by non-negative least squares to the recorded
+buckets (relative error), which takes in what the constants miss (writing results, a compile
+running beside the training) while keeping the calibrated shape for buckets larger than any
+recorded.
 """
 
 from __future__ import annotations
@@ -79,18 +80,25 @@ class DeviceModel:
         return [float(bucket.n_chunks), float(bucket.n_chunks * steps), float(bucket.executed_flops)]
 
     @functools.cached_property
-    def run_coefficients(self) -> tuple[float, float, float]:
-        """Seconds per chunk, per chunk-step and per FLOP: fitted to the recorded buckets, or the
-        calibration's constants while fewer than MIN_RECORDED_RUNS are recorded."""
+    def run_coefficients(self) -> tuple[float, float]:
+        """Seconds per chunk and a multiplier of the calibrated step time: fitted to the recorded
+        buckets (non-negative least squares on relative error), or (0, 1) while fewer than
+        MIN_RECORDED_RUNS are recorded. Only these two are fitted, so that the calibrated shape
+        (a per-step floor plus FLOPs at the measured rate) is kept: recorded buckets are often
+        all small, and a free per-FLOP coefficient fitted to them extrapolated to a large bucket
+        as if its FLOPs were free (a 22 TFLOP plan predicted at 0.9 s)."""
         if len(self.recorded_runs) < MIN_RECORDED_RUNS:
-            return 0.0, self.step_s, 1.0 / self.flop_rate
+            return 0.0, 1.0
         rec = np.array(self.recorded_runs, dtype=float)
-        scale = np.maximum(rec[:, :3].max(axis=0), 1e-30)
-        a = rec[:, :3] / scale / rec[:, 3:4]  # relative error: each bucket's seconds divide its row
+        x = np.stack([rec[:, 0], rec[:, 1] * self.step_s + rec[:, 2] / self.flop_rate], axis=1)
+        scale = np.maximum(x.max(axis=0), 1e-30)
+        a = x / scale / rec[:, 3:4]  # relative error: each bucket's seconds divide its row
         return tuple(float(c) for c in nnls(a, np.ones(len(rec))) / scale)
 
     def run_s(self, bucket) -> float:
-        return float(np.dot(self.run_coefficients, self.features(bucket)))
+        chunks, chunk_steps, flops = self.features(bucket)
+        per_chunk, multiplier = self.run_coefficients
+        return per_chunk * chunks + multiplier * (chunk_steps * self.step_s + flops / self.flop_rate)
 
     def record_run(self, bucket, seconds: float) -> None:
         """Remember a trained bucket's seconds (and save them, where the model has a file)."""
@@ -120,8 +128,7 @@ class DeviceModel:
                 "compile_s": self.calibration_compile_s,
                 "recorded_compile_s": {k: statistics.median(v) for k, v in self.recorded_compile_s.items() if v},
                 "recorded_runs": len(self.recorded_runs),
-                "run_coefficients": dict(zip(("s_per_chunk", "s_per_chunk_step", "s_per_flop"),
-                                             self.run_coefficients))}
+                "run_coefficients": dict(zip(("s_per_chunk", "step_multiplier"), self.run_coefficients))}
 
 
 def device_key(mesh) -> tuple[str, str]:

@@ -217,12 +217,34 @@ def test_training_seconds_are_fitted_to_recorded_buckets():
         return SimpleNamespace(static=static_spec(preset("toy", steps=steps)), n_chunks=chunks, executed_flops=flops)
 
     model = DeviceModel("test", flop_rate=1e12, step_s=1e-6, calibration_compile_s=1.0)
-    truth = (0.2, 3e-4, 2e-11)  # seconds per chunk, per chunk-step, per FLOP
+    truth = (0.2, 1.7)  # seconds per chunk, multiple of the calibrated step time
+
+    def seconds(chunks, flops, steps):
+        return truth[0] * chunks + truth[1] * (chunks * steps * 1e-6 + flops / 1e12)
+
     shapes = [(1, 1e9, 100), (2, 5e10, 300), (4, 1e11, 50), (1, 3e11, 1000), (8, 2e10, 100), (3, 7e11, 20)]
     assert model.run_s(bucket(1, 1e9)) == pytest.approx(100 * 1e-6 + 1e9 / 1e12)  # the constants, at first
     for k, shape in enumerate(shapes):
-        model.record_run(bucket(*shape), float(np.dot(truth, DeviceModel.features(bucket(*shape)))))
+        model.record_run(bucket(*shape), seconds(*shape))
         if k + 1 < MIN_RECORDED_RUNS:
-            assert model.run_coefficients == (0.0, 1e-6, 1e-12)
+            assert model.run_coefficients == (0.0, 1.0)
     np.testing.assert_allclose(model.run_coefficients, truth, rtol=1e-6)
-    assert model.run_s(bucket(5, 4e11)) == pytest.approx(5 * 0.2 + 500 * 3e-4 + 4e11 * 2e-11)
+    assert model.run_s(bucket(5, 4e11)) == pytest.approx(seconds(5, 4e11, 100))
+
+
+def test_fitted_training_seconds_keep_flops_costly_beyond_the_recorded_buckets():
+    """Buckets recorded on this machine (tests and a small sweep: chunks, chunk-steps, FLOPs,
+    seconds), all far smaller than a whole-grid program. A free per-FLOP coefficient fitted to
+    them put a 22 TFLOP bucket at 0.9 s; the fit must keep the calibrated FLOP cost."""
+    from types import SimpleNamespace
+
+    from contamination.config import static_spec
+    from sweeps.calibrate import DeviceModel
+
+    model = DeviceModel("cpu x2", flop_rate=1.0018e11, step_s=6.56e-06, calibration_compile_s=7.1)
+    for rec in [[3, 120, 21897216, 0.0743], [3, 120, 32526336, 0.0718], [3, 120, 43155456, 0.0679],
+                [3, 120, 21897216, 0.0623], [3, 120, 32526336, 0.0621], [3, 120, 43155456, 0.0526],
+                [1, 2000, 144136208384, 0.926]]:
+        model.recorded_runs.append([float(v) for v in rec])
+    big = SimpleNamespace(static=static_spec(preset("toy", steps=2000)), n_chunks=1, executed_flops=2.2e13)
+    assert model.run_s(big) > 0.5 * 2.2e13 / model.flop_rate
