@@ -14,7 +14,7 @@ from .select import values_of
 from .style import fmt_value, new_figure, plain_log_ticks, short, wrap
 
 PAPER_PANELS = (("id_loss", "ood_loss"), ("core_norm", "bg_norm"))
-BG_PANELS = (("bg_signed",), ("bg_norm",))
+BG_PANELS = (("bg_mean_proj",), ("bg_grad_balance",))
 STYLES = ("-", "--", ":", "-.")
 RESCALED = "eta_t_over_m"
 BAND_WORDS = {"std": "± 1 std over seeds", "ci95": "95% CI of the mean"}
@@ -28,6 +28,51 @@ def curve_table(curves: pd.DataFrame, by: list[str], metrics: list[str], x: str 
 def rescaled_time(curves: pd.DataFrame) -> pd.Series:
     """eta * t / m: the theory's time scales are linear in m / eta (needs lr, width and step columns)."""
     return curves["lr"] * curves["step"] / curves["width"]
+
+
+def _spread(xs: list[np.ndarray], ys: list[np.ndarray], end: float, n_points: int) -> float:
+    """Std across curves (x ascending), linearly interpolated on n_points evenly spaced in (0, end], averaged."""
+    grid = np.linspace(0.0, end, n_points + 1)[1:]
+    at = np.stack([np.interp(grid, x, y) for x, y in zip(xs, ys)])
+    return float(at.std(axis=0).mean())
+
+
+def collapse_score(curves: pd.DataFrame, metric: str, n_points: int = 50) -> float:
+    """How much rescaling time to eta * t / m brings the (lr, width) curves of `metric` together.
+
+    Per (lr, width) config the seed-mean curve (diverged runs excluded, other axes pooled, as
+    `curve_table`). The spread of the curves at a time is their standard deviation across configs
+    (linear interpolation between logged points), averaged over `n_points` times evenly spaced in
+    (0, end]:
+
+    - at equal steps t, end = T, the largest step every config reaches;
+    - at equal rescaled time s = lr * t / width, end = S, the smallest final s over the configs
+      (the range every config covers).
+
+    Returns spread at equal s / spread at equal t: below 1 the rescaling collapses the curves
+    (near 0: onto one curve), above 1 it separates them. NaN with fewer than 2 configs left or
+    when the curves do not differ at equal steps. Needs lr, width and step columns.
+    """
+    table = curve_table(curves, ["lr", "width"], [metric])
+    steps, s_times, means = [], [], []
+    for (lr, width), g in table.groupby(["lr", "width"], sort=True):
+        g = g.sort_values("step")
+        ok = np.isfinite(g[f"{metric}_mean"].to_numpy(dtype=float))
+        if not ok.any():  # every run of the config diverged
+            continue
+        t = g["step"].to_numpy(dtype=float)[ok]
+        steps.append(t)
+        s_times.append(float(lr) * t / float(width))
+        means.append(g[f"{metric}_mean"].to_numpy(dtype=float)[ok])
+    if len(means) < 2:
+        return float("nan")
+    t_end = min(t[-1] for t in steps)
+    s_end = min(s[-1] for s in s_times)
+    if not (t_end > 0 and s_end > 0):
+        return float("nan")
+    at_steps = _spread(steps, means, t_end, n_points)
+    at_s = _spread(s_times, means, s_end, n_points)
+    return at_s / at_steps if at_steps > 0 else float("nan")
 
 
 GROUP_LABELS = {("id_loss", "ood_loss"): "loss", ("id_acc", "ood_acc"): "accuracy",
@@ -114,7 +159,7 @@ def curves_figure(curves: pd.DataFrame, panels=PAPER_PANELS, *, hue: str | None 
     return fig
 
 
-def collapse_figure(curves: pd.DataFrame, metrics=("bg_signed",), *, averaged: list[str] = (),
+def collapse_figure(curves: pd.DataFrame, metrics=("bg_mean_proj",), *, averaged: list[str] = (),
                     title: str | None = None, band: str = "std"):
     """Each metric against raw steps (left) and against eta * t / m (right), a line per (lr, width):
     if time scales are linear in m / eta, the right-hand curves fall on one another."""

@@ -9,22 +9,35 @@ import numpy as np
 import pandas as pd
 from matplotlib import colormaps
 from matplotlib.colors import Normalize
+from matplotlib.patches import Rectangle
 
 from .aggregate import aggregate, long_stats
 from .select import values_of
 from .style import (ACCURACY, SIGNED, axis_label, fmt, fmt_value, is_geometric, label, new_figure, short, text_colour,
                     plain_log_ticks, tick_labels, wide_positive, wrap)
 
-DEFAULT_PANELS = (("id_acc", "ood_acc"), ("id_loss", "ood_loss"), ("bg_signed",), ("act_asym",))
+DEFAULT_PANELS = (("id_acc", "ood_acc"), ("id_loss", "ood_loss"), ("bg_mean_proj",), ("act_asym",))
+# A cell that does not fit its ID data says little about contamination: below this mean ID
+# accuracy, phase diagrams of every other metric hatch the cell (its value still shown).
+ID_FIT = 0.97
+UNDER_FIT_NOTE = f"hatched: mean ID accuracy < {ID_FIT:g} (under-fitting, not contamination)"
 
 
 def phase_table(runs: pd.DataFrame, x: str, y: str, metric: str, facet: str | None = None) -> pd.DataFrame:
     """One row per (facet, y, x) cell: n_runs, n_diverged, n, mean, std, ci95 of `metric`.
 
-    Runs at every value of the axes not named are pooled, i.e. averaged over.
+    Runs at every value of the axes not named are pooled, i.e. averaged over. Where the runs
+    have `id_acc`, also the cell's `id_acc_mean` and `under_fit` (id_acc_mean < ID_FIT; False
+    where no run is left to say).
     """
     by = [a for a in (facet, y, x) if a]
-    return long_stats(aggregate(runs, by, [metric]), metric)
+    fit = "id_acc" in runs and metric != "id_acc"
+    agg = aggregate(runs, by, [metric, "id_acc"] if fit else [metric])
+    out = long_stats(agg, metric)
+    if "id_acc" in runs:
+        out["id_acc_mean"] = agg["id_acc_mean"].to_numpy(dtype=float)
+        out["under_fit"] = out["id_acc_mean"] < ID_FIT  # NaN (all diverged) compares False
+    return out
 
 
 def _norm(metric: str, values: np.ndarray) -> tuple[Normalize, str]:
@@ -60,7 +73,8 @@ def diverged_note(n_diverged: int, what: str = "means") -> str:
 
 def phase_figure(table: pd.DataFrame, x: str, y: str, metric: str, facet: str | None = None, *,
                  averaged: list[str] = (), where: dict | None = None, title: str | None = None):
-    """An annotated heatmap per facet value, one shared colour bar; cells with diverged runs marked '†'."""
+    """An annotated heatmap per facet value, one shared colour bar; cells with diverged runs marked '†',
+    cells that under-fit their ID data (`under_fit` of `phase_table`) hatched grey unless `metric` is id_acc."""
     xs, ys = values_of(table, x), values_of(table, y)
     facets = values_of(table, facet) if facet else [None]
     ncols = min(len(facets), 4)
@@ -78,6 +92,8 @@ def phase_figure(table: pd.DataFrame, x: str, y: str, metric: str, facet: str | 
     norm, cmap_name = _norm(metric, table["mean"].to_numpy(dtype=float))
     cmap = colormaps[cmap_name].with_extremes(bad="#d9d9d9")
     fontsize = 9 if len(xs) <= 6 else 7
+    hatch = "under_fit" in table and metric != "id_acc"
+    n_hatched = 0
     im = None
     for k, ax in enumerate(axes.flat):
         if k >= len(facets):
@@ -97,8 +113,13 @@ def phase_figure(table: pd.DataFrame, x: str, y: str, metric: str, facet: str | 
         for i, yv in enumerate(ys):
             for j, xv in enumerate(xs):
                 r = cells.get((yv, xv))
-                ax.text(j, i, _cell_text(r), ha="center", va="center", fontsize=fontsize,
-                        color="black" if not np.isfinite(z[i, j]) else text_colour(cmap(norm(z[i, j]))))
+                under = hatch and r is not None and bool(r["under_fit"])
+                if under:
+                    ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor=(0.85, 0.85, 0.85, 0.75),
+                                           edgecolor="0.45", hatch="//", lw=0, zorder=2))
+                    n_hatched += 1
+                ax.text(j, i, _cell_text(r), ha="center", va="center", fontsize=fontsize, zorder=3,
+                        color="black" if under or not np.isfinite(z[i, j]) else text_colour(cmap(norm(z[i, j]))))
         ax.set_xticks(range(len(xs)), xt)
         ax.set_yticks(range(len(ys)), yt)
         ax.tick_params(length=0)
@@ -116,6 +137,8 @@ def phase_figure(table: pd.DataFrame, x: str, y: str, metric: str, facet: str | 
     n_div = int(table["n_diverged"].sum())
     if n_div:
         lines.append(f"† {diverged_note(n_div)} (grey: every run of the cell diverged)")
+    if n_hatched:
+        lines.append(UNDER_FIT_NOTE)
     fig.suptitle("\n".join(lines))
     return fig
 

@@ -11,27 +11,30 @@ import numpy as np
 import pandas as pd
 
 from .aggregate import aggregate
-from .curves import BG_PANELS, PAPER_PANELS, collapse_figure, curves_figure
+from .curves import BG_PANELS, PAPER_PANELS, collapse_figure, collapse_score, curves_figure
 from .load import Results, attach
 from .phase import diverged_note, line_figure, phase_figure, phase_table
-from .style import fmt, fmt_value, label, save
+from .style import fmt, fmt_value, label, save, short
 
-HEADLINE = ("id_acc", "ood_acc", "id_loss", "ood_loss", "bg_signed", "act_asym")
+HEADLINE = ("id_acc", "ood_acc", "id_loss", "ood_loss", "bg_mean_proj", "contaminated_frac", "act_asym",
+            "bg_grad_balance")
 DISTILL_HEADLINE = ("student_rep_err_id", "student_rep_err_ood", "teacher_probe_ood_acc", "student_probe_id_acc",
                     "student_probe_ood_acc", "bg_signed")
-PHASE_METRICS = ("ood_acc", "ood_minus_id_loss", "bg_signed")
-COLLAPSE_METRICS = ("bg_signed", "ood_minus_id_loss")
+PHASE_METRICS = ("ood_acc", "ood_minus_id_loss", "bg_mean_proj")
+COLLAPSE_METRICS = ("bg_mean_proj", "ood_minus_id_loss")
 MAX_ROWS = 6  # more values than this on an axis: pool it rather than draw a row per value
 
 
 @dataclasses.dataclass
 class Panel:
-    """A figure of the report: file stem (under figures/), section, caption and the Figure."""
+    """A figure of the report: file stem (under figures/), section, caption, the Figure and an
+    optional markdown note printed after the caption."""
 
     stem: str
     section: str
     caption: str
     figure: object
+    note: str = ""
 
 
 def phase_stem(metric: str, x: str, y: str, facet: str | None = None) -> str:
@@ -81,21 +84,36 @@ def build_figures(results: Results) -> list[Panel]:
                          "ID and OOD loss (left) and core and background projection norms (right) against steps",
                          curves_figure(curves, PAPER_PANELS, hue=hue, row=row, averaged=averaged,
                                        title="Losses and feature norms against steps")))
-        if "activation" in axes:
+        bg = [m for p in BG_PANELS for m in p if m in curves]
+        if "activation" in axes and bg:
             others = _rest(axes, "activation")
             row = others[0] if others and curves[others[0]].nunique() <= MAX_ROWS else None
             out.append(Panel("curves_background_by_activation", "Training curves",
-                             "background projection, signed and norm, by activation",
+                             " (left) and ".join(short(m) for m in bg) + (" (right)" if len(bg) > 1 else "")
+                             + " by activation",
                              curves_figure(curves, BG_PANELS, hue="activation", row=row,
                                            averaged=_rest(others, row),
-                                           title="Background projection by activation")))
-        if {"lr", "width"} & set(axes) and {"lr", "width"} <= set(runs):
+                                           title=" and ".join(short(m) for m in bg).capitalize()
+                                           + " by activation")))
+        collapse = [m for m in COLLAPSE_METRICS if m in curves]
+        if {"lr", "width"} & set(axes) and {"lr", "width"} <= set(runs) and collapse:
             c = attach(curves, runs, ["lr", "width"])
             out.append(Panel("collapse_eta_t_over_m", "Training curves",
                              "curves against raw steps and against η t / m (lr × step / width): the theory's time "
                              "scales are linear in m / η, so the right-hand curves should collapse",
-                             collapse_figure(c, COLLAPSE_METRICS, averaged=_rest(axes, "lr", "width"))))
+                             collapse_figure(c, collapse, averaged=_rest(axes, "lr", "width")),
+                             collapse_note(c, collapse)))
     return out
+
+
+COLLAPSE_HEADER = "Collapse score (spread at equal η t / m over spread at equal steps; below 1 collapses)"
+
+
+def collapse_note(curves: pd.DataFrame, metrics) -> str:
+    """A markdown table of `collapse_score` per metric (curves with lr, width and step columns)."""
+    scores = pd.DataFrame({"metric": [label(m) for m in metrics],
+                           "collapse score": [fmt(collapse_score(curves, m)) for m in metrics]})
+    return f"{COLLAPSE_HEADER}:\n\n{_md_table(scores)}"
 
 
 # --- markdown -------------------------------------------------------------------------
@@ -191,6 +209,8 @@ def render(results: Results, panels: list[tuple[Panel, list[Path]]], out_dir: Pa
         rel = lambda p: p.relative_to(out_dir).as_posix()  # noqa: E731
         others = " · ".join(f"[{p.suffix[1:]}]({rel(p)})" for p in paths if p != png)
         lines += [f"![{panel.caption}]({rel(png)})", "", f"*{panel.caption}.* {others}".rstrip(), ""]
+        if panel.note:
+            lines += [panel.note, ""]
     v = m.get("versions", {})
     lines += ["## Provenance", "",
               f"- results: `{results.path}` ({len(list((results.path / 'runs').glob('*.parquet')))} runs files, "

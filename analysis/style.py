@@ -20,11 +20,13 @@ LABELS = {
     "id_margin": "ID margin", "ood_margin": "OOD margin",
     "core_norm": "core projection norm", "bg_norm": "background projection norm",
     "bg_signed": "signed background projection", "act_asym": "activation asymmetry",
+    "bg_mean_proj": "projection on the background mean", "bg_shift_rms": "RMS pre-activation shift OOD",
+    "contaminated_frac": "contaminated neurons (share)", "bg_grad_balance": "class gradient imbalance",
     "ood_minus_id_loss": "OOD loss − ID loss",
     "step": "step",
 }
 # Metrics whose sign matters: a diverging colour map centred on zero when the data cross it.
-SIGNED = {"bg_signed", "ood_minus_id_loss", "id_margin", "ood_margin"}
+SIGNED = {"bg_signed", "bg_mean_proj", "ood_minus_id_loss", "id_margin", "ood_margin"}
 ACCURACY = {"id_acc", "ood_acc"}
 
 matplotlib.rcParams.update({"figure.dpi": 110, "savefig.dpi": 150, "axes.grid": False, "font.size": 10,

@@ -31,6 +31,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "optimizer": ("sgd", "adam", "adamw"),
     "experiment": ("classify", "distill"),
     "teacher": ("core", "trained"),
+    "log_schedule": ("linear", "geometric"),
 }
 
 
@@ -62,6 +63,9 @@ class Config:
     momentum: float = 0.9
     steps: int = 20000
     log_every: int = 1000
+    # `linear`: log at 0, log_every, 2 log_every, ..., steps. `geometric`: as many points as
+    # `linear` would log, spaced geometrically from step 1 (early dynamics resolved).
+    log_schedule: str = "linear"
     seed: int = 0
     # Which experiment: `classify` (train the network on labels) or `distill` (train it as a
     # student on a teacher's representation, then probe both; contamination/distill.py).
@@ -86,7 +90,7 @@ class Config:
     @property
     def n_logs(self) -> int:
         """Number of logged points: step 0, every `log_every` steps, and the last step."""
-        return len(log_steps(self.steps, self.log_every))
+        return len(log_steps(self.steps, self.log_every, self.log_schedule))
 
 
 FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(Config)}
@@ -105,15 +109,19 @@ PRESETS: dict[str, dict[str, Any]] = {
     # N(0, 1/d) init, frozen random output signs +-1/m, hinge loss, linear core, weight
     # decay on W (the only trainable tensor). Sizes sit inside the theory's regime:
     # d0 = 16 and d = 1024 = d0^2.5, while width m = 256 >> d0. The per-neuron gradient
-    # carries the 1/m of the output layer, so the time scales are m/(eta sqrt d) and
-    # m/(eta d0); lr = 8 puts T1 ~ m/(eta d0) = 2 steps and the fit after a few hundred
-    # steps. lambda = 1e-3 is well under d0/m^1.01 ~ 0.06.
+    # carries the 1/m of the output layer, so the time scales are T0 ~ m/(eta sqrt d) and
+    # T1 ~ m/(eta d0): lr = 0.5 puts them at 16 and 32 steps, so the dynamics unfold over
+    # hundreds of steps (bg_mean_proj reaches 90% of its final value after ~700 steps, the
+    # ID hinge loss falls under 0.06 by ~1000; 40 logged points). The first round's lr = 8
+    # ended them within the first two steps. lambda = 1e-3 is well under d0/m^1.01 ~ 0.06
+    # and decays W by exp(-eta lambda t) = 0.37 over the 2000 steps: checks of cancellation
+    # (linear network) set weight_decay = 0.
     "theory": {
         "width": 256, "core_dim": 8, "bg_dim": 8, "input_dim": 1024, "core": "linear",
         "n_train": 1000, "n_test": 1000, "batch_size": 64, "online": True,
         "bias": False, "output": "frozen_random", "init": "theory", "loss": "hinge",
-        "optimizer": "sgd", "momentum": 0.0, "lr": 8.0, "weight_decay": 1e-3,
-        "steps": 2000, "log_every": 100,
+        "optimizer": "sgd", "momentum": 0.0, "lr": 0.5, "weight_decay": 1e-3,
+        "steps": 2000, "log_every": 50,
     },
     # Representation distillation, simulated (PAPER.md section 5; contamination/distill.py).
     # Teacher (`core`, constructed): phi_T(x) = ReLU(W_T x + b_T), rep_dim = 64 units whose rows
@@ -251,8 +259,18 @@ def parse_assignment(text: str) -> tuple[str, Any]:
     return name, parse_value(value.strip())
 
 
-def log_steps(steps: int, log_every: int) -> list[int]:
-    """The steps at which curves are logged: 0, log_every, 2 log_every, ..., and `steps`."""
+def log_steps(steps: int, log_every: int, schedule: str = "linear") -> list[int]:
+    """The steps at which curves are logged, always 0 first and `steps` last.
+
+    `linear`: 0, log_every, 2 log_every, ..., steps. `geometric`: 0 and round(steps^(i/(K-1)))
+    for i = 0..K-1 with K = ceil(steps / log_every), duplicates dropped (at most as many points
+    as `linear`, dense at the start where the dynamics are fast).
+    """
+    if schedule == "geometric":
+        k = -(-steps // log_every)
+        if k < 2:
+            return [0, steps]
+        return [0] + sorted({max(1, round(steps ** (i / (k - 1)))) for i in range(k)})
     out = list(range(0, steps + 1, log_every))
     if out[-1] != steps:
         out.append(steps)
@@ -285,6 +303,7 @@ class Static(NamedTuple):
     rep_dim: int
     teacher: str
     teacher_steps: int
+    log_schedule: str = "linear"
     n_evals: int = 1  # evaluation variants per trained network (EVAL_ONLY_FIELDS), padded
 
 
@@ -312,8 +331,9 @@ EVAL_ONLY_FIELDS = ("bg_ood", "probe_ridge")
 
 # The simulator's results version: every change to how data, inits or batches are drawn, or to
 # what a metric means, changes numbers, and bumps it. A results directory holds one version.
-# 1: the first round; 2: per-row draws and exact padding of every shape axis.
-RESULTS_VERSION = 2
+# 1: the first round; 2: per-row draws and exact padding of every shape axis; 3: act_asym through
+# the activation's derivative, and the mean-direction and gradient-balance metrics.
+RESULTS_VERSION = 3
 
 
 # ReLU and the linear network are LeakyReLU with slope 0 and 1 (exactly: where(x >= 0, x, s x)),
@@ -428,10 +448,17 @@ def stack_traced(networks: list, n_evals: int | None = None) -> dict[str, np.nda
 DISTILL_FIELDS = ("experiment", "rep_dim", "teacher", "teacher_bias", "teacher_steps", "teacher_lr", "probe_ridge")
 
 
+# Fields added later, left out of ids at their default value (ids of earlier runs stay as they were).
+LATER_FIELDS = {"log_schedule": "linear"}
+
+
 def _id_dict(cfg: Config) -> dict[str, Any]:
     d = cfg.to_dict()
     if cfg.experiment == "classify":
         for f in DISTILL_FIELDS:
+            d.pop(f)
+    for f, default in LATER_FIELDS.items():
+        if d[f] == default:
             d.pop(f)
     return d
 

@@ -37,7 +37,7 @@ def flops(s: Static) -> float:
         setup += 2 * n_eval * d * p + 2 * s.n_train * p * p + p ** 3  # teacher reps and probe
         if s.teacher == "trained":
             setup += s.teacher_steps * 6 * s.n_train * s.core_dim * p
-    return float(s.steps * step + len(log_steps(s.steps, s.log_every)) * log + setup)
+    return float(s.steps * step + len(log_steps(s.steps, s.log_every, s.log_schedule)) * log + setup)
 
 
 def memory_bytes(s: Static) -> int:
@@ -47,8 +47,8 @@ def memory_bytes(s: Static) -> int:
     reference sizes varied one at a time (n_train, n_test, width, input_dim, batch, optimizer;
     `tests/test_cost.py` checks it within 25%). XLA reuses buffers between the training step
     and the metrics, so the activation term is one term over the evaluation sets rather than a
-    sum of the step's and the metrics' tensors; with minibatches or online batches they
-    overlap less.
+    sum of the step's and the metrics' tensors; with online batches they overlap less. Refitted
+    with issue 11's metrics (gates and per-sample gradients on the training set).
     """
     d0, d, m = s.core_dim + s.bg_dim, s.input_dim, s.width
     nb = s.batch_size or s.n_train
@@ -59,12 +59,15 @@ def memory_bytes(s: Static) -> int:
     params = m * d + 3 * m + 1
     opt_copies = {"sgd": 1, "adam": 2, "adamw": 2}[s.optimizer]
     param_mem = params * (1 + opt_copies)
-    acts = 1.5 * n_eval * m if full_batch else 2.75 * n_eval * m + 2 * nb * m
+    minibatch = s.batch_size and not s.online
+    # (full batch: + 0.25 for the classifier's gates and per-sample gradients of bg_grad_balance)
+    grad_balance = 0.25 if s.experiment == "classify" else 0.0
+    acts = (1.5 + grad_balance) * n_eval * m if full_batch else (1.8 if minibatch else 2.75) * n_eval * m + 2 * nb * m
     n_metrics = len(METRICS)
     if s.experiment == "distill":
         p = s.rep_dim
         n_metrics = len(DISTILL_METRICS)
         param_mem += (p * m + p) * (1 + opt_copies) + p * d  # read-out, and the teacher
         acts += 2 * nb * p + 1.5 * n_eval * p + 3 * p * p  # teacher and student reps, probe
-    curves = len(log_steps(s.steps, s.log_every)) * n_metrics * s.n_evals
+    curves = len(log_steps(s.steps, s.log_every, s.log_schedule)) * n_metrics * s.n_evals
     return int(F32 * (data + param_mem + acts + curves))

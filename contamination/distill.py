@@ -12,7 +12,8 @@
   init, biases) with a linear read-out `V` (rep_dim x width) in place of the scalar output,
   random init, trained on ID inputs only (the config's batch mode and optimizer) to minimise
   the mean squared error to `phi_T(x)`. No labels. `activation = "linear"` is the control.
-  The contamination metrics (core_norm, bg_norm, bg_signed, act_asym) are measured on `W`.
+  The contamination metrics (core_norm, bg_norm, bg_signed, act_asym, bg_mean_proj, bg_shift_rms,
+  contaminated_frac) are measured on `W`; bg_grad_balance is the classifier's only (it needs labels' loss).
 - Probes: closed-form ridge regression on +-1 ID training labels (with intercept) on top of
   each representation, evaluated by accuracy on the ID test set and the paired OOD set.
 
@@ -32,14 +33,16 @@ import jax.numpy as jnp
 
 from .config import Static
 from .data import Data, first, ood_split, per_row
-from .metrics import activation_asymmetry, masked_mean, projection_metrics
+from .metrics import (activation_asymmetry, bg_direction, init_spread, masked_mean, mean_direction_metrics,
+                      projection_metrics)
 from .model import Params, activate, forward, init_params, loss_values
 from .train import (init_carry, make_get_batch, make_optimizer, make_step, prepare, train_and_log, train_for)
 
 DISTILL_METRICS = (
     "student_rep_err_train", "student_rep_err_id", "student_rep_err_ood",
     "teacher_probe_id_acc", "teacher_probe_ood_acc", "student_probe_id_acc", "student_probe_ood_acc",
-    "core_norm", "bg_norm", "bg_signed", "act_asym", "teacher_core_norm", "teacher_bg_norm",
+    "core_norm", "bg_norm", "bg_signed", "act_asym", "bg_mean_proj", "bg_shift_rms", "contaminated_frac",
+    "teacher_core_norm", "teacher_bg_norm",
 )
 
 # fold_in constants: one stream per purpose, derived from the run's data or init key.
@@ -209,6 +212,8 @@ def make_distill_run(static: Static) -> Callable[[dict], dict]:
 
         t_probe_id, t_probe_ood = jax.vmap(teacher_probe)(traced["probe_ridge"], t_oods)
         t_proj = projection_metrics(teacher.w, data.M, s.core_dim, jnp.ones((s.rep_dim,)), sizes.bg)
+        u = bg_direction(data.M, s.core_dim, sizes.bg, traced["bg_train"])
+        spread0 = init_spread(student.w, u, mask)
         n_evals = s.n_evals
 
         def rel_err(h, target, rows):
@@ -233,8 +238,9 @@ def make_distill_run(static: Static) -> Callable[[dict], dict]:
                 "student_probe_ood_acc": probe_ood,
                 "teacher_probe_id_acc": t_probe_id,
                 "teacher_probe_ood_acc": t_probe_ood,
-                "act_asym": activation_asymmetry(pre, test.y, mask),
+                "act_asym": activation_asymmetry(pre, test.y, mask, s.activation, slope),
                 **projection_metrics(p.w, data.M, s.core_dim, mask, sizes.bg),
+                **mean_direction_metrics(p.w, u, spread0, mask, sizes.bg, traced["bg_train"], traced["bg_ood"]),
                 "teacher_core_norm": t_proj["core_norm"],
                 "teacher_bg_norm": t_proj["bg_norm"],
             }
@@ -251,7 +257,7 @@ def make_distill_run(static: Static) -> Callable[[dict], dict]:
 
         tx = make_optimizer(s.optimizer, traced["lr"], traced["weight_decay"], traced["momentum"])
         step = make_step(objective, tx, trainable, get_batch)
-        out = train_and_log(step, init_carry(student, tx), measure, s.steps, s.log_every)
+        out = train_and_log(step, init_carry(student, tx), measure, s.steps, s.log_every, s.log_schedule)
         # A diverged teacher (kept at its last finite parameters) voids the run: flagged at step 0.
         final = out["final"]
         final["diverged_step"] = jnp.where(teacher_diverged, 0, final["diverged_step"])

@@ -22,7 +22,7 @@ def _one_variant(out: dict) -> dict:
 def simulate(cfg: Config) -> dict:
     """Train one config; returns {"steps": [...], "curves": {...}, "final": {...}} as numpy."""
     out = _one_variant(_to_numpy(compiled_single_run(static_spec(cfg))(traced_values(cfg))))
-    out["steps"] = np.array(log_steps(cfg.steps, cfg.log_every))
+    out["steps"] = np.array(log_steps(cfg.steps, cfg.log_every, cfg.log_schedule))
     return out
 
 
@@ -33,5 +33,5 @@ def simulate_batch(cfgs: list[Config], **pad) -> dict:
     spec = padded_spec([static_spec(c) for c in cfgs])
     spec = spec._replace(**{k: max(v, getattr(spec, k)) for k, v in pad.items()})
     out = _one_variant(_to_numpy(compiled_batch_run(spec)(stack_traced(cfgs))))
-    out["steps"] = np.array(log_steps(cfgs[0].steps, cfgs[0].log_every))
+    out["steps"] = np.array(log_steps(cfgs[0].steps, cfgs[0].log_every, cfgs[0].log_schedule))
     return out

@@ -13,11 +13,12 @@ from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
-from .config import Static
+from .config import Static, log_steps
 from .data import Data, Sizes, Split, first, make_data, minibatch, online_batch
-from .metrics import METRICS, evaluate, masked_mean
+from .metrics import METRICS, bg_direction, evaluate, init_spread, masked_mean
 from .model import Params, forward, init_params, loss_values, to_dm, trainable_mask
 
 
@@ -132,24 +133,35 @@ def train_for(step: Callable, carry, n: int):
     return carry if n == 0 else jax.lax.scan(step, carry, None, length=n)[0]
 
 
-def train_and_log(step: Callable, carry, measure: Callable, steps: int, log_every: int) -> dict:
-    """Train `steps` steps, measuring at step 0, every `log_every` steps and at the last step.
+def train_and_log(step: Callable, carry, measure: Callable, steps: int, log_every: int,
+                  schedule: str = "linear") -> dict:
+    """Train `steps` steps, measuring at the steps of `config.log_steps` (step 0 first, the last step last).
 
     Returns the run's output: {"curves": {metric: (n_logs, ...)}, "final": {metric, "diverged", "diverged_step"}}.
     """
-
-    def block(carry, _):
-        carry = train_for(step, carry, log_every)
-        return carry, measure(carry[0])
-
     first = measure(carry[0])
-    n_blocks, rest = divmod(steps, log_every)
-    carry, logged = jax.lax.scan(block, carry, None, length=n_blocks)
-    curves = {k: jnp.concatenate([first[k][None], logged[k]]) for k in first}
-    if rest:
-        carry = train_for(step, carry, rest)
-        last = measure(carry[0])
-        curves = {k: jnp.concatenate([curves[k], last[k][None]]) for k in curves}
+    if schedule == "geometric":
+        # Blocks of unequal (static) lengths: one scan over them, each a loop of its length.
+        lengths = jnp.asarray(np.diff(log_steps(steps, log_every, schedule)), dtype=jnp.int32)
+
+        def uneven_block(carry, n):
+            carry = jax.lax.fori_loop(0, n, lambda _, c: step(c, None)[0], carry)
+            return carry, measure(carry[0])
+
+        carry, logged = jax.lax.scan(uneven_block, carry, lengths)
+        curves = {k: jnp.concatenate([first[k][None], logged[k]]) for k in first}
+    else:
+        def block(carry, _):
+            carry = train_for(step, carry, log_every)
+            return carry, measure(carry[0])
+
+        n_blocks, rest = divmod(steps, log_every)
+        carry, logged = jax.lax.scan(block, carry, None, length=n_blocks)
+        curves = {k: jnp.concatenate([first[k][None], logged[k]]) for k in first}
+        if rest:
+            carry = train_for(step, carry, rest)
+            last = measure(carry[0])
+            curves = {k: jnp.concatenate([curves[k], last[k][None]]) for k in curves}
     final = {k: v[-1] for k, v in curves.items()}
     final["diverged"] = carry[3]
     final["diverged_step"] = carry[4]
@@ -167,9 +179,11 @@ def make_training(s: Static, traced: dict):
     data, params, trainable, mask = setup.data, setup.params, setup.trainable, setup.mask
     slope = traced["leaky_slope"]
     tx = make_optimizer(s.optimizer, traced["lr"], traced["weight_decay"], traced["momentum"])
+    u = bg_direction(data.M, s.core_dim, setup.sizes.bg, traced["bg_train"])
     evaluate_md = functools.partial(evaluate, data=data, core_dim=s.core_dim, sizes=setup.sizes,
-                                    bg_ood=traced["bg_ood"], activation=s.activation, loss=s.loss, slope=slope,
-                                    mask=mask)
+                                    bg_train=traced["bg_train"], bg_ood=traced["bg_ood"],
+                                    spread0=init_spread(params.w, u, mask), activation=s.activation, loss=s.loss,
+                                    slope=slope, mask=mask)
 
     def measure(p_dm):
         return evaluate_md(to_dm(p_dm))
@@ -196,7 +210,7 @@ def make_run(static: Static) -> Callable[[dict], dict]:
 
     def run(traced: dict) -> dict:
         step, carry, measure = make_training(s, traced)
-        return train_and_log(step, carry, measure, s.steps, s.log_every)
+        return train_and_log(step, carry, measure, s.steps, s.log_every, s.log_schedule)
 
     return run
 

@@ -119,7 +119,7 @@ def build_tables(grid: Grid, networks: list, out: dict, extra: dict) -> tuple[pd
             curve_index.append((i, e))
     runs_df = pd.DataFrame(rows)
     first = networks[0].config
-    steps = np.asarray(log_steps(first.steps, first.log_every))
+    steps = np.asarray(log_steps(first.steps, first.log_every, first.log_schedule))
     L, n = len(steps), len(rows)
     net_i, var_e = (np.array(ix) for ix in zip(*curve_index))
     curves = {c: np.repeat(runs_df[c].to_numpy(), L) for c in ["run_id", "config_id", "seed", *axis_columns(grid)]}

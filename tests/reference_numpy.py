@@ -15,7 +15,15 @@ def act(pre, name):
         return t, 1 - t ** 2
     if name == "linear":
         return pre, np.ones_like(pre)
+    if name == "gelu":
+        return pre * _normal_cdf(pre), act_derivative(pre, "gelu")
     raise ValueError(name)
+
+
+def _normal_cdf(v):
+    from math import erf, sqrt
+
+    return 0.5 * (1 + np.vectorize(erf)(v / sqrt(2)))
 
 
 def loss_and_grad(f, y, name):
@@ -62,3 +70,46 @@ def train(params, trainable, x, y, *, activation, loss, optimizer, lr, wd, momen
             mhat, vhat = st["m"] / (1 - 0.9 ** t), st["v"] / (1 - 0.999 ** t)
             p[k] = p[k] - lr * mhat / (np.sqrt(vhat) + 1e-8)
     return np.array(losses)
+
+
+def act_derivative(pre, name, slope=0.0):
+    """act'(pre) in float64, written out: ReLU, LeakyReLU, linear, sigmoid, tanh, exact GELU."""
+    from math import pi, sqrt
+
+    if name == "leaky_relu":
+        return np.where(pre >= 0, 1.0, slope)
+    if name == "gelu":
+        return _normal_cdf(pre) + pre * np.exp(-pre ** 2 / 2) / sqrt(2 * pi)
+    return act(pre, name)[1]
+
+
+def mechanism_metrics(w, b, a, c, w0, M, core_dim, bg_train, bg_ood, x_train, y_train, x_test, y_test, *,
+                      activation, loss, slope=0.0):
+    """act_asym, bg_mean_proj, bg_shift_rms, contaminated_frac and bg_grad_balance in float64
+    (README, Metrics), from the parameters, the step-0 weights `w0` and the data."""
+    f64 = lambda v: np.asarray(v, np.float64)  # noqa: E731
+    w, b, a, w0, M = f64(w), f64(b), f64(a), f64(w0), f64(M)
+    x_train, y_train, x_test, y_test = f64(x_train), f64(y_train), f64(x_test), f64(y_test)
+    gate = act_derivative(x_test @ w.T + b, activation, slope)
+    asym = np.mean(np.abs(gate[y_test > 0].mean(0) - gate[y_test < 0].mean(0)))
+    mean_train, mean_ood = np.mean(bg_train), np.mean(bg_ood)
+    n_bg = M.shape[0] - core_dim
+    mu_train = mean_train * M[core_dim:].sum(0)  # the training background mean in input space
+    mu_ood = mean_ood * M[core_dim:].sum(0)
+    u = mu_train / np.linalg.norm(mu_train) if mean_train != 0 else M[core_dim:].sum(0) / np.sqrt(n_bg)
+    p, p0 = w @ u, w0 @ u
+    shift = w @ (mu_ood - mu_train)
+    # per-sample gradients of the loss on w_k, by hand, projected on u
+    pre = x_train @ w.T + b
+    h, _ = act(pre, activation) if activation != "leaky_relu" else (np.where(pre >= 0, pre, slope * pre), None)
+    f = h @ a + c
+    _, g = loss_and_grad(f, y_train, loss)  # dL/df_i of the mean loss (1/n included; a ratio ignores it)
+    per = (g * (x_train @ u))[:, None] * act_derivative(pre, activation, slope) * a[None, :]
+    gp, gn = per[y_train > 0].sum(0), per[y_train < 0].sum(0)
+    return {
+        "act_asym": asym,
+        "bg_mean_proj": p.mean(),
+        "bg_shift_rms": np.sqrt(np.mean(shift ** 2)),
+        "contaminated_frac": np.mean(p > 3 * p0.std()),
+        "bg_grad_balance": np.abs(gp + gn).sum() / (np.abs(gp) + np.abs(gn)).sum(),
+    }

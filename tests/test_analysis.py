@@ -1,5 +1,7 @@
 """The analysis package on real engine output: aggregation, figures, report, diverged runs, CLI."""
 
+import dataclasses
+import json
 import os
 import re
 import subprocess
@@ -13,8 +15,10 @@ import pytest
 from scipy import stats
 
 from analysis import aggregate, load, phase_figure, phase_table, write_report
-from analysis.curves import curves_figure
-from analysis.report import build_figures
+from analysis.curves import collapse_score, curves_figure
+from analysis.phase import ID_FIT, UNDER_FIT_NOTE
+from analysis.report import COLLAPSE_HEADER, HEADLINE, build_figures, headline_table
+from analysis.style import fmt
 from sweeps.engine import run_grid
 from sweeps.grid import load as load_grid
 
@@ -150,7 +154,7 @@ def tiny_report(tiny, tmp_path_factory):
 def test_report_writes_every_figure(tiny_report):
     figs = sorted((tiny_report.parent / "figures").iterdir())
     stems = {f.stem for f in figs}
-    for m in ("ood_acc", "ood_minus_id_loss", "bg_signed"):
+    for m in ("ood_acc", "ood_minus_id_loss", "bg_mean_proj"):
         assert f"phase_{m}_width_background_by_activation" in stems
     assert {"curves_loss_norm", "curves_background_by_activation", "collapse_eta_t_over_m"} <= stems
     for f in figs:
@@ -174,8 +178,35 @@ def test_report_links_only_existing_files(tiny_report):
                   "36 runs", "git commit", "mean ± 95%"):
         assert words in text, words
     header = next(line for line in text.splitlines() if line.startswith("| width"))
-    for col in ("id_acc", "ood_acc", "id_loss", "ood_loss", "bg_signed", "act_asym", "n", "n_diverged"):
+    for col in ("id_acc", "ood_acc", "id_loss", "ood_loss", "bg_mean_proj", "contaminated_frac", "act_asym",
+                "bg_grad_balance", "n", "n_diverged"):
         assert f" {col} " in header
+    assert "bg_signed" not in header
+    assert "*projection on the background mean (left) and class gradient imbalance (right) by activation.*" in text
+    assert f"{COLLAPSE_HEADER}:" in text  # width is an axis (lr fixed): the collapse figure and its scores
+
+
+NEW_METRICS = ["bg_mean_proj", "bg_shift_rms", "contaminated_frac", "bg_grad_balance"]
+
+
+def test_report_without_new_metric_columns(tiny):
+    """Older results (none of the new columns) and distill-like ones (no bg_grad_balance) still report."""
+    assert set(NEW_METRICS) <= set(tiny.runs) and set(NEW_METRICS) <= set(tiny.curves)
+    no_balance = dataclasses.replace(tiny, runs=tiny.runs.drop(columns=["bg_grad_balance"]),
+                                     curves=tiny.curves.drop(columns=["bg_grad_balance"]))
+    panels = {p.stem: p for p in build_figures(no_balance)}
+    assert panels["curves_background_by_activation"].caption == "projection on the background mean by activation"
+    assert "phase_bg_mean_proj_width_background_by_activation" in panels
+    old = dataclasses.replace(tiny, runs=tiny.runs.drop(columns=NEW_METRICS),
+                              curves=tiny.curves.drop(columns=NEW_METRICS))
+    panels = {p.stem: p for p in build_figures(old)}
+    assert "curves_background_by_activation" not in panels
+    assert not any(s.startswith("phase_bg_mean_proj") for s in panels)
+    assert {"phase_ood_acc_width_background_by_activation", "collapse_eta_t_over_m"} <= set(panels)
+    assert "ood_minus_id_loss" in panels["collapse_eta_t_over_m"].note
+    assert "bg_mean_proj" not in panels["collapse_eta_t_over_m"].note
+    table = headline_table(old.runs, AXES)
+    assert [c for c in table.columns if c in HEADLINE] == ["id_acc", "ood_acc", "id_loss", "ood_loss", "act_asym"]
 
 
 def test_geometric_axis_is_labelled_log_scale(tiny):
@@ -186,6 +217,109 @@ def test_geometric_axis_is_labelled_log_scale(tiny):
     assert [t.get_text() for t in ax.get_xticklabels()] == ["8", "16", "32"]
     assert "pooled over activation" in fig._suptitle.get_text()
     assert len(fig.axes) == 2 and "OOD accuracy" in fig.axes[1].get_ylabel()  # the colour bar
+
+
+# --- synthetic tables: collapse score, ID fit ---------------------------------------------
+
+LRS, WIDTHS, STEPS = (0.25, 0.5, 1.0, 2.0), (32, 64, 128), np.arange(0, 1501, 25)
+
+
+def _synthetic_curves(seeds: int = 3, noise: float = 0.01) -> pd.DataFrame:
+    """A curves table over lr x width: `collapsing` is a function of lr * step / width, `lr_only` of lr * step."""
+    rng = np.random.default_rng(0)
+    frames = []
+    for lr in LRS:
+        for width in WIDTHS:
+            for seed in range(seeds):
+                frames.append(pd.DataFrame({
+                    "run_id": f"lr{lr}_w{width}_s{seed}", "seed": seed, "lr": lr, "width": width, "step": STEPS,
+                    "diverged": False,
+                    "collapsing": 1 - np.exp(-lr * STEPS / width / 3) + noise * rng.standard_normal(len(STEPS)),
+                    "lr_only": 1 - np.exp(-lr * STEPS / 100) + noise * rng.standard_normal(len(STEPS))}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_collapse_score_tells_collapse_from_none():
+    curves = _synthetic_curves()
+    collapsing, lr_only = collapse_score(curves, "collapsing"), collapse_score(curves, "lr_only")
+    assert 0 <= collapsing < 0.2, collapsing
+    assert lr_only > 1, lr_only
+    # Diverged runs are left out: a config whose runs all diverged (with garbage values) changes nothing.
+    bad = curves[(curves["lr"] == 2.0) & (curves["width"] == 32)].assign(diverged=True, collapsing=1e9)
+    bad["run_id"] += "_div"
+    bad["lr"] = 4.0
+    assert collapse_score(pd.concat([curves, bad], ignore_index=True), "collapsing") == pytest.approx(collapsing)
+    one = curves[(curves["lr"] == 1.0) & (curves["width"] == 64)]
+    assert np.isnan(collapse_score(one, "collapsing"))  # a single config: nothing to collapse
+    flat = curves.assign(collapsing=0.5)
+    assert np.isnan(collapse_score(flat, "collapsing"))  # no spread at equal steps
+
+
+def test_report_of_lr_width_grid_states_collapse_scores(tmp_path):
+    """A results directory with lr and width axes: report.md carries a collapse score per COLLAPSE_METRICS metric."""
+    curves = _synthetic_curves(seeds=2).rename(columns={"collapsing": "bg_mean_proj"})
+    curves["id_loss"], curves["ood_loss"] = 1.0, 1 + curves.pop("lr_only")  # ood_minus_id_loss: the lr-only curve
+    last = curves[curves["step"] == STEPS[-1]].drop(columns=["step"]).reset_index(drop=True)
+    runs = last.assign(config_id=last["run_id"].str.rsplit("_", n=1).str[0], id_acc=0.99, ood_acc=0.7)
+    path = tmp_path / "lr_width"
+    for table, df in (("runs", runs), ("curves", curves.drop(columns=["diverged"]))):
+        (path / table).mkdir(parents=True)
+        df.to_parquet(path / table / "part-0.parquet")
+    (path / "manifest.json").write_text(json.dumps({
+        "grid": "lr_width", "seeds": [0, 1], "axes": {"lr": list(LRS), "width": list(WIDTHS)},
+        "metrics": ["id_loss", "id_acc", "ood_loss", "ood_acc", "bg_mean_proj"]}))
+    res = load(path)
+    text = write_report(res, tmp_path / "out").read_text()
+    assert f"{COLLAPSE_HEADER}:" in text
+    c = res.curves
+    for m in ("bg_mean_proj", "ood_minus_id_loss"):
+        row = next(line for line in text.splitlines() if line.startswith("| ") and f"({m})" in line)
+        assert row.rstrip(" |").endswith(fmt(collapse_score(c, m))), row
+    assert collapse_score(c, "bg_mean_proj") < 0.2 < 1 < collapse_score(c, "ood_minus_id_loss")
+
+
+def _fit_runs(bad_acc: float = 0.8) -> pd.DataFrame:
+    """Runs over lr x width (pooled over activation): the (lr 1, width 64) cell fits its ID data badly."""
+    rng = np.random.default_rng(1)
+    rows = []
+    for lr in (0.1, 1.0):
+        for width in (32, 64, 128):
+            for act in ("relu", "linear"):
+                for seed in range(3):
+                    bad = lr == 1.0 and width == 64
+                    rows.append({"run_id": f"{lr}_{width}_{act}_{seed}", "seed": seed, "lr": lr, "width": width,
+                                 "activation": act, "diverged": False,
+                                 "id_acc": (bad_acc if bad else 0.99) + 0.002 * rng.standard_normal(),
+                                 "ood_acc": 0.6 + 0.1 * rng.random(), "bg_mean_proj": rng.standard_normal()})
+    return pd.DataFrame(rows)
+
+
+def _hatched(fig) -> list:
+    return [p for p in fig.axes[0].patches if p.get_hatch()]
+
+
+def test_phase_marks_cells_that_under_fit_id():
+    runs = _fit_runs()
+    table = phase_table(runs, "lr", "width", "ood_acc")
+    marked = table.loc[table["under_fit"], ["lr", "width"]]
+    assert marked.values.tolist() == [[1.0, 64]]
+    assert (table["under_fit"] == (table["id_acc_mean"] < ID_FIT)).all() and ID_FIT == 0.97
+    fig = phase_figure(table, "lr", "width", "ood_acc", averaged=["activation"])
+    hatched = _hatched(fig)
+    assert len(hatched) == 1 and hatched[0].get_hatch() == "//"
+    x, y = hatched[0].get_xy()  # the cell at x index 1 (lr 1.0), y index 1 (width 64)
+    assert (x + 0.5, y + 0.5) == (1, 1)
+    assert UNDER_FIT_NOTE in fig._suptitle.get_text() and "0.97" in UNDER_FIT_NOTE
+    cells = [t.get_text() for t in fig.axes[0].texts]
+    assert len(cells) == 6 and all(c != "no runs" for c in cells)  # the hatched cell's value is still written
+    # id_acc itself is not hatched; without id_acc, nothing is marked; all fitting, nothing is marked.
+    fig = phase_figure(phase_table(runs, "lr", "width", "id_acc"), "lr", "width", "id_acc")
+    assert not _hatched(fig) and UNDER_FIT_NOTE not in fig._suptitle.get_text()
+    table = phase_table(runs.drop(columns=["id_acc"]), "lr", "width", "bg_mean_proj")
+    assert "under_fit" not in table and not _hatched(phase_figure(table, "lr", "width", "bg_mean_proj"))
+    table = phase_table(_fit_runs(bad_acc=0.99), "lr", "width", "bg_mean_proj", facet="activation")
+    assert not table["under_fit"].any()
+    assert not _hatched(phase_figure(table, "lr", "width", "bg_mean_proj", "activation"))
 
 
 # --- diverged runs ---------------------------------------------------------------------

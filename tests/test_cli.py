@@ -51,14 +51,20 @@ def test_set_values_read_like_toml():
 def test_single_run_prints_json():
     cmd = [sys.executable, "-m", "contamination.run", "--preset", "toy_theory", "--set", "width=16",
            "--set", "activation=linear", "--set", "steps=20", "--set", "log_every=10",
-           "--set", "input_dim=64", "--set", "core_dim=4", "--set", "bg_dim=4", "--set", "bg_train=[-0.5,0.5]"]
+           "--set", "input_dim=64", "--set", "core_dim=4", "--set", "bg_dim=4", "--set", "bg_train=[-0.5,0.5]",
+           "--curves"]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     res = json.loads(out.stdout)
     assert res["config"]["width"] == 16 and res["config"]["activation"] == "linear"
     assert res["config"]["bg_train"] == [-0.5, 0.5]
+    mechanism = ("act_asym", "bg_mean_proj", "bg_shift_rms", "contaminated_frac", "bg_grad_balance")
     for k in ("train_loss", "id_loss", "id_acc", "ood_loss", "ood_acc", "core_norm", "bg_norm", "bg_signed",
-              "act_asym", "id_margin", "ood_margin", "diverged"):
+              "id_margin", "ood_margin", "diverged", *mechanism):
         assert k in res["final"]
+    assert res["curves"]["step"] == [0, 10, 20]
+    for k in mechanism:
+        assert len(res["curves"][k]) == 3, k
+    assert res["final"]["act_asym"] == 0.0  # a linear network gates nothing
 
 
 def test_bad_input_exit_status_in_subprocess():

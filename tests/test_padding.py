@@ -81,7 +81,8 @@ def test_padding_amount_does_not_change_a_run(name, extra, runs):
     for k in little["curves"]:
         np.testing.assert_allclose(np.asarray(little["curves"][k]), np.asarray(lots["curves"][k]),
                                    rtol=RTOL, atol=ATOL, err_msg=k)
-        assert np.isfinite(np.asarray(lots["curves"][k])).all(), k
+        if k != "bg_grad_balance":  # NaN where the loss has no gradient at all (e.g. a dead width-1 ReLU)
+            assert np.isfinite(np.asarray(lots["curves"][k])).all(), k
 
 
 def test_padded_entries_are_exact_zeros():

@@ -30,3 +30,41 @@ def test_matches_numpy_reference(activation, loss, optimizer, output):
     ours = simulate(cfg)["curves"]["train_loss"]
     assert ref[-1] < ref[0]  # it trained
     np.testing.assert_allclose(ours, ref, rtol=2e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("activation,slope,loss,bg_train", [
+    ("leaky_relu", 0.0, "hinge", (0.0, 1.0)),  # ReLU as the engine compiles it
+    ("leaky_relu", 1.0, "logistic", (0.0, 1.0)),  # the linear network
+    ("leaky_relu", 0.1, "mse", (-0.5, 0.5)),  # zero-mean background
+    ("gelu", 0.0, "logistic", (-1.0, 0.0)),  # negative mean
+    ("sigmoid", 0.0, "hinge", (0.25, 1.25)),
+    ("tanh", 0.0, "mse", (0.0, 1.0)),
+])
+def test_mechanism_metrics_match_numpy_reference(activation, slope, loss, bg_train):
+    """act_asym, bg_mean_proj, bg_shift_rms, contaminated_frac and bg_grad_balance against a float64
+    NumPy computation from their definitions (README, Metrics), on weights moved along the
+    background mean for some neurons (so that every metric is away from its init value)."""
+    import jax.numpy as jnp
+
+    from contamination.metrics import bg_direction, evaluate, init_spread
+    from contamination.train import prepare
+    from reference_numpy import mechanism_metrics
+
+    cfg = small("toy", loss=loss, bg_train=list(bg_train), bg_ood=[-1.5, -0.5])
+    setup = prepare(static_spec(cfg), traced_values(cfg))
+    data, p0 = setup.data, setup.params
+    u_bg = np.asarray(data.M[cfg.core_dim:]).sum(0) / np.sqrt(cfg.bg_dim)
+    bump = np.where(np.arange(cfg.width) % 3 == 0, 0.3, 0.0)[:, None] * u_bg[None, :]
+    params = p0._replace(w=p0.w + jnp.asarray(bump, jnp.float32))
+    u = bg_direction(data.M, cfg.core_dim, setup.sizes.bg, jnp.asarray(bg_train, jnp.float32))
+    ours = evaluate(params, data, core_dim=cfg.core_dim, sizes=setup.sizes, bg_train=jnp.asarray(bg_train),
+                    bg_ood=jnp.asarray([cfg.bg_ood]), spread0=init_spread(p0.w, u, setup.mask), activation=activation,
+                    loss=loss, slope=jnp.float32(slope), mask=setup.mask)
+    ref = mechanism_metrics(params.w, params.b, params.a, params.c, p0.w, data.M, cfg.core_dim, bg_train, cfg.bg_ood,
+                            data.train.x, data.train.y, data.test.x, data.test.y, activation=activation, loss=loss,
+                            slope=slope)
+    for k, v in ref.items():
+        np.testing.assert_allclose(float(ours[k][0]), v, rtol=2e-4, atol=2e-6, err_msg=k)
+    if slope == 1.0:
+        assert float(ours["act_asym"][0]) == 0.0  # nothing is gated
+    assert 0 < ref["contaminated_frac"] < 1 or bg_train[0] + bg_train[1] <= 0
