@@ -6,7 +6,6 @@ collapses against eta t / m, theory_scaling separates ID from OOD risk as d0 gro
 """
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from contamination.config import log_steps, preset
@@ -109,8 +108,12 @@ def test_theory_scaling_id_risk_small_and_ood_risk_order_one(tmp_path):
     runs = res.runs.assign(d0=res.runs["core_dim"] + res.runs["bg_dim"])
     by = runs.groupby(["activation", "size"], observed=True)[["id_loss", "ood_loss"]].mean()
     relu, lin = by.loc["relu"], by.loc["linear"]
-    assert (relu["id_loss"] < 0.15).all(), relu
-    assert (relu["ood_loss"] > 0.3).all(), relu
+    # measured (seeds 0-3): ReLU ID 0.135-0.148 at d0 = 4 down to 0.042-0.043 at d0 = 16, OOD
+    # 0.68-0.80 throughout; linear OOD = ID to 3 decimals
+    assert (relu["id_loss"] < 0.25).all(), relu
+    assert (relu["ood_loss"] > 0.4).all(), relu
     assert (np.abs(lin["ood_loss"] - lin["id_loss"]) < 0.05).all(), lin
-    assert runs["d0"].nunique() >= 4
-    assert isinstance(by, pd.DataFrame)
+    by_d0 = runs[runs["activation"] == "relu"].groupby("d0")[["id_loss", "ood_loss"]].mean()
+    assert len(by_d0) >= 4
+    assert by_d0["id_loss"].iloc[-1] < 0.6 * by_d0["id_loss"].iloc[0], by_d0  # ID risk falls with d0 ...
+    assert by_d0["ood_loss"].iloc[-1] > 0.8 * by_d0["ood_loss"].iloc[0], by_d0  # ... OOD risk does not
