@@ -7,6 +7,9 @@ Pure functions of the runs table (one row per run, as `pd.read_parquet(results/N
   diagonal; feature contamination puts the students below it).
 - `ood_gap_phase_figure`: a phase diagram of the student's OOD gap (probe accuracy ID minus
   OOD, or any other metric) over two axes, drawn by `analysis.phase`.
+- `baseline_line`, `robustness_kept`, `load_baseline`: the effective-robustness baseline of
+  standard networks trained on the labels (grid distill_baseline, `teacher = "standard"`), and
+  the share of the teacher's OOD advantage over it that the student keeps.
 """
 
 from __future__ import annotations
@@ -15,12 +18,21 @@ import numpy as np
 import pandas as pd
 
 from .aggregate import t_halfwidth
+from .load import Results, load, range_label
 from .phase import phase_figure, phase_table
 from .select import values_of
 from .style import fmt_value, new_figure
 
 PROBE = ("teacher_probe_id_acc", "teacher_probe_ood_acc", "student_probe_id_acc", "student_probe_ood_acc")
 GAP = "student_ood_gap"
+STANDARD = "standard"
+BASELINE_GRID = "distill_baseline"
+BACKGROUND = ("bg_train_low", "bg_train_high")
+# The data a baseline must share with the runs it is a baseline for.
+DATA_COLUMNS = ("core_dim", "bg_dim", "input_dim", "n_train", "core")
+# Always kept by `robustness_kept` (where present), after the caller's axes.
+KEPT_COLUMNS = ("teacher", "teacher_bias", "activation", *BACKGROUND)
+MIN_ADVANTAGE = 0.01  # a teacher this close to the line has no advantage to keep
 POOLABLE = ("activation", "teacher", "teacher_bias", "rep_dim", "width", "core_dim", "bg_dim", "input_dim", "core",
             "features", "lr", "steps")
 
@@ -41,24 +53,172 @@ def _groups(df: pd.DataFrame, col: str | None) -> list:
     return values_of(df, col) if col and col in df else [None]
 
 
+def _is_standard(runs: pd.DataFrame) -> pd.Series:
+    if "teacher" not in runs:
+        return pd.Series(False, index=runs.index)
+    return runs["teacher"].astype(str) == STANDARD
+
+
+def _bg_key(low, high) -> tuple[float, float]:
+    return float(low), float(high)
+
+
+def baseline_points(baseline_runs: pd.DataFrame) -> pd.DataFrame:
+    """Per config of the standard runs (diverged left out): the seed-mean ID and OOD probe accuracy
+    (`id`, `ood`) and the training background (`bg_train_low`, `bg_train_high`)."""
+    df = _live(baseline_runs)
+    df = df[_is_standard(df)]
+    cols = {"id": ("teacher_probe_id_acc", "mean"), "ood": ("teacher_probe_ood_acc", "mean")}
+    cols.update({c: (c, "first") for c in BACKGROUND if c in df})
+    out = df.groupby("config_id", observed=True, sort=True).agg(**cols).reset_index()
+    return out[np.isfinite(out["id"]) & np.isfinite(out["ood"])]
+
+
+def baseline_line(baseline_runs: pd.DataFrame) -> dict:
+    """The effective-robustness line of standard training, per training background.
+
+    From the runs whose `teacher` is "standard" (networks trained on the labels from the whole
+    input, grid distill_baseline; diverged runs left out): the seed-mean linear-probe accuracy
+    (ID, OOD) of each config, then the least-squares line OOD = slope * ID + intercept through
+    the configs of each training background (`bg_train_low`, `bg_train_high`). The line is
+    fitted to accuracies, not to logit-transformed accuracies as in the effective-robustness
+    literature: the probe accuracies here stay well inside (0.5, 1), where the two agree closely.
+
+    Returns {(bg_train_low, bg_train_high): (slope, intercept, n_points)}; a background with
+    fewer than two points (or a single ID accuracy) has no line and is left out.
+    """
+    pts = baseline_points(baseline_runs)
+    out = {}
+    if pts.empty or not all(c in pts for c in BACKGROUND):
+        return out
+    for (lo, hi), g in pts.groupby(list(BACKGROUND), sort=True):
+        if len(g) < 2 or g["id"].nunique() < 2:
+            continue
+        slope, intercept = np.polyfit(g["id"].to_numpy(float), g["ood"].to_numpy(float), 1)
+        out[_bg_key(lo, hi)] = (float(slope), float(intercept), len(g))
+    return out
+
+
+def _config_columns(df: pd.DataFrame, axes) -> list[str]:
+    """Columns named in `axes` (default: the label columns, i.e. string or categorical ones that
+    vary across configs), then KEPT_COLUMNS, each kept only where constant within every config."""
+    if axes is None:
+        ids = {"run_id", "config_id", "network_id", "grid", "scale", "experiment"}
+        axes = [c for c in df.columns if c not in ids and not pd.api.types.is_numeric_dtype(df[c])
+                and not pd.api.types.is_bool_dtype(df[c]) and df[c].nunique() > 1]
+    cols = [c for c in dict.fromkeys([*axes, *KEPT_COLUMNS]) if c in df]
+    g = df.groupby("config_id", observed=True)
+    return [c for c in cols if g[c].nunique(dropna=False).max() <= 1]
+
+
+def robustness_kept(runs: pd.DataFrame, line: dict, axes: list[str] | None = None) -> pd.DataFrame:
+    """Per config of the non-standard runs: how much of the teacher's effective robustness the student keeps.
+
+    A row per config_id (diverged runs left out) with the config's columns (`axes`, default the
+    label columns, then teacher, teacher_bias, activation, bg_train_low/high where constant
+    within the config), the run count `n`, the seed means of the four probe accuracies, and,
+    against the line (slope, intercept) of `line` (`baseline_line`) for the config's training
+    background: `teacher_adv` = teacher OOD accuracy above the line at its ID accuracy,
+    `student_adv` likewise for the student, and `kept` = student_adv / teacher_adv (NaN where
+    teacher_adv <= 0.01 or there is no line for the background).
+    """
+    df = _live(runs)
+    df = df[~_is_standard(df)]
+    cols = _config_columns(df, axes) if len(df) else []
+    agg = {c: (c, "first") for c in cols}
+    agg["n"] = ("config_id", "size")
+    agg.update({c: (c, "mean") for c in PROBE})
+    out = df.groupby("config_id", observed=True, sort=True).agg(**agg).reset_index()
+    if all(c in out for c in BACKGROUND):
+        fits = [line.get(_bg_key(lo, hi)) for lo, hi in zip(out[BACKGROUND[0]], out[BACKGROUND[1]])]
+    else:
+        fits = [next(iter(line.values())) if len(line) == 1 else None] * len(out)  # one background: its line
+    slope = np.array([f[0] if f else np.nan for f in fits], dtype=float)
+    intercept = np.array([f[1] if f else np.nan for f in fits], dtype=float)
+    out["teacher_adv"] = out["teacher_probe_ood_acc"] - (slope * out["teacher_probe_id_acc"] + intercept)
+    out["student_adv"] = out["student_probe_ood_acc"] - (slope * out["student_probe_id_acc"] + intercept)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out["kept"] = np.where(out["teacher_adv"] > MIN_ADVANTAGE, out["student_adv"] / out["teacher_adv"], np.nan)
+    return out
+
+
+def baseline_name(results: Results) -> str:
+    """The baseline's results directory name for `results`' scale: distill_baseline[-SCALE]."""
+    scale = results.manifest.get("scale")
+    return BASELINE_GRID + (f"-{scale}" if scale not in (None, "default") else "")
+
+
+def _data_key(df: pd.DataFrame, cols: list[str]) -> pd.Series:
+    def norm(v):
+        return float(v) if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) else str(v)
+    return pd.Series([tuple(norm(v) for v in row) for row in df[cols].itertuples(index=False)], index=df.index)
+
+
+def load_baseline(results: Results) -> pd.DataFrame | None:
+    """The standard networks' runs next to `results` (results/distill_baseline[-SCALE]) on the same data.
+
+    Rows whose (core_dim, bg_dim, input_dim, n_train, core) match those of a run in `results`
+    (columns absent from either table are not compared); None when the directory is absent or
+    holds no matching run.
+    """
+    path = results.path.parent / baseline_name(results)
+    if path.resolve() == results.path.resolve() or not path.is_dir() or not any((path / "runs").glob("*.parquet")):
+        return None
+    base = load(path).runs
+    cols = [c for c in DATA_COLUMNS if c in base and c in results.runs]
+    if cols:
+        base = base[_data_key(base, cols).isin(set(_data_key(results.runs, cols)))]
+    base = base[_is_standard(base)]
+    return base.reset_index(drop=True) if len(base) else None
+
+
+def _draw_baseline(ax, base: pd.DataFrame) -> None:
+    """The standard networks' seed-mean points (grey circles) and their fitted line per background."""
+    pts = baseline_points(base)
+    if pts.empty:
+        return
+    ax.scatter(pts["id"], pts["ood"], s=12, color="0.55", alpha=0.8, label="standard networks", zorder=2)
+    lines = baseline_line(base)
+    xs = np.array([0.45, 1.0])
+    for k, ((lo, hi), (slope, intercept, n)) in enumerate(lines.items()):
+        grey = "0.35" if len(lines) == 1 else str(0.25 + 0.4 * k / max(len(lines) - 1, 1))
+        ax.plot(xs, slope * xs + intercept, color=grey, lw=1.2, zorder=2,
+                label=f"standard fit, bg_train {range_label(lo, hi)}" if len(lines) > 1 else "standard fit")
+
+
 def effective_robustness_figure(runs: pd.DataFrame, facet: str | None = "core", hue: str | None = "activation",
-                                size: str | None = "width"):
+                                size: str | None = "width", baseline: pd.DataFrame | None = None):
     """OOD against ID probe accuracy: a point per config (seed mean, 95% CI bars), teacher and student.
 
     Students are coloured by `hue` (the student's activation: ReLU vs the linear control) and
     sized by `size`; teachers are black crosses. One panel per value of `facet`.
+
+    `baseline` (runs with teacher "standard", e.g. `load_baseline`'s) and the standard runs of
+    `runs` itself are drawn in every panel as grey circles (seed means) with their least-squares
+    line per training background (`baseline_line`): the line standard training follows. Where
+    the baseline has the panel's `facet` value, only those rows are drawn; otherwise all of them.
+    Runs that are all standard (the baseline grid itself) give just the points and lines.
     """
-    df = _live(runs)
-    missing = [c for c in PROBE if c not in df]
+    missing = [c for c in PROBE if c not in runs]
     if missing:
         raise ValueError(f"not a distill runs table: missing {', '.join(missing)}")
-    facets = _groups(df, facet)
+    everything = _live(runs)
+    standard = everything[_is_standard(everything)]
+    df = everything[~_is_standard(everything)]
+    parts = [b for b in (_live(baseline) if baseline is not None else None, standard) if b is not None and len(b)]
+    base = pd.concat(parts, ignore_index=True) if parts else None
+    if base is not None:
+        base = base[_is_standard(base)]
+    facets = _groups(df if len(df) or base is None else base, facet)
     hues = _groups(df, hue)
     sizes = values_of(df, size) if size and size in df else []
     fig = new_figure(4.0 * len(facets) + 2.6, 4.8)
     axes = fig.subplots(1, len(facets), squeeze=False)[0]
     colours = {h: f"C{i}" for i, h in enumerate(hues)}
     for ax, f in zip(axes, facets):
+        if base is not None:
+            fb = base[base[facet] == f] if f is not None and facet in base else base
+            _draw_baseline(ax, fb if len(fb) else base)
         sub = df if f is None else df[df[facet] == f]
         stats = sub.groupby("config_id", observed=True).agg(
             **{f"{c}_mean": (c, "mean") for c in PROBE}, **{f"{c}_std": (c, "std") for c in PROBE},
@@ -79,8 +239,9 @@ def effective_robustness_figure(runs: pd.DataFrame, facet: str | None = "core", 
             ax.scatter(part["student_probe_id_acc_mean"], part["student_probe_ood_acc_mean"], s=s,
                        color=colours[h], alpha=0.8, label=f"student, {hue} = {fmt_value(h)}" if h is not None
                        else "student")
-        ax.scatter(stats["teacher_probe_id_acc_mean"], stats["teacher_probe_ood_acc_mean"], marker="x", s=40,
-                   color="black", label="teacher", zorder=3)
+        if len(stats):
+            ax.scatter(stats["teacher_probe_id_acc_mean"], stats["teacher_probe_ood_acc_mean"], marker="x", s=40,
+                       color="black", label="teacher", zorder=3)
         ax.plot([0, 1], [0, 1], color="0.6", ls="--", lw=1, label="OOD = ID")
         ax.axhline(0.5, color="0.8", ls=":", lw=1)
         ax.set_xlim(0.45, 1.02)
@@ -93,8 +254,14 @@ def effective_robustness_figure(runs: pd.DataFrame, facet: str | None = "core", 
     note = f"marker size: {size}\n({', '.join(fmt_value(v) for v in sizes)})" if sizes else None
     axes[-1].legend(frameon=False, fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5), title=note,
                     title_fontsize=8)
-    fig.suptitle("Linear probes on teacher and distilled students\n"
-                 "a point per config: mean over seeds ± 95% CI")
+    if len(df):
+        title = "Linear probes on teacher and distilled students\na point per config: mean over seeds ± 95% CI"
+        if base is not None:
+            title += "; grey: standard networks trained on the labels and their line"
+    else:
+        title = ("Linear probes on standard networks\ntrained on the labels: a point per config\n"
+                 "(seed mean), a line per training background")
+    fig.suptitle(title)
     return fig
 
 

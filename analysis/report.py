@@ -12,7 +12,7 @@ import pandas as pd
 
 from .aggregate import aggregate
 from .curves import BG_PANELS, PAPER_PANELS, collapse_figure, collapse_score, curves_figure
-from .load import Results, attach
+from .load import Results, attach, range_label
 from .phase import diverged_note, line_figure, phase_figure, phase_table
 from .style import fmt, fmt_value, label, save, short
 
@@ -20,6 +20,7 @@ HEADLINE = ("id_acc", "ood_acc", "id_loss", "ood_loss", "bg_mean_proj", "contami
             "bg_grad_balance")
 DISTILL_HEADLINE = ("student_rep_err_id", "student_rep_err_ood", "teacher_probe_ood_acc", "student_probe_id_acc",
                     "student_probe_ood_acc", "bg_signed")
+BASELINE_HEADLINE = ("teacher_probe_id_acc", "teacher_probe_ood_acc")  # distill_baseline: standard networks only
 PHASE_METRICS = ("ood_acc", "ood_minus_id_loss", "bg_mean_proj")
 COLLAPSE_METRICS = ("bg_mean_proj", "ood_minus_id_loss")
 MAX_ROWS = 6  # more values than this on an axis: pool it rather than draw a row per value
@@ -68,14 +69,7 @@ def build_figures(results: Results) -> list[Panel]:
         out.append(Panel(f"metrics_vs_{axes[0]}", "Final metrics", f"final metrics against {axes[0]}",
                          line_figure(runs, axes[0])))
     if "student_probe_ood_acc" in runs:
-        from .distill import effective_robustness_figure, ood_gap_phase_figure
-        out.append(Panel("effective_robustness", "Distillation",
-                         "OOD against ID probe accuracy for the teacher and the distilled students "
-                         "(the paper's effective-robustness view)", effective_robustness_figure(runs)))
-        if {"width", "core_dim"} <= set(axes) | set(results.manifest.get("axis_columns", [])):
-            out.append(Panel("phase_student_ood_gap", "Distillation",
-                             "the student's OOD gap (probe accuracy ID minus OOD) over width × core_dim",
-                             ood_gap_phase_figure(runs)))
+        out += distill_panels(results, axes)
     if len(curves) and "step" in curves:
         hue = axes[0] if axes else None
         row = axes[1] if len(axes) >= 2 and curves[axes[1]].nunique() <= MAX_ROWS else None
@@ -104,6 +98,80 @@ def build_figures(results: Results) -> list[Panel]:
                              collapse_figure(c, collapse, averaged=_rest(axes, "lr", "width")),
                              collapse_note(c, collapse)))
     return out
+
+
+def _varies(results: Results, col: str, axes: list[str]) -> bool:
+    """`col` is a varying grid axis or a varying config column (e.g. set through a label axis)."""
+    named = col in axes or col in results.manifest.get("axis_columns", [])
+    return named and col in results.runs and results.runs[col].nunique(dropna=True) > 1
+
+
+def distill_panels(results: Results, axes: list[str]) -> list[Panel]:
+    """The distillation figures: effective robustness (against the distill_baseline line when its
+    results lie next to these) and phase diagrams of the student's OOD gap over the axes present."""
+    from .distill import STANDARD, effective_robustness_figure, load_baseline, ood_gap_phase_figure
+
+    runs = results.runs
+    standard_only = "teacher" in runs and bool((runs["teacher"].astype(str) == STANDARD).all())
+    if standard_only:  # the baseline grid itself: no student to speak of
+        return [Panel("effective_robustness", "Distillation",
+                      "OOD against ID probe accuracy of standard networks trained on the labels and the "
+                      "least-squares line per training background: the effective-robustness baseline of "
+                      "the distillation grids", effective_robustness_figure(runs))]
+    baseline = load_baseline(results)
+    out = [Panel("effective_robustness", "Distillation",
+                 "OOD against ID probe accuracy for the teacher and the distilled students "
+                 "(the paper's effective-robustness view)"
+                 + ("; grey: standard networks trained on the labels and their line" if baseline is not None else ""),
+                 effective_robustness_figure(runs, baseline=baseline), robustness_note(results, baseline))]
+    if _varies(results, "width", axes) and _varies(results, "core_dim", axes):
+        out.append(Panel("phase_student_ood_gap", "Distillation",
+                         "the student's OOD gap (probe accuracy ID minus OOD) over width × core_dim",
+                         ood_gap_phase_figure(runs)))
+    if _varies(results, "width", axes) and _varies(results, "teacher_bias", axes):
+        out.append(Panel("phase_student_ood_gap_teacher_bias_width", "Distillation",
+                         "the student's OOD gap (probe accuracy ID minus OOD) over width × teacher bias scale",
+                         ood_gap_phase_figure(runs, x="width", y="teacher_bias", facet=None)))
+        if "student_rep_err_ood" in runs:
+            out.append(Panel("phase_student_rep_err_ood_teacher_bias_width", "Distillation",
+                             "the student's OOD representation error over width × teacher bias scale",
+                             ood_gap_phase_figure(runs, x="width", y="teacher_bias", facet=None,
+                                                  metric="student_rep_err_ood")))
+    return out
+
+
+NO_BASELINE = ("No effective-robustness baseline found: run `make sweep GRID=distill_baseline` (same scale) "
+               "and report again.")
+
+
+def robustness_note(results: Results, baseline: pd.DataFrame | None) -> str:
+    """The markdown under the effective-robustness figure: per config, the teacher's and the student's
+    OOD accuracy above the standard networks' line and the share the student keeps."""
+    from .distill import baseline_line, baseline_name, baseline_points, robustness_kept
+
+    if baseline is None:
+        return NO_BASELINE
+    line = baseline_line(baseline)
+    n_cfg = len(baseline_points(baseline))
+    head = (f"Effective robustness: OOD probe accuracy above the line that standard networks "
+            f"({baseline_name(results)}, {n_cfg} configs) follow; `kept` is the share of the teacher's "
+            "advantage the student keeps.")
+    fits = "; ".join(f"bg_train {range_label(lo, hi)}: OOD = {fmt(a)} × ID {'+' if b >= 0 else '−'} {fmt(abs(b))} "
+                     f"({n} configs)" for (lo, hi), (a, b, n) in line.items())
+    labels = varying_axes(results) or [c for c in ("teacher", "teacher_bias", "activation") if c in results.runs]
+    kept = robustness_kept(results.runs, line, axes=labels)
+    labels = [c for c in labels if c in kept]
+    table = kept[labels].copy()
+    def signed(v: float) -> str:
+        return f"{round(v, 3) + 0.0:+.3f}" if np.isfinite(v) else "–"  # + 0.0: no "-0.000"
+
+    table["teacher adv"] = [signed(v) for v in kept["teacher_adv"]]
+    table["student adv"] = [signed(v) for v in kept["student_adv"]]
+    table["kept"] = [f"{100 * v:.0f}%" if np.isfinite(v) else "–" for v in kept["kept"]]
+    if labels:
+        table = table.sort_values(labels).reset_index(drop=True)
+    return "\n\n".join([head, "Lines: " + (fits or "none (fewer than two baseline configs per background)") + ".",
+                         _md_table(table)])
 
 
 COLLAPSE_HEADER = "Collapse score (spread at equal η t / m over spread at equal steps; below 1 collapses)"
@@ -143,6 +211,14 @@ def headline_table(runs: pd.DataFrame, axes: list[str], metrics=HEADLINE) -> pd.
     out["n"] = agg["n"]
     out["n_diverged"] = agg["n_diverged"]
     return out
+
+
+def _headline(runs: pd.DataFrame) -> tuple[str, ...]:
+    if "student_probe_ood_acc" not in runs:
+        return HEADLINE
+    if "teacher" in runs and (runs["teacher"].astype(str) == "standard").all():
+        return BASELINE_HEADLINE
+    return DISTILL_HEADLINE
 
 
 def _timing(manifest: dict) -> list[str]:
@@ -191,8 +267,7 @@ def render(results: Results, panels: list[tuple[Panel, list[Path]]], out_dir: Pa
     lines += ["## Headline table", "",
               "Final metrics per config: mean ± 95% confidence half-width (t distribution) over seeds; "
               "`n` runs entered the statistics, `n_diverged` diverged and were left out.", "",
-              _md_table(headline_table(runs, [a for a in results.axes if a in runs],
-                                       DISTILL_HEADLINE if "student_probe_ood_acc" in runs else HEADLINE)), ""]
+              _md_table(headline_table(runs, [a for a in results.axes if a in runs], _headline(runs))), ""]
     if summary_csv is not None:
         lines += [f"Every metric's mean, std, CI and counts per config: [{summary_csv.name}]"
                   f"({summary_csv.relative_to(out_dir).as_posix()}).", ""]

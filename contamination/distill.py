@@ -8,6 +8,13 @@
   core coordinates `<x, m_j>` (j in core) only, i.e. with the background projected out
   (full batch on the training set; the config's optimizer, loss, weight decay and momentum,
   at `teacher_lr` for `teacher_steps` steps; PyTorch-default init, biases if `bias`).
+  `teacher = "linear"`: the `core` teacher without the ReLU, `W_T x + b_T`, which a linear
+  student can represent exactly (with a linear core its probe reads the labels): the linear
+  student is then a control for the probe as well as for the error ratio.
+  `teacher = "standard"`: not OOD-robust by construction, the effective-robustness baseline:
+  trained as `trained` but on the whole input, background included (any network trained on the
+  labels); its probe accuracies, over widths (`rep_dim`) and `teacher_steps`, give the line of
+  OOD against ID accuracy that standard training follows.
 - Student `phi_S(x) = V act(W x + b) + c`: the config's two-layer network (width, activation,
   init, biases) with a linear read-out `V` (rep_dim x width) in place of the scalar output,
   random init, trained on ID inputs only (the config's batch mode and optimizer) to minimise
@@ -62,8 +69,10 @@ class Student(NamedTuple):
     c: jax.Array  # (rep_dim,) read-out bias
 
 
-def teacher_rep(t: Teacher, x: jax.Array) -> jax.Array:
-    return jax.nn.relu(x @ t.w.T + t.b)
+def teacher_rep(t: Teacher, x: jax.Array, linear: bool = False) -> jax.Array:
+    """phi_T(x) = ReLU(W_T x + b_T), or W_T x + b_T for the `linear` teacher."""
+    pre = x @ t.w.T + t.b
+    return pre if linear else jax.nn.relu(pre)
 
 
 def student_rep(p: Student, x: jax.Array, activation: str, slope: jax.Array, mask: jax.Array):
@@ -82,15 +91,21 @@ def core_teacher(key: jax.Array, M: jax.Array, core_dim: int, true_core: jax.Arr
     return Teacher(g @ M[:core_dim], bias_scale * n)
 
 
-def trained_teacher(key: jax.Array, s: Static, data: Data, true_core: jax.Array, traced: dict):
-    """A ReLU network of width rep_dim trained on labels from the core coordinates; its hidden layer.
+def trained_teacher(key: jax.Array, s: Static, data: Data, sizes, traced: dict):
+    """A ReLU network of width rep_dim trained on the labels; its hidden layer.
 
-    Returns the teacher and whether its training diverged.
+    `trained`: from the core coordinates only (the background projected out), so it cannot see
+    the background. `standard`: from the whole input, background included, as any network
+    trained on the labels (the effective-robustness baseline). Returns the teacher and whether
+    its training diverged.
     """
-    core = data.M[: s.core_dim]
-    z = data.train.x @ core.T  # the background projected out, in the core basis
+    if s.teacher == "standard":
+        basis, n_in, true_in = jnp.eye(s.input_dim), s.input_dim, sizes.d
+    else:
+        basis, n_in, true_in = data.M[: s.core_dim], s.core_dim, sizes.core
+    z = data.train.x @ basis.T  # the inputs in the teacher's coordinates
     rep = s.rep_dim
-    params = init_params(key, rep, s.core_dim, jnp.int32(rep), true_core, init="torch", output="train",
+    params = init_params(key, rep, n_in, jnp.int32(rep), true_in, init="torch", output="train",
                          bias=s.bias, init_scale=jnp.float32(1.0))
     trainable = Params(w=jnp.ones((rep, 1)), b=jnp.full((rep,), float(s.bias)), a=jnp.ones((rep,)),
                        c=jnp.asarray(float(s.bias)))
@@ -104,7 +119,7 @@ def trained_teacher(key: jax.Array, s: Static, data: Data, true_core: jax.Array,
     step = make_step(objective, tx, trainable, lambda t: (z, data.train.y))
     carry = train_for(step, init_carry(params, tx), s.teacher_steps)
     p = carry[0]
-    return Teacher(p.w @ core, p.b), carry[3]
+    return Teacher(p.w @ basis, p.b), carry[3]
 
 
 def init_student(key: jax.Array, s: Static, true_width: jax.Array, true_d: jax.Array, mask: jax.Array,
@@ -189,11 +204,12 @@ def make_distill_run(static: Static) -> Callable[[dict], dict]:
         data_key = jax.random.wrap_key_data(traced["data_key"], impl="threefry2x32")
         init_key = jax.random.wrap_key_data(traced["init_key"], impl="threefry2x32")
         k_teacher = jax.random.fold_in(data_key, TEACHER_STREAM)
-        if s.teacher == "core":
+        if s.teacher in ("core", "linear"):
             teacher = core_teacher(k_teacher, data.M, s.core_dim, sizes.core, s.rep_dim, traced["teacher_bias"])
             teacher_diverged = jnp.bool_(False)
         else:
-            teacher, teacher_diverged = trained_teacher(k_teacher, s, data, sizes.core, traced)
+            teacher, teacher_diverged = trained_teacher(k_teacher, s, data, sizes, traced)
+        linear_teacher = s.teacher == "linear"
 
         student = init_student(init_key, s, traced["true_width"], sizes.d, mask, traced["init_scale"])
         # Same masks as the classifier's: padded neurons never train; biases only with `bias`.
@@ -202,8 +218,8 @@ def make_distill_run(static: Static) -> Callable[[dict], dict]:
         train, test = data.train, data.test
         # One OOD set per evaluation variant; the teacher's representations of every set, once.
         oods = jax.vmap(lambda rng: ood_split(data, s.core_dim, sizes, rng).x)(traced["bg_ood"])
-        t_train, t_id = teacher_rep(teacher, train.x), teacher_rep(teacher, test.x)
-        t_oods = jax.vmap(lambda x: teacher_rep(teacher, x))(oods)
+        t_train, t_id = teacher_rep(teacher, train.x, linear_teacher), teacher_rep(teacher, test.x, linear_teacher)
+        t_oods = jax.vmap(lambda x: teacher_rep(teacher, x, linear_teacher))(oods)
         t_var = masked_mean(jnp.sum((t_id - test.mask @ t_id / jnp.sum(test.mask)) ** 2, axis=1), test.mask)
 
         def teacher_probe(ridge, t_ood):
@@ -251,7 +267,7 @@ def make_distill_run(static: Static) -> Callable[[dict], dict]:
 
         def objective(p: Student, batch):
             # Full batch: the teacher's targets are the precomputed t_train.
-            target = t_train if full_batch else teacher_rep(teacher, batch.x)
+            target = t_train if full_batch else teacher_rep(teacher, batch.x, linear_teacher)
             h, _ = student_rep(p, batch.x, s.activation, slope, mask)
             return masked_mean(jnp.mean((h - target) ** 2, axis=1), batch.mask)
 

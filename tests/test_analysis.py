@@ -322,6 +322,217 @@ def test_phase_marks_cells_that_under_fit_id():
     assert not _hatched(phase_figure(table, "lr", "width", "bg_mean_proj", "activation"))
 
 
+# --- distillation: effective-robustness baseline, teacher bias x width --------------------
+
+# Two training backgrounds, each with its own line of standard networks: OOD = slope * ID + intercept.
+LINES = {(0.0, 1.0): (0.8, -0.1), (-0.5, 0.5): (0.6, 0.2)}
+BACKGROUNDS = {"mean 0.5": (0.0, 1.0), "mean 0": (-0.5, 0.5)}
+DATA = {"core_dim": 8, "bg_dim": 8, "input_dim": 64, "n_train": 256}
+PROBE_COLS = ("teacher_probe_id_acc", "teacher_probe_ood_acc", "student_probe_id_acc", "student_probe_ood_acc")
+
+
+def _distill_row(run_id, config_id, seed, bg, **kw) -> dict:
+    lo, hi = BACKGROUNDS[bg]
+    row = {"run_id": run_id, "config_id": config_id, "seed": seed, "diverged": False, "grid": "distill",
+           "teacher": "core", "teacher_bias": 3.0, "width": 128, "rep_dim": 64, "teacher_steps": 300, **DATA,
+           "core": "relu", "online": False, "batch_size": 0, "optimizer": "adam", "activation": "relu",
+           "bg_train_low": lo, "bg_train_high": hi, "bg_ood_low": lo - 1, "bg_ood_high": hi - 1, "background": bg,
+           "student_rep_err_id": 0.1, "student_rep_err_ood": 0.3}
+    row.update(kw)
+    return row
+
+
+def _standard_runs(seeds=(0, 1), noise=1e-3, **kw) -> pd.DataFrame:
+    """distill_baseline-like runs: standard networks over rep_dim x teacher_steps x background on LINES."""
+    rng = np.random.default_rng(2)
+    rows = []
+    for bg, key in BACKGROUNDS.items():
+        slope, intercept = LINES[key]
+        for i, rep in enumerate((16, 64, 256)):
+            for j, steps in enumerate((50, 300, 2000)):
+                acc = 0.7 + 0.03 * i + 0.08 * j
+                for seed in seeds:
+                    t_id = acc + noise * rng.standard_normal()
+                    rows.append(_distill_row(
+                        f"std_{bg}_{rep}_{steps}_{seed}", f"std_{bg}_{rep}_{steps}", seed, bg, teacher="standard",
+                        teacher_bias=1.0, rep_dim=rep, teacher_steps=steps, width=16, teacher_probe_id_acc=t_id,
+                        teacher_probe_ood_acc=slope * t_id + intercept + noise * rng.standard_normal(),
+                        student_probe_id_acc=0.5, student_probe_ood_acc=0.5, **kw))
+    return pd.DataFrame(rows)
+
+
+def _on_line(key, acc, adv):
+    """(ID, OOD) accuracy `adv` above the line of background `key` at ID accuracy `acc`."""
+    slope, intercept = LINES[key]
+    return acc, slope * acc + intercept + adv
+
+
+KINDS = {"ReLU, bias 3": ("core", 3.0, "relu", 0.2, 0.1),  # teacher 0.2 above the line, student 0.1
+         "linear (linear core)": ("linear", 0.0, "linear", 0.0, 0.05)}  # teacher on the line
+
+
+def _controls_runs(seeds=(0, 1)) -> pd.DataFrame:
+    """distill_controls-like runs over teacher_kind x background: advantages known by construction."""
+    rows = []
+    for kind, (teacher, bias, core, t_adv, s_adv) in KINDS.items():
+        for bg, key in BACKGROUNDS.items():
+            t_id, t_ood = _on_line(key, 0.95, t_adv)
+            s_id, s_ood = _on_line(key, 0.9, s_adv)
+            for seed in seeds:
+                rows.append(_distill_row(f"{kind}_{bg}_{seed}", f"{kind}_{bg}", seed, bg, teacher=teacher,
+                                         teacher_bias=bias, core=core, teacher_kind=kind,
+                                         teacher_probe_id_acc=t_id, teacher_probe_ood_acc=t_ood,
+                                         student_probe_id_acc=s_id, student_probe_ood_acc=s_ood))
+    return pd.DataFrame(rows)
+
+
+def _write_results(path: Path, runs: pd.DataFrame, grid: str, axes: dict, scale: str = "default") -> Path:
+    (path / "runs").mkdir(parents=True)
+    runs.to_parquet(path / "runs" / "part-0.parquet")
+    axis_columns = [c for c in runs.columns if c in (*DATA, "teacher", "teacher_bias", "core", "width", "rep_dim",
+                                                     "teacher_steps", "bg_train_low", "bg_train_high", "bg_ood_low",
+                                                     "bg_ood_high", *axes) and runs[c].nunique() > 1]
+    (path / "manifest.json").write_text(json.dumps({
+        "grid": grid, "scale": scale, "preset": "distill", "seeds": sorted(runs["seed"].unique().tolist()),
+        "axes": axes, "axis_columns": axis_columns, "metrics": ["student_rep_err_id", "student_rep_err_ood",
+                                                                *PROBE_COLS]}))
+    return path
+
+
+def test_baseline_line_recovers_each_backgrounds_line():
+    from analysis.distill import baseline_line
+
+    runs = _standard_runs()
+    # Diverged runs and non-standard runs are left out, whatever their numbers.
+    junk = runs.iloc[:3].assign(diverged=True, teacher_probe_ood_acc=0.0)
+    junk["run_id"] += "_div"
+    other = _controls_runs()
+    line = baseline_line(pd.concat([runs, junk, other], ignore_index=True))
+    assert set(line) == set(LINES)
+    for key, (slope, intercept) in LINES.items():
+        got_slope, got_intercept, n = line[key]
+        assert n == 9
+        assert got_slope == pytest.approx(slope, abs=0.02) and got_intercept == pytest.approx(intercept, abs=0.02)
+    # One background with a single config has no line.
+    one = runs[(runs["bg_train_low"] == 0.0) | (runs["config_id"] == runs["config_id"].iloc[-1])]
+    assert set(baseline_line(one)) == {(0.0, 1.0)}
+
+
+def test_robustness_kept_is_the_students_share_of_the_teachers_advantage():
+    from analysis.distill import robustness_kept
+
+    line = {key: (slope, intercept, 9) for key, (slope, intercept) in LINES.items()}
+    runs = _controls_runs()
+    kept = robustness_kept(pd.concat([runs, _standard_runs()], ignore_index=True), line,
+                           axes=["teacher_kind", "background"])
+    assert len(kept) == len(KINDS) * len(BACKGROUNDS)  # the standard runs are not configs of this table
+    assert {"teacher_kind", "background", "teacher", "teacher_bias", "activation", "bg_train_low", "bg_train_high",
+            *PROBE_COLS, "teacher_adv", "student_adv", "kept"} <= set(kept.columns)
+    assert (kept["n"] == 2).all()
+    for row in kept.itertuples():
+        _, _, _, t_adv, s_adv = KINDS[row.teacher_kind]
+        slope, intercept = LINES[(row.bg_train_low, row.bg_train_high)]
+        assert row.teacher_adv == pytest.approx(row.teacher_probe_ood_acc - slope * row.teacher_probe_id_acc
+                                                - intercept)
+        assert row.teacher_adv == pytest.approx(t_adv, abs=1e-9) and row.student_adv == pytest.approx(s_adv, abs=1e-9)
+        if t_adv > 0.01:
+            assert row.kept == pytest.approx(row.student_adv / row.teacher_adv) and row.kept == pytest.approx(0.5)
+        else:
+            assert np.isnan(row.kept)
+    # No line for a background: NaN.
+    only = {(0.0, 1.0): line[(0.0, 1.0)]}
+    kept = robustness_kept(runs, only, axes=["teacher_kind", "background"])
+    relu = kept[kept["teacher_kind"] == "ReLU, bias 3"].set_index("background")
+    assert relu.loc["mean 0.5", "kept"] == pytest.approx(0.5) and np.isnan(relu.loc["mean 0", "kept"])
+
+
+CONTROL_AXES = {"background": list(BACKGROUNDS), "teacher_kind": list(KINDS)}
+BASELINE_AXES = {"rep_dim": [16, 64, 256], "teacher_steps": [50, 300, 2000], "background": list(BACKGROUNDS)}
+
+
+def test_distill_report_states_effective_robustness_against_the_baseline(tmp_path):
+    from analysis.distill import load_baseline
+    from analysis.report import NO_BASELINE
+
+    root = tmp_path / "results"
+    controls = load(_write_results(root / "distill_controls", _controls_runs(), "distill_controls", CONTROL_AXES))
+    # Without the sibling baseline: the figure and a line saying how to get one.
+    assert load_baseline(controls) is None
+    text = write_report(controls, tmp_path / "alone", formats=("png",)).read_text()
+    assert NO_BASELINE in text and "Effective robustness:" not in text
+    assert NO_BASELINE.startswith("No effective-robustness baseline found")
+    # A baseline at other data sizes does not count, and rows at other sizes are left out.
+    other = _standard_runs(core_dim=16).assign(teacher_probe_ood_acc=0.3)
+    other["config_id"] += "_d16"
+    other["run_id"] += "_d16"
+    _write_results(root / "distill_baseline", pd.concat([_standard_runs(), other], ignore_index=True),
+                   "distill_baseline", BASELINE_AXES)
+    base = load_baseline(controls)
+    assert base is not None and len(base) == 36 and (base["core_dim"] == 8).all()
+    assert load_baseline(dataclasses.replace(controls, manifest={**controls.manifest, "scale": "reference"})) is None
+    panels = {p.stem: p for p in build_figures(controls)}
+    note = panels["effective_robustness"].note
+    assert note.startswith("Effective robustness: OOD probe accuracy above the line that standard networks "
+                           "(distill_baseline, 18 configs) follow; `kept` is the share of the teacher's advantage "
+                           "the student keeps.")
+    for ax in panels["effective_robustness"].figure.axes:  # a panel per core (relu, linear): the baseline in each
+        labels = ax.get_legend_handles_labels()[1]
+        assert {"standard networks", "standard fit, bg_train [0, 1]", "standard fit, bg_train [-0.5, 0.5]",
+                "teacher"} <= set(labels), labels
+    text = write_report(controls, tmp_path / "with", formats=("png",)).read_text()
+    assert note in text and NO_BASELINE not in text
+    assert "| background | teacher_kind | teacher adv | student adv | kept |" in text
+    table = [line for line in note.splitlines() if line.startswith("| mean")]
+    assert len(table) == 4
+    assert sorted(r for r in table if "ReLU, bias 3" in r) == ["| mean 0 | ReLU, bias 3 | +0.200 | +0.100 | 50% |",
+                                                              "| mean 0.5 | ReLU, bias 3 | +0.200 | +0.100 | 50% |"]
+    # The linear teacher sits on the line: nothing to keep.
+    assert all(r.endswith("| +0.000 | +0.050 | – |") for r in table if "linear (linear core)" in r)
+    # The baseline's own report: the standard points and lines, no student parts, no note.
+    baseline = load(root / "distill_baseline")
+    panels = build_figures(baseline)
+    assert [p.stem for p in panels if p.section == "Distillation"] == ["effective_robustness"]
+    panel = next(p for p in panels if p.stem == "effective_robustness")
+    assert panel.note == "" and "baseline" in panel.caption
+    fig = panel.figure
+    labels = fig.axes[-1].get_legend_handles_labels()[1]
+    assert "standard networks" in labels and "teacher" not in labels and not any("student" in s for s in labels)
+    assert sum(s.startswith("standard fit, bg_train") for s in labels) == 2  # a line per background
+    text = write_report(baseline, tmp_path / "baseline", formats=("png",)).read_text()
+    header = next(line for line in text.splitlines() if line.startswith("| rep_dim"))
+    assert "teacher_probe_ood_acc" in header and "student" not in header
+
+
+def _bias_runs() -> pd.DataFrame:
+    rows = []
+    for bias in (0.0, 1.0, 3.0):
+        for width in (32, 64):
+            for seed in (0, 1):
+                rows.append(_distill_row(f"b{bias}_w{width}_{seed}", f"b{bias}_w{width}", seed, "mean 0.5",
+                                         teacher_bias=bias, width=width, teacher_probe_id_acc=0.95,
+                                         teacher_probe_ood_acc=0.9, student_probe_id_acc=0.95,
+                                         student_probe_ood_acc=0.9 - 0.05 * bias + 0.001 * width,
+                                         student_rep_err_ood=0.1 * bias))
+    return pd.DataFrame(rows).drop(columns=["background"])
+
+
+def test_teacher_bias_by_width_phase_panels(tmp_path):
+    res = load(_write_results(tmp_path / "distill_bias", _bias_runs(), "distill_bias",
+                              {"teacher_bias": [0.0, 1.0, 3.0], "width": [32, 64]}))
+    panels = {p.stem: p for p in build_figures(res)}
+    gap = panels["phase_student_ood_gap_teacher_bias_width"]
+    assert gap.section == "Distillation"
+    assert gap.caption == "the student's OOD gap (probe accuracy ID minus OOD) over width × teacher bias scale"
+    assert "phase_student_rep_err_ood_teacher_bias_width" in panels
+    assert "phase_student_ood_gap" not in panels  # core_dim is fixed
+    cells = [t.get_text() for t in gap.figure.axes[0].texts]
+    assert len(cells) == 6
+    # Not an axis pair of the controls grid (width fixed there): no such panel.
+    controls = load(_write_results(tmp_path / "distill_controls", _controls_runs(), "distill_controls",
+                                   CONTROL_AXES))
+    assert not any(s.startswith("phase_student") for s in (p.stem for p in build_figures(controls)))
+
+
 # --- diverged runs ---------------------------------------------------------------------
 
 def test_phase_diagram_states_diverged_runs(diverge):

@@ -1,8 +1,12 @@
 """Representation distillation, simulated (PAPER.md section 5): the claims at reduced sizes, 4 seeds.
 
-Sizes: d_core = d_bg = 16 in d = 128, n = 512, student width 256, rep_dim 64, core teacher
-(biases 3 N(0,1)), Adam at lr 2e-3 (twice the preset's, so the student fits ID within 3000
-full-batch steps). `python tests/test_distill.py` prints the measured numbers.
+Sizes (issue 12's): d_core = d_bg = 16 in d = 128, student width 256, rep_dim 64, core teacher
+(biases 3 N(0,1)), Adam at lr 2e-3 for 3000 steps (twice the preset's lr, so the student fits
+ID in time), on **fresh batches** of 512 ID inputs each step (the preset's population setting;
+n = 512 points for the probes). Background mean 0.5 ([0, 1] -> OOD [-1, 0]) against mean 0 at
+the same OOD shift ([-0.5, 0.5] -> [-1.5, -0.5]). The fixed-set rows (full batch on n = 512)
+are the over-fitting control. `python -m sweeps run distill_controls --scale reference` makes
+the README's table.
 """
 
 import json
@@ -19,11 +23,13 @@ from conftest import small
 
 SEEDS = range(4)
 SIZES = dict(width=256, core_dim=16, bg_dim=16, input_dim=128, n_train=512, n_test=512, steps=3000,
-             log_every=1000, lr=2e-3)
+             log_every=1000, lr=2e-3, online=True, batch_size=512)
+FIXED = dict(online=False, batch_size=0)
+ZERO_MEAN = dict(bg_train=[-0.5, 0.5], bg_ood=[-1.5, -0.5])  # the same OOD shift (-1) as [0, 1] -> [-1, 0]
 
 
-def run(**kw):
-    cfgs = [preset("distill", **{**SIZES, **kw}, seed=s) for s in SEEDS]
+def run(seeds=SEEDS, **kw):
+    cfgs = [preset("distill", **{**SIZES, **kw}, seed=s) for s in seeds]
     return simulate_batch(cfgs)["curves"]
 
 
@@ -37,58 +43,90 @@ def linear():
     return run(activation="linear", core="nonlinear")
 
 
+@pytest.fixture(scope="module")
+def zero_mean():
+    return run(activation="relu", core="nonlinear", **ZERO_MEAN)
+
+
 def last(curves, k):
     return curves[k][:, -1]
 
 
-def test_relu_student_fits_id_not_ood(relu):
+def ratio(curves):
+    return last(curves, "student_rep_err_ood") / last(curves, "student_rep_err_id")
+
+
+def test_distill_preset_trains_on_fresh_batches():
+    cfg = preset("distill")
+    assert cfg.online and cfg.batch_size > 0
+
+
+def test_background_mean_contaminates_the_relu_student(relu):
+    """Fresh data, background mean 0.5: the student fits the teacher ID and not OOD."""
     id_err, ood_err = last(relu, "student_rep_err_id"), last(relu, "student_rep_err_ood")
-    assert (id_err < 0.035).all(), id_err  # measured 0.015-0.020
-    assert (ood_err > 0.5).all(), ood_err  # measured 0.84-2.7
-    assert (ood_err > 20 * id_err).all(), (id_err, ood_err)
+    assert (id_err < 0.01).all(), id_err  # measured 0.002
+    assert (ratio(relu) >= 50).all(), (id_err, ood_err)  # measured 330-650x (seeds 0-1)
 
 
 def test_relu_student_probe_loses_ood_teacher_does_not(relu):
+    """The probe's OOD accuracy varies a lot across seeds (0.57-0.78 in seeds 0-1), so it is
+    tested on its mean; the teacher cannot see the background and keeps its probe."""
     t_id, t_ood = last(relu, "teacher_probe_id_acc"), last(relu, "teacher_probe_ood_acc")
     s_id, s_ood = last(relu, "student_probe_id_acc"), last(relu, "student_probe_ood_acc")
-    # The teacher cannot see the background: on the paired OOD set its representation is unchanged.
-    np.testing.assert_array_equal(t_ood, t_id)
-    assert (t_id > 0.9).all(), t_id  # measured 0.96-0.98
+    np.testing.assert_array_equal(t_ood, t_id)  # on the paired OOD set its representation is unchanged
+    assert (t_ood >= 0.95).all(), t_ood  # measured 0.96-0.98
     assert (s_id > 0.9).all(), s_id  # the student's probe matches the teacher's ID
-    assert (s_ood < t_ood).all(), (s_ood, t_ood)
-    assert s_ood.mean() < t_ood.mean() - 0.2, (s_ood, t_ood)  # measured: 0.67 vs 0.98
-    # Results version 1 had the probe at chance (0.50) in 3 of 4 seeds and checked `< 0.6` in 2;
-    # version 2's draws give 0.56-0.82 (Python 3.11, jax 0.10; 0.59-0.82 with jax 0.12), which
-    # fails that check under jax 0.12, so the check is now relative to the teacher: the student
-    # loses at least 0.15 of the teacher's OOD accuracy in 3 of 4 seeds (measured 0.16-0.41, all 4).
-    assert ((t_ood - s_ood) > 0.15).sum() >= 3, (s_ood, t_ood)
+    assert s_ood.mean() < t_ood.mean() - 0.1, (s_ood, t_ood)
+
+
+def test_zero_mean_background_at_the_same_shift_does_not_contaminate(zero_mean):
+    """Fresh data, zero-mean background moved by the same OOD shift: nothing to learn."""
+    assert (ratio(zero_mean) <= 3).all(), ratio(zero_mean)  # measured ~1
+    assert (last(zero_mean, "student_probe_ood_acc") >= 0.9).all()  # measured 0.97
+    assert (np.abs(last(zero_mean, "bg_mean_proj")) < 0.02).all()
+
+
+def test_fixed_set_zero_mean_is_over_fitting_not_contamination(zero_mean):
+    """On a fixed set of n = 512 the zero-mean row fails OOD too (issue 12's table: OOD error
+    2.5, probe 0.52), but through background weights of no consistent sign: a large `bg_norm`
+    with `bg_mean_proj` ~ 0. Fresh data remove it (the test above)."""
+    fixed = run(seeds=range(2), activation="relu", core="nonlinear", **ZERO_MEAN, **FIXED)
+    assert (last(fixed, "student_rep_err_ood") > 10 * last(zero_mean, "student_rep_err_ood")[:2]).all()
+    assert (last(fixed, "bg_norm") > 3 * last(zero_mean, "bg_norm")[:2]).all()  # incoherent background weights
+    assert (np.abs(last(fixed, "bg_mean_proj")) < 0.05).all()  # ... along no mean direction
 
 
 def test_student_background_weights_grow_teacher_has_none(relu):
-    bg0, bg1 = relu["bg_norm"][:, 0], relu["bg_norm"][:, -1]
-    assert (bg1 > 1.6 * bg0).all(), (bg0, bg1)  # measured ~2.2x
+    assert (last(relu, "bg_mean_proj") > 0.05).all()  # coherent: along the background mean
+    assert (relu["contaminated_frac"][:, -1] > 0.3).all()
     assert (relu["core_norm"][:, -1] > 3 * relu["core_norm"][:, 0]).all()
     assert (np.abs(relu["teacher_bg_norm"]) < 1e-4).all()
     assert (relu["teacher_core_norm"] > 1.0).all()
 
 
 def test_linear_student_control(relu, linear):
-    """A linear student cannot fit the ReLU teacher, but its OOD error stays near its ID error.
-
-    Near, not at: on this fixed training set (n = 512) the linear student also fits sample noise
-    through background coordinates (weights of no consistent sign: `bg_signed` ~ 0), i.e. it
-    over-fits (PAPER.md 4.2). Results version 2 (seeds 0-3) gives OOD / ID error 1.25-1.76 (the
-    bound was 1.5 under version 1's draws, where it measured below 1.3); the ReLU student's ratio
-    is ~90. Separating the two effects with fresh data is issue 12.
-    """
+    """A linear student cannot fit the ReLU teacher, but with fresh data its OOD error equals
+    its ID error (no contamination, no over-fitting)."""
     id_err, ood_err = last(linear, "student_rep_err_id"), last(linear, "student_rep_err_ood")
     assert (id_err > 0.05).all(), id_err
-    assert (ood_err < 2.0 * id_err).all(), (id_err, ood_err)
-    relu_ratio = last(relu, "student_rep_err_ood") / last(relu, "student_rep_err_id")
-    assert (relu_ratio > 10 * ood_err / id_err).all()
-    assert (np.abs(last(linear, "bg_signed")) < 0.3 * last(relu, "bg_signed")).all()  # measured < 0.11x
+    assert (ood_err < 1.5 * id_err).all(), (id_err, ood_err)
+    assert (ratio(relu) > 20 * ood_err / id_err).all()
+    assert (np.abs(last(linear, "bg_mean_proj")) < 0.2 * last(relu, "bg_mean_proj")).all()
     # a linear map of the inputs cannot separate the radius-coded classes: its probe is at chance
     assert (np.abs(last(linear, "student_probe_id_acc") - 0.5) < 0.1).all()
+
+
+def test_linear_teacher_is_a_control_that_fits():
+    """`teacher = "linear"` on a linear core: the linear student represents it exactly, its probe
+    reads the labels OOD as the teacher's does, while a ReLU student of the same teacher is
+    contaminated (so the linear student controls the probe as well as the error ratio)."""
+    kw = dict(seeds=range(2), teacher="linear", core="linear")
+    lin, rel = run(activation="linear", **kw), run(activation="relu", **kw)
+    assert (last(lin, "student_rep_err_ood") < 0.01).all(), last(lin, "student_rep_err_ood")
+    assert (last(lin, "student_probe_ood_acc") >= last(lin, "teacher_probe_ood_acc") - 0.02).all()
+    assert (last(lin, "teacher_probe_ood_acc") > 0.95).all()
+    assert (last(rel, "student_rep_err_ood") > 10 * last(lin, "student_rep_err_ood") + 0.05).all()
+    assert (last(rel, "student_probe_ood_acc") < last(lin, "student_probe_ood_acc")).all()
 
 
 def test_trained_teacher_cannot_see_background():
@@ -98,6 +136,16 @@ def test_trained_teacher_cannot_see_background():
     assert (c["teacher_probe_id_acc"] > 0.9).all(), c["teacher_probe_id_acc"]
     np.testing.assert_array_equal(c["teacher_probe_ood_acc"], c["teacher_probe_id_acc"])
     assert (np.abs(c["teacher_bg_norm"]) < 1e-4).all()
+
+
+def test_standard_teacher_sees_the_background():
+    """`teacher = "standard"` (the effective-robustness baseline): trained on the whole input, it
+    learns background weights, and its probe loses accuracy OOD where the trained teacher's does not."""
+    cfgs = [preset("distill", **{**SIZES, "steps": 1, "log_every": 1, "teacher": "standard"}, seed=s) for s in (0, 1)]
+    c = simulate_batch(cfgs)["curves"]
+    assert (c["teacher_probe_id_acc"] > 0.9).all(), c["teacher_probe_id_acc"]
+    assert (c["teacher_bg_norm"] > 0.05).all(), c["teacher_bg_norm"]
+    assert (c["teacher_probe_ood_acc"] < c["teacher_probe_id_acc"]).all()
 
 
 def test_padded_distill_equals_unpadded():
@@ -124,7 +172,7 @@ def test_classify_ids_and_outputs_unchanged_by_distill_fields():
 
 @pytest.mark.parametrize("field,value,needle", [
     ("experiment", "regress", "experiment: unknown value 'regress'; allowed: classify, distill"),
-    ("teacher", "clip", "teacher: unknown value 'clip'; allowed: core, trained"),
+    ("teacher", "clip", "teacher: unknown value 'clip'; allowed: core, trained, linear, standard"),
     ("rep_dim", 0, "rep_dim: must be a positive integer"),
     ("teacher_steps", -1, "teacher_steps: must be a positive integer"),
     ("teacher_bias", -1.0, "teacher_bias: must be >= 0"),
