@@ -151,15 +151,31 @@ def robustness_note(results: Results, baseline: pd.DataFrame | None) -> str:
 
     if baseline is None:
         return NO_BASELINE
-    line = baseline_line(baseline)
     n_cfg = len(baseline_points(baseline))
     head = (f"Effective robustness: OOD probe accuracy above the line that standard networks "
             f"({baseline_name(results)}, {n_cfg} configs) follow; `kept` is the share of the teacher's "
-            "advantage the student keeps.")
-    fits = "; ".join(f"bg_train {range_label(lo, hi)}: OOD = {fmt(a)} × ID {'+' if b >= 0 else '−'} {fmt(abs(b))} "
-                     f"({n} configs)" for (lo, hi), (a, b, n) in line.items())
+            "advantage the student keeps. Lines are fitted per core type and training background; `–` "
+            "where a probe's ID accuracy lies more than 0.02 below the standard networks' ID range (no "
+            "extrapolation) or the teacher is not above the line.")
     labels = varying_axes(results) or [c for c in ("teacher", "teacher_bias", "activation") if c in results.runs]
-    kept = robustness_kept(results.runs, line, axes=labels)
+    runs = results.runs
+    cores = (list(dict.fromkeys(runs["core"].astype(str))) if "core" in runs and "core" in baseline else [None])
+    fits, parts = [], []
+    for core in cores:
+        base = baseline if core is None else baseline[baseline["core"].astype(str) == core]
+        mine = runs if core is None else runs[runs["core"].astype(str) == core]
+        line = baseline_line(base)
+        fits += [(f"{core} core, " if core else "") + f"bg_train {range_label(lo, hi)}: OOD = {fmt(a)} × ID "
+                 f"{'+' if b >= 0 else '−'} {fmt(abs(b))} ({n} configs)" for (lo, hi), (a, b, n) in line.items()]
+        part = robustness_kept(mine, line, axes=labels)
+        pts = baseline_points(base)
+        if len(pts) and len(part):
+            low = float(pts["id"].min()) - 0.02  # below the standard networks' ID range: no extrapolation
+            outside = (part["student_probe_id_acc"] < low) | (part["teacher_probe_id_acc"] < low)
+            part.loc[outside, "kept"] = np.nan
+        parts.append(part)
+    kept = pd.concat(parts, ignore_index=True)
+    fits = "; ".join(fits)
     labels = [c for c in labels if c in kept]
     table = kept[labels].copy()
     def signed(v: float) -> str:
