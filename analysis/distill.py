@@ -37,11 +37,42 @@ POOLABLE = ("activation", "teacher", "teacher_bias", "rep_dim", "width", "core_d
             "features", "lr", "steps")
 
 
+ERR_RATIO = "student_err_ratio_log10"
+# Which cells fail OOD (the first two) and with what background signature: a coherent drift along
+# the background mean (`bg_mean_proj`, contamination) or large weights of no consistent sign
+# (`bg_norm` with `bg_mean_proj` ~ 0, over-fitting).
+SIGNATURE = (ERR_RATIO, GAP, "bg_mean_proj", "bg_norm")
+
+
 def with_gap(runs: pd.DataFrame) -> pd.DataFrame:
-    """`runs` with `student_ood_gap` = student probe accuracy ID minus OOD (and the teacher's)."""
+    """`runs` with `student_ood_gap` = student probe accuracy ID minus OOD (and the teacher's), and
+    `student_err_ratio_log10` = log10 of the student's OOD over ID representation error."""
     out = runs.copy()
     out[GAP] = out["student_probe_id_acc"] - out["student_probe_ood_acc"]
     out["teacher_ood_gap"] = out["teacher_probe_id_acc"] - out["teacher_probe_ood_acc"]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out[ERR_RATIO] = np.log10(out["student_rep_err_ood"] / out["student_rep_err_id"])
+    return out
+
+
+def signature_figures(runs: pd.DataFrame, x: str, y: str, facet: str | None = None) -> list[tuple[str, object]]:
+    """Phase diagrams over `x` x `y` (by `facet`) of SIGNATURE for the ReLU students (the linear
+    control, where the grid has one, would be pooled in otherwise): which cells fail OOD and whether
+    their background weights drift along the mean or are merely large. [(metric, figure)]."""
+    df = with_gap(runs)
+    df = df[~_is_standard(df)]
+    if "activation" in df and df["activation"].nunique() > 1:
+        df = df[df["activation"].astype(str) == "relu"]
+    cells = [c for c in (facet, y, x) if c]
+    averaged = [c for c in df.columns if c in POOLABLE + ("training", "teacher_kind", "data", "background")
+                and c not in cells and df.groupby(cells, observed=True)[c].nunique().max() > 1]
+    out = []
+    for m in SIGNATURE:
+        if m not in df:
+            continue
+        title = f"{m} over {x} × {y}" + (f", by {facet}" if facet else "") + ", ReLU students"
+        out.append((m, phase_figure(phase_table(df, x, y, m, facet), x, y, m, facet, averaged=averaged,
+                                    title=title)))
     return out
 
 

@@ -124,6 +124,19 @@ def distill_panels(results: Results, axes: list[str]) -> list[Panel]:
                  "(the paper's effective-robustness view)"
                  + ("; grey: standard networks trained on the labels and their line" if baseline is not None else ""),
                  effective_robustness_figure(runs, baseline=baseline), robustness_note(results, baseline))]
+    if len(axes) >= 2:
+        from .distill import signature_figures
+
+        x, y = axes[0], axes[1]
+        facet = axes[2] if len(axes) >= 3 else None
+        words = {"student_err_ratio_log10": "log10 of the student's OOD / ID representation error (which cells fail)",
+                 "student_ood_gap": "the student's probe accuracy ID minus OOD",
+                 "bg_mean_proj": "the drift along the background mean (coherent: contamination)",
+                 "bg_norm": "the background weights' norm (large with bg_mean_proj ~ 0: over-fitting)"}
+        for m, fig in signature_figures(runs, x, y, facet):
+            out.append(Panel(f"signature_{m}_{x}_{y}" + (f"_by_{facet}" if facet else ""), "Distillation",
+                             f"{words.get(m, m)}, ReLU students, over {x} × {y}" + (f", by {facet}" if facet else ""),
+                             fig))
     if _varies(results, "width", axes) and _varies(results, "core_dim", axes):
         out.append(Panel("phase_student_ood_gap", "Distillation",
                          "the student's OOD gap (probe accuracy ID minus OOD) over width × core_dim",

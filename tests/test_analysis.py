@@ -590,3 +590,31 @@ def test_cli_report_by_name_and_unknown_name(results_root):
     assert any((results_root / "tiny" / "figures").glob("*.svg"))
     out = _cli("report", "nope", cwd=results_root.parent)
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and "diverge, tiny" in out.stderr
+
+
+def test_distill_signature_figures_show_failure_and_background_signature():
+    """Which cells fail OOD (log10 OOD/ID error ratio, probe gap) and with what background signature
+    (bg_mean_proj coherent, bg_norm incoherent), for the ReLU students only."""
+    from analysis.distill import ERR_RATIO, signature_figures, with_gap
+
+    rows = []
+    for data in ("fixed n", "fresh batches"):
+        for bg in ("mean 0.5", "mean 0"):
+            for act in ("relu", "linear"):
+                for seed in (0, 1):
+                    ratio = 100.0 if (data, bg) == ("fresh batches", "mean 0.5") and act == "relu" else 2.0
+                    rows.append(dict(run_id=f"{data}{bg}{act}{seed}", config_id=f"{data}{bg}{act}", seed=seed,
+                                     data=data, background=bg, activation=act, teacher="core", diverged=False,
+                                     student_rep_err_id=0.01, student_rep_err_ood=0.01 * ratio,
+                                     student_probe_id_acc=0.99, student_probe_ood_acc=0.7 if ratio > 10 else 0.98,
+                                     teacher_probe_id_acc=0.99, teacher_probe_ood_acc=0.99,
+                                     bg_mean_proj=0.2 if ratio > 10 else 0.0, bg_norm=0.3))
+    runs = pd.DataFrame(rows)
+    np.testing.assert_allclose(with_gap(runs)[ERR_RATIO], np.log10(runs["student_rep_err_ood"] / 0.01))
+    figs = dict(signature_figures(runs, "data", "background"))
+    assert set(figs) == {ERR_RATIO, "student_ood_gap", "bg_mean_proj", "bg_norm"}
+    for fig in figs.values():
+        assert "ReLU students" in fig._suptitle.get_text()
+    # the linear students (ratio 2 everywhere) are not pooled in: the failing cell reads log10(100) = 2
+    firsts = sorted(float(t.get_text().split("\n")[0]) for ax in figs[ERR_RATIO].axes for t in ax.texts)
+    np.testing.assert_allclose(firsts, [np.log10(2)] * 3 + [2.0], rtol=1e-3)
