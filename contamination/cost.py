@@ -62,7 +62,12 @@ def memory_bytes(s: Static) -> int:
     minibatch = s.batch_size and not s.online
     # (full batch: + 0.25 for the classifier's gates and per-sample gradients of bg_grad_balance)
     grad_balance = 0.25 if s.experiment == "classify" else 0.0
-    acts = (1.5 + grad_balance) * n_eval * m if full_batch else (1.8 if minibatch else 2.75) * n_eval * m + 2 * nb * m
+    if s.experiment == "distill":  # no classifier metrics on the training set
+        acts = 1.5 * n_eval * m if full_batch else 1.2 * n_eval * m + 2 * nb * m
+    elif full_batch:
+        acts = (1.5 + grad_balance) * n_eval * m
+    else:
+        acts = (1.8 if minibatch else 2.75) * n_eval * m + 2 * nb * m
     n_metrics = len(METRICS)
     if s.experiment == "distill":
         p = s.rep_dim

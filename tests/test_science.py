@@ -112,6 +112,7 @@ def test_zero_mean_background_at_the_same_shift_does_not_contaminate():
     assert (c["act_asym"][:, -1] > c["act_asym"][:, 0] + 0.15).all()
 
 
+@pytest.mark.slow
 def test_smooth_activations_contaminate_more_than_linear():
     """activation_vs_shift's setting (toy preset: non-linear core, logistic, AdamW, trainable
     output): GELU, sigmoid and tanh drift along the background mean in a large share of
