@@ -11,9 +11,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow  # 80-90 s of benchmark in a subprocess: in `make test-all`, to keep `make test` under 15 min
 def test_bench_quick_ratios(tmp_path):
     out = tmp_path / "bench.json"
     res = subprocess.run([sys.executable, "benchmarks/bench.py", "--quick", "--json", str(out)],
