@@ -284,12 +284,15 @@ def test_distill_figures_and_report(engine_out):
 
 @pytest.mark.slow
 def test_preset_sizes_relu_vs_linear():
-    """The preset untouched but for width (256) and activation: PAPER.md section 5's quick check."""
+    """The preset untouched but for width (256) and activation: PAPER.md section 5's quick check.
+    Fresh batches (the preset since results version 3), seeds 0-2: ReLU student ID error
+    0.003-0.006, OOD error 0.96-1.20 (the fixed-set preset's 2.5 +- 1.2 was partly over-fitting)."""
     def at(**kw):
         return simulate_batch([preset("distill", width=256, log_every=5000, seed=s, **kw) for s in range(3)])["final"]
 
     r, lin = at(), at(activation="linear")
-    assert (r["student_rep_err_id"] < 0.035).all() and (r["student_rep_err_ood"] > 1.0).all()
+    assert (r["student_rep_err_id"] < 0.035).all() and (r["student_rep_err_ood"] > 0.5).all()
+    assert (r["student_rep_err_ood"] > 50 * r["student_rep_err_id"]).all()
     assert (r["student_probe_ood_acc"] < r["teacher_probe_ood_acc"] - 0.05).all()
     assert (lin["student_rep_err_ood"] < 1.5 * lin["student_rep_err_id"]).all()
 

@@ -144,8 +144,11 @@ def test_theory_preset_unfolds_over_many_logged_points():
 def test_theory_preset_relu_vs_linear():
     """The paper's own setting (online SGD, no biases, N(0,1/d), d = d0^2.5); the linear
     network at zero weight decay, so that staying at init scale is cancellation, not shrinkage."""
-    relu = run("theory")
-    lin = run("theory", activation="linear", weight_decay=0.0)
+    def theory(**kw):  # the preset's own sizes and learning rate (not this module's SIZES)
+        return simulate_batch([preset("theory", seed=s, **kw) for s in SEEDS])["curves"]
+
+    relu = theory()
+    lin = theory(activation="linear", weight_decay=0.0)
     assert (relu["bg_mean_proj"][:, -1] > 0.3).all() and (relu["ood_loss"][:, -1] > 0.5).all()
     assert (relu["id_loss"][:, -1] < 0.1).all()
     assert (relu["contaminated_frac"][:, -1] > 0.5).all()
