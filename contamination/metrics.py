@@ -68,12 +68,16 @@ def range_mean(rng: jax.Array) -> jax.Array:
     return 0.5 * (rng[..., 0] + rng[..., 1])
 
 
+def mean_sign(bg_train: jax.Array) -> jax.Array:
+    """The sign of the training background mean (+1 for a zero mean)."""
+    return jnp.where(range_mean(bg_train) < 0, -1.0, 1.0)
+
+
 def bg_direction(M: jax.Array, core_dim: int, true_bg: jax.Array, bg_train: jax.Array) -> jax.Array:
     """The unit direction of the training background mean in input space, (d,): every background
     coefficient has the same mean, so it is sum_j m_j / sqrt(d_bg), signed as the mean (a
     zero-mean background takes the + sign)."""
-    sign = jnp.where(range_mean(bg_train) < 0, -1.0, 1.0)
-    return sign * jnp.sum(M[core_dim:], axis=0) / jnp.sqrt(true_bg.astype(jnp.float32))
+    return mean_sign(bg_train) * jnp.sum(M[core_dim:], axis=0) / jnp.sqrt(true_bg.astype(jnp.float32))
 
 
 def mean_direction_projections(w: jax.Array, u: jax.Array) -> jax.Array:
@@ -96,8 +100,7 @@ def mean_direction_metrics(w: jax.Array, u: jax.Array, spread0: jax.Array, mask:
     p = mean_direction_projections(w, u)
     # The mean moves by (ood mean - train mean) on each of d_bg coefficients: sqrt(d_bg) times
     # that along the unit direction (whose sign follows the training mean).
-    sign = jnp.where(range_mean(bg_train) < 0, -1.0, 1.0)
-    delta = (range_mean(bg_ood) - range_mean(bg_train)) * jnp.sqrt(true_bg.astype(jnp.float32)) * sign
+    delta = (range_mean(bg_ood) - range_mean(bg_train)) * jnp.sqrt(true_bg.astype(jnp.float32)) * mean_sign(bg_train)
     shift_rms = jax.vmap(lambda dl: jnp.sqrt(masked_mean((p * dl) ** 2, mask)))(delta)
     return {
         "bg_mean_proj": masked_mean(p, mask),
@@ -132,10 +135,12 @@ def split_metrics(params, split: Split, activation, slope, mask, loss):
 
 
 def evaluate(params: Params, data: Data, *, core_dim: int, sizes: Sizes, bg_train: jax.Array, bg_ood: jax.Array,
-             spread0: jax.Array, activation: str, loss: str, slope: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
+             u: jax.Array, spread0: jax.Array, activation: str, loss: str, slope: jax.Array,
+             mask: jax.Array) -> dict[str, jax.Array]:
     """All of METRICS for one network on one dataset, each (n_evals,): one per OOD range of `bg_ood`.
 
-    `spread0` is `init_spread` of the network's step-0 weights (for `contaminated_frac`).
+    `u` is `bg_direction` of the run and `spread0` `init_spread` of its step-0 weights along it
+    (both fixed for the run: computed once, not at every measurement).
     """
     train_loss, _, _, f_train, pre_train = split_metrics(params, data.train, activation, slope, mask, loss)
     id_loss, id_acc, id_margin, _, pre = split_metrics(params, data.test, activation, slope, mask, loss)
@@ -144,7 +149,6 @@ def evaluate(params: Params, data: Data, *, core_dim: int, sizes: Sizes, bg_trai
         return split_metrics(params, ood_split(data, core_dim, sizes, rng), activation, slope, mask, loss)[:3]
 
     ood_loss, ood_acc, ood_margin = jax.vmap(ood)(bg_ood)
-    u = bg_direction(data.M, core_dim, sizes.bg, bg_train)
     out = {
         "train_loss": train_loss, "id_loss": id_loss, "id_acc": id_acc, "ood_loss": ood_loss,
         "ood_acc": ood_acc, "id_margin": id_margin, "ood_margin": ood_margin,

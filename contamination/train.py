@@ -181,7 +181,7 @@ def make_training(s: Static, traced: dict):
     tx = make_optimizer(s.optimizer, traced["lr"], traced["weight_decay"], traced["momentum"])
     u = bg_direction(data.M, s.core_dim, setup.sizes.bg, traced["bg_train"])
     evaluate_md = functools.partial(evaluate, data=data, core_dim=s.core_dim, sizes=setup.sizes,
-                                    bg_train=traced["bg_train"], bg_ood=traced["bg_ood"],
+                                    bg_train=traced["bg_train"], bg_ood=traced["bg_ood"], u=u,
                                     spread0=init_spread(params.w, u, mask), activation=s.activation, loss=s.loss,
                                     slope=slope, mask=mask)
 

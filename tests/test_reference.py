@@ -58,7 +58,7 @@ def test_mechanism_metrics_match_numpy_reference(activation, slope, loss, bg_tra
     params = p0._replace(w=p0.w + jnp.asarray(bump, jnp.float32))
     u = bg_direction(data.M, cfg.core_dim, setup.sizes.bg, jnp.asarray(bg_train, jnp.float32))
     ours = evaluate(params, data, core_dim=cfg.core_dim, sizes=setup.sizes, bg_train=jnp.asarray(bg_train),
-                    bg_ood=jnp.asarray([cfg.bg_ood]), spread0=init_spread(p0.w, u, setup.mask), activation=activation,
+                    bg_ood=jnp.asarray([cfg.bg_ood]), u=u, spread0=init_spread(p0.w, u, setup.mask), activation=activation,
                     loss=loss, slope=jnp.float32(slope), mask=setup.mask)
     ref = mechanism_metrics(params.w, params.b, params.a, params.c, p0.w, data.M, cfg.core_dim, bg_train, cfg.bg_ood,
                             data.train.x, data.train.y, data.test.x, data.test.y, activation=activation, loss=loss,
