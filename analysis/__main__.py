@@ -1,6 +1,7 @@
 """Command line: `python -m analysis report|phase|curves|table NAME_OR_DIR [options]`.
 
-NAME means results/NAME; a path to an existing directory is used as-is. User mistakes
+NAME means results/NAME; a path to an existing directory, or gs://BUCKET/PREFIX or
+s3://BUCKET/PREFIX (an object store, see sweeps/storage.py), is used as-is. User mistakes
 (unknown directory, axis, metric or value) are one line on stderr and exit status 2.
 """
 
@@ -8,7 +9,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
+
+from sweeps.storage import Location, StorageError, location, staged
 
 from .load import AnalysisError, axis_names, load
 from .select import check_axis, check_metric, parse_where, select
@@ -18,11 +20,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m analysis", description="Aggregate and plot sweep results.")
     sub = p.add_subparsers(dest="command", required=True)
     sp = sub.add_parser("report", help="figures (png + svg), summary.csv and report.md for a results directory")
-    sp.add_argument("results", help="NAME (results/NAME) or a results directory")
+    sp.add_argument("results", help="NAME (results/NAME), a results directory, or gs://... / s3://...")
     sp.add_argument("--out", default=None, help="write here instead of the results directory")
 
     sp = sub.add_parser("phase", help="a heatmap of one metric over two axes (faceted over a third)")
-    sp.add_argument("results", help="NAME (results/NAME) or a results directory")
+    sp.add_argument("results", help="NAME (results/NAME), a results directory, or gs://... / s3://...")
     sp.add_argument("--x", required=True, help="axis across")
     sp.add_argument("--y", required=True, help="axis up")
     sp.add_argument("--metric", default="ood_acc", help="metric to colour by (default ood_acc)")
@@ -34,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--csv", default=None, help="also write the aggregated table behind the figure")
 
     sp = sub.add_parser("curves", help="training curves: seed means with 95%% CI bands against steps")
-    sp.add_argument("results", help="NAME (results/NAME) or a results directory")
+    sp.add_argument("results", help="NAME (results/NAME), a results directory, or gs://... / s3://...")
     sp.add_argument("--panel", action="append", default=None, metavar="M1,M2",
                     help="metrics of one panel, comma-separated (repeatable; default id_loss,ood_loss and "
                          "core_norm,bg_norm)")
@@ -48,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", default=None, help="figure file; default DIR/figures/curves_<metrics>.png")
 
     sp = sub.add_parser("table", help="print (or --csv write) final metrics aggregated over seeds")
-    sp.add_argument("results", help="NAME (results/NAME) or a results directory")
+    sp.add_argument("results", help="NAME (results/NAME), a results directory, or gs://... / s3://...")
     sp.add_argument("--by", default=None, help="comma-separated axes to group by (default: every grid axis)")
     sp.add_argument("--metrics", default=None, help="comma-separated metrics (default: all)")
     sp.add_argument("--csv", default=None, help="write the table here instead of printing it")
@@ -59,17 +61,31 @@ def _report(args) -> int:
     from .report import write_report
 
     res = load(args.results)
-    report = write_report(res, Path(args.out) if args.out else None)
-    figs = sorted((report.parent / "figures").glob("*.*"))
-    print(f"figures: {report.parent / 'figures'} ({len(figs)} files)")
+    report = write_report(res, args.out)
+    figures = location(report).parent / "figures"
+    print(f"figures: {figures} ({len(figures.files())} files)")
     print(f"report:  {report}")
     return 0
+
+
+def _write_figure(fig, out: Location) -> Location:
+    """Save one figure (format from the suffix) at a local path or an object-store location."""
+    from .style import save_as
+
+    with staged(out.parent) as d:
+        save_as(fig, d / out.name)
+    return out
+
+
+def _write_csv(table, where: str) -> None:
+    out = location(where)
+    with staged(out.parent) as d:
+        table.to_csv(d / out.name, index=False)
 
 
 def _phase(args) -> int:
     from .phase import phase_figure, phase_table
     from .report import phase_stem
-    from .style import save_as
 
     res = load(args.results)
     axes = axis_names(res)
@@ -85,11 +101,10 @@ def _phase(args) -> int:
     averaged = [a for a in grid_axes if a not in (*named, *where) and runs[a].nunique() > 1]
     table = phase_table(runs, x, y, metric, facet)
     fig = phase_figure(table, x, y, metric, facet, averaged=averaged, where=where)
-    out = Path(args.out) if args.out else res.path / "figures" / f"{phase_stem(metric, x, y, facet)}.png"
-    print(f"figure: {save_as(fig, out)}")
+    out = location(args.out) if args.out else res.location / "figures" / f"{phase_stem(metric, x, y, facet)}.png"
+    print(f"figure: {_write_figure(fig, out)}")
     if args.csv:
-        Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
-        table.to_csv(args.csv, index=False)
+        _write_csv(table, args.csv)
         print(f"table:  {args.csv}")
     n_div = int(table["n_diverged"].sum())
     if n_div:
@@ -100,7 +115,6 @@ def _phase(args) -> int:
 def _curves(args) -> int:
     from .curves import PAPER_PANELS, collapse_figure, curves_figure
     from .load import attach
-    from .style import save_as
 
     res = load(args.results)
     axes = axis_names(res)
@@ -122,8 +136,8 @@ def _curves(args) -> int:
     else:
         fig = curves_figure(curves, panels, hue=hue, row=row, averaged=averaged, band=args.band)
     stem = "curves_" + "_".join(m for p in panels for m in p) + ("_rescaled" if args.rescale else "")
-    out = Path(args.out) if args.out else res.path / "figures" / f"{stem}.png"
-    print(f"figure: {save_as(fig, out)}")
+    out = location(args.out) if args.out else res.location / "figures" / f"{stem}.png"
+    print(f"figure: {_write_figure(fig, out)}")
     return 0
 
 
@@ -140,8 +154,7 @@ def _table(args) -> int:
         else res.metrics
     table = aggregate(res.runs, by, metrics)
     if args.csv:
-        Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
-        table.to_csv(args.csv, index=False)
+        _write_csv(table, args.csv)
         print(f"table: {args.csv}")
     else:
         with pd.option_context("display.width", 200, "display.max_columns", 50):
@@ -153,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return {"report": _report, "phase": _phase, "curves": _curves, "table": _table}[args.command](args)
-    except AnalysisError as e:
+    except (AnalysisError, StorageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

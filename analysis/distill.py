@@ -192,10 +192,11 @@ def load_baseline(results: Results) -> pd.DataFrame | None:
     (columns absent from either table are not compared); None when the directory is absent or
     holds no matching run.
     """
-    path = results.path.parent / baseline_name(results)
-    if path.resolve() == results.path.resolve() or not path.is_dir() or not any((path / "runs").glob("*.parquet")):
+    here = results.location
+    there = here.parent / baseline_name(results)
+    if there.root == here.root or not there.files("runs", suffix=".parquet"):
         return None
-    base = load(path).runs
+    base = load(there).runs
     cols = [c for c in DATA_COLUMNS if c in base and c in results.runs]
     if cols:
         base = base[_data_key(base, cols).isin(set(_data_key(results.runs, cols)))]

@@ -1,16 +1,27 @@
 """Read a results directory (`runs/`, `curves/`, `manifest.json`) into typed DataFrames.
 
+The directory may be local or a prefix in an object store (`gs://...`, `s3://...`; see
+`sweeps/storage.py`). Only committed chunks are read: a runs file whose Parquet footer reads,
+and the curves file of the same name (a curves file without its runs file is a chunk still
+being written by another host, or one a killed run left behind).
+
 Numeric axes stay numeric; label columns and string-valued axes become ordered
 categoricals in the grid's order, so groupbys, tables and figures follow the grid file.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import json
+import sys
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from sweeps.storage import Location, StorageError, check_reachable, is_uri, location
 
 RESULTS_ROOT = Path("results")
 RANGE_COLUMNS = {"bg_train": ("bg_train_low", "bg_train_high"), "bg_ood": ("bg_ood_low", "bg_ood_high")}
@@ -29,14 +40,19 @@ class AnalysisError(ValueError):
 class Results:
     """One results directory: `runs` (a row per run), `curves` (a row per run and logged step), the manifest."""
 
-    path: Path
+    location: Location
     runs: pd.DataFrame
     curves: pd.DataFrame
     manifest: dict
 
     @property
+    def path(self) -> Path | str:
+        """The local directory, or the URI of an object-store prefix."""
+        return self.location.local_path() if self.location.local else self.location.uri
+
+    @property
     def name(self) -> str:
-        return self.manifest.get("grid") or self.path.name
+        return self.manifest.get("grid") or self.location.name
 
     @property
     def axes(self) -> dict[str, list]:
@@ -53,39 +69,73 @@ class Results:
         return int(self.runs["diverged"].sum()) if "diverged" in self.runs else 0
 
 
-def resolve(name_or_dir: str | Path) -> Path:
-    """An existing directory is used as-is; a bare NAME means results/NAME."""
+def resolve(name_or_dir: str | Path | Location) -> Location:
+    """A URI (gs://, s3://) or an existing directory is used as-is; a bare NAME means results/NAME."""
+    if isinstance(name_or_dir, Location) or is_uri(name_or_dir):
+        try:
+            loc = location(name_or_dir)
+            check_reachable(loc)
+        except StorageError as e:
+            raise AnalysisError(str(e)) from None
+        return loc
     p = Path(name_or_dir)
     if p.is_dir():
-        return p
+        return location(p)
     q = RESULTS_ROOT / str(name_or_dir)
     if q.is_dir():
-        return q
+        return location(q)
     known = sorted(d.name for d in RESULTS_ROOT.iterdir() if (d / "runs").is_dir()) if RESULTS_ROOT.is_dir() else []
     looked = str(p) if p == q else f"{p} and {q}"
     raise AnalysisError(f"{name_or_dir}: no such results directory (looked for {looked}); "
                         f"results available in {RESULTS_ROOT}/: {', '.join(known) or '(none)'}")
 
 
-def load(name_or_dir: str | Path) -> Results:
-    """Read the runs and curves tables and the manifest of a results directory (NAME means results/NAME)."""
-    path = resolve(name_or_dir)
-    manifest_file = path / "manifest.json"
-    run_files = sorted((path / "runs").glob("*.parquet"))
-    if not run_files:
-        raise AnalysisError(f"{path}: no runs/*.parquet here; train the grid first (python -m sweeps run NAME)")
-    manifest = json.loads(manifest_file.read_text()) if manifest_file.exists() else {}
-    runs = _read(run_files)
-    curves_files = sorted((path / "curves").glob("*.parquet"))
-    curves = _read(curves_files) if curves_files else pd.DataFrame({"run_id": [], "step": []})
+def load(name_or_dir: str | Path | Location) -> Results:
+    """Read the runs and curves tables and the manifest of a results directory (NAME means results/NAME;
+    gs://BUCKET/PREFIX and s3://BUCKET/PREFIX read an object store)."""
+    loc = resolve(name_or_dir)
+    run_names = loc.files("runs", suffix=".parquet")
+    if not run_names:
+        raise AnalysisError(f"{loc}: no runs/*.parquet here; train the grid first (python -m sweeps run NAME)")
+    manifest = read_manifest(loc)
+    runs = _read(loc, "runs", run_names)
+    committed = set(runs.pop("_file").unique()) if len(runs) else set()
+    curves_names = [n for n in loc.files("curves", suffix=".parquet") if n in committed]
+    curves = _read(loc, "curves", curves_names).drop(columns="_file") if curves_names else \
+        pd.DataFrame({"run_id": [], "step": []})
     runs, curves = _typed(runs, manifest), _typed(curves, manifest)
     if "diverged" in runs and "run_id" in curves:
         curves["diverged"] = curves["run_id"].map(runs.set_index("run_id")["diverged"]).fillna(False).astype(bool)
-    return Results(path, with_derived(runs), with_derived(curves), manifest)
+    return Results(loc, with_derived(runs), with_derived(curves), manifest)
 
 
-def _read(files: list[Path]) -> pd.DataFrame:
-    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+def read_manifest(loc: Location) -> dict:
+    """manifest.json (host 0's), else the first host's manifest present, else {}."""
+    names = loc.files(prefix="manifest", suffix=".json")
+    name = "manifest.json" if "manifest.json" in names else (names[0] if names else None)
+    return json.loads(loc.read_text(name)) if name else {}
+
+
+def _read_one(loc: Location, table: str, name: str) -> pd.DataFrame | None:
+    try:
+        df = pq.read_table(loc.path(table, name), filesystem=loc.fs).to_pandas()
+    except (OSError, pa.ArrowException) as e:
+        print(f"warning: {loc}: skipping {table}/{name}, not a readable Parquet file ({str(e)[:100]})",
+              file=sys.stderr)
+        return None
+    df["_file"] = name
+    return df
+
+
+def _read(loc: Location, table: str, names: list[str]) -> pd.DataFrame:
+    """The files' rows, with a `_file` column; unreadable files are skipped with a warning.
+    An object store is read by several threads (each file is a round trip)."""
+    workers = 1 if loc.local else 16
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        frames = [f for f in pool.map(lambda n: _read_one(loc, table, n), names) if f is not None]
+    if not frames:
+        raise AnalysisError(f"{loc}: no readable {table}/*.parquet")
+    return pd.concat(frames, ignore_index=True)
 
 
 def _axis_values(axis: str, values: list) -> list:

@@ -16,6 +16,8 @@ from .load import Results, attach, range_label
 from .phase import diverged_note, line_figure, phase_figure, phase_table
 from .style import fmt, fmt_value, label, save, short
 
+from sweeps.storage import Location, location, staged
+
 HEADLINE = ("id_acc", "ood_acc", "id_loss", "ood_loss", "bg_mean_proj", "contaminated_frac", "act_asym",
             "bg_grad_balance")
 DISTILL_HEADLINE = ("student_rep_err_id", "student_rep_err_ood", "teacher_probe_ood_acc", "student_probe_id_acc",
@@ -316,9 +318,10 @@ def render(results: Results, panels: list[tuple[Panel, list[Path]]], out_dir: Pa
         if panel.note:
             lines += [panel.note, ""]
     v = m.get("versions", {})
+    loc = results.location
     lines += ["## Provenance", "",
-              f"- results: `{results.path}` ({len(list((results.path / 'runs').glob('*.parquet')))} runs files, "
-              f"{len(list((results.path / 'curves').glob('*.parquet')))} curves files)",
+              f"- results: `{loc}` ({len(loc.files('runs', suffix='.parquet'))} runs files, "
+              f"{len(loc.files('curves', suffix='.parquet'))} curves files)",
               f"- git commit: `{m.get('git_commit') or 'unknown'}`",
               f"- grid file: `{m.get('path', '?')}`, sha256 `{m.get('grid_sha256', '?')}`",
               "- versions: " + (", ".join(f"{k} {val}" for k, val in v.items()) or "unknown"),
@@ -328,14 +331,16 @@ def render(results: Results, panels: list[tuple[Panel, list[Path]]], out_dir: Pa
     return "\n".join(lines)
 
 
-def write_report(results: Results, out_dir: Path | None = None, formats=("png", "svg")) -> Path:
-    """Write figures/*.{png,svg}, summary.csv and report.md into `out_dir` (default: the results directory)."""
-    out_dir = Path(out_dir or results.path)
-    fig_dir = out_dir / "figures"
-    saved = [(p, save(p.figure, fig_dir / p.stem, formats)) for p in build_figures(results)]
-    summary = out_dir / "summary.csv"
-    axes = [a for a in results.axes if a in results.runs]
-    aggregate(results.runs, axes, results.metrics).to_csv(summary, index=False)
-    report = out_dir / "report.md"
-    report.write_text(render(results, saved, out_dir, summary))
-    return report
+def write_report(results: Results, out_dir=None, formats=("png", "svg")) -> Path | Location:
+    """Write figures/*.{png,svg}, summary.csv and report.md into `out_dir` (a path or URI; default:
+    the results directory, local or in an object store); return report.md's path (its Location
+    in an object store)."""
+    dest = location(out_dir) if out_dir is not None else results.location
+    with staged(dest) as out_dir:
+        fig_dir = out_dir / "figures"
+        saved = [(p, save(p.figure, fig_dir / p.stem, formats)) for p in build_figures(results)]
+        summary = out_dir / "summary.csv"
+        axes = [a for a in results.axes if a in results.runs]
+        aggregate(results.runs, axes, results.metrics).to_csv(summary, index=False)
+        (out_dir / "report.md").write_text(render(results, saved, out_dir, summary))
+    return dest.local_path() / "report.md" if dest.local else dest / "report.md"

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
 import sys
-from pathlib import Path
 
 from .grid import GridError, load
 from .plan import PlanError, parse_bytes
@@ -18,7 +19,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help_)
         sp.add_argument("grid", help="a grid name in sweeps/grids/ or a path to a .toml file")
         sp.add_argument("--scale", default=None, help="a named scale of the grid ([scales.NAME]); default: the top level")
-        sp.add_argument("--out", default=None, help="output directory (default: results/NAME or results/NAME-SCALE)")
+        sp.add_argument("--out", default=None,
+                        help="results directory: a local path, gs://BUCKET/PREFIX or s3://BUCKET/PREFIX "
+                             "(default: results/NAME or results/NAME-SCALE)")
         sp.add_argument("--memory-budget", default=None,
                         help="per-device memory for one chunk, e.g. 2GB (default: half the device, or 1/4 of RAM)")
         sp.add_argument("--min-efficiency", default="auto",
@@ -71,17 +74,20 @@ def main(argv: list[str] | None = None) -> int:
     except (GridError, PlanError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    out = Path(args.out) if args.out else Path("results") / (
-        grid.name if grid.scale == "default" else f"{grid.name}-{grid.scale}")
     from . import engine
     from .environment import use_host_devices
+    from .preempt import Preempted
     from .results import ResultsError, check_version
+    from .storage import StorageError, check_reachable, location
 
     try:
+        out = location(args.out or os.path.join(
+            "results", grid.name if grid.scale == "default" else f"{grid.name}-{grid.scale}"))
+        check_reachable(out)
         check_version(out)
         # before JAX starts its backends; no more devices than the grid has runs (padding)
         use_host_devices(host_devices, runs=len(grid.runs()))
-    except (PlanError, ResultsError) as e:
+    except (PlanError, ResultsError, StorageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.distributed:
@@ -96,11 +102,25 @@ def main(argv: list[str] | None = None) -> int:
         summary = engine.run_grid(grid, out, memory_budget=budget, min_efficiency=min_efficiency,
                                   chunk_size=args.chunk_size, progress=not args.no_progress,
                                   compile_ahead=args.compile_ahead)
-    except (PlanError, ResultsError) as e:
+    except (PlanError, ResultsError, StorageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Preempted as e:
+        print(stopped_line(e, argv), flush=True)
+        sys.stderr.flush()
+        # leave at once: a compile in a worker thread or a chunk on the device may still be running
+        os._exit(e.exit_code)
     print(summary.line())
     return 0
+
+
+def stopped_line(e, argv: list[str] | None) -> str:
+    """One line: what stopped the sweep, what it wrote, how to resume."""
+    s = e.summary
+    wrote = (f"{s.done} runs written by this invocation ({s.skipped} were already in {s.out})" if s
+             else "nothing written")
+    command = shlex.join(["python", "-m", "sweeps", *(sys.argv[1:] if argv is None else argv)])
+    return f"stopped by {e.name}: {wrote}, the chunk in flight abandoned; resume with: {command}"
 
 
 if __name__ == "__main__":

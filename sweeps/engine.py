@@ -1,7 +1,8 @@
 """Run a planned grid: a short loop over buckets (compiled programs) and their chunks.
 
 The pieces live in their own modules: `environment` (JAX set-up, devices), `provenance`,
-`results` (the directory, its tables and manifest, crash safety), `plan` (networks, buckets,
+`storage` (where results live: a folder or an object-store prefix), `results` (the directory,
+its tables and manifest, crash safety), `preempt` (stopping cleanly on SIGTERM), `plan` (networks, buckets,
 chunks), `calibrate` (the device model the planner predicts with), `programs` (compiling and
 loading bucket programs, in a background thread) and `executables` (the program store).
 """
@@ -20,17 +21,18 @@ from contamination.cache import setup_jax
 from contamination.config import stable_hash, static_spec
 from contamination.train import metric_names as _metric_names
 
-from . import calibrate, executables, results
+from . import calibrate, executables, results, storage
 from .environment import default_memory_budget, device_info
 from .grid import Grid, Run
 from .plan import Bucket, Network, Planning, bucketize, fmt_bytes, networks_of
+from .preempt import Preempted, StopFlag, tree_ready
 from .programs import Compiler, chunk_inputs, in_store
 from .provenance import provenance as make_provenance
 
 
 @dataclasses.dataclass
 class Summary:
-    out: Path
+    out: storage.Location
     total: int
     skipped: int
     done: int
@@ -70,16 +72,21 @@ def local_mesh():
     return Mesh(np.array(jax.local_devices()), ("cfg",))
 
 
-def plan_pending(grid: Grid, out: Path, mesh, cache: Path | None, *, memory_budget: int | None,
-                 min_efficiency: float | None, chunk_size: int | None) -> Pending:
-    """What this process still has to train, and its plan (the run and the dry run share it)."""
+def this_process() -> tuple[int, int]:
     import jax
 
+    return jax.process_index(), jax.process_count()
+
+
+def plan_pending(grid: Grid, out: storage.Location, mesh, cache: Path | None, *, memory_budget: int | None,
+                 min_efficiency: float | None, chunk_size: int | None,
+                 process: tuple[int, int] | None = None) -> Pending:
+    """What this process still has to train, and its plan (the run and the dry run share it)."""
     all_runs = grid.runs()
     done = results.done_run_ids(out)
     # Share first, then skip what is done: the shares stay disjoint and complete even when
     # each host of a slice sees only its own results directory.
-    mine = [r for n in share(networks_of(all_runs), jax.process_index(), jax.process_count()) for r in n.runs]
+    mine = [r for n in share(networks_of(all_runs), *(process or this_process())) for r in n.runs]
     pending = [r for r in mine if r.run_id not in done]
     budget = memory_budget or default_memory_budget()
     model = calibrate.load_or_measure(mesh, calibrate.model_dir(cache))
@@ -97,15 +104,29 @@ def metric_names(runs: list[Run]) -> list[str]:
     return names
 
 
-def run_grid(grid: Grid, out: Path, *, memory_budget: int | None = None, min_efficiency: float | None = None,
+def run_grid(grid: Grid, out, *, memory_budget: int | None = None, min_efficiency: float | None = None,
              chunk_size: int | None = None, progress: bool = True, cache_dir: str | None = None,
-             compile_ahead: int = 1) -> Summary:
-    """Train every pending run of `grid` into `out`; `min_efficiency` None plans by predicted time.
+             compile_ahead: int = 1, process: tuple[int, int] | None = None) -> Summary:
+    """Train every pending run of `grid` into `out` (a path, a URI or a `storage.Location`);
+    `min_efficiency` None plans by predicted time.
 
     `compile_ahead` programs compile in a background thread while a bucket trains (0: none).
+    `process` (index, count) overrides JAX's, to run one host's share of a slice.
+    SIGTERM or Ctrl-C stops it between chunks with `preempt.Preempted`; what was written is
+    complete, and running it again resumes.
     """
+    stop = StopFlag()
+    with stop.installed():
+        return _run_grid(grid, storage.location(out), stop, memory_budget=memory_budget,
+                         min_efficiency=min_efficiency, chunk_size=chunk_size, progress=progress,
+                         cache_dir=cache_dir, compile_ahead=compile_ahead, process=process or this_process())
+
+
+def _run_grid(grid: Grid, out: storage.Location, stop: StopFlag, *, memory_budget, min_efficiency, chunk_size,
+              progress, cache_dir, compile_ahead, process: tuple[int, int]) -> Summary:
     import jax
 
+    storage.check_reachable(out)
     results.check_version(out)  # before anything is written
     cache = setup_jax(cache_dir)
     store = cache / "executables"
@@ -115,9 +136,9 @@ def run_grid(grid: Grid, out: Path, *, memory_budget: int | None = None, min_eff
     dev = device_info()
     # Planning raises on an impossible budget before anything is written.
     p = plan_pending(grid, out, mesh, cache, memory_budget=memory_budget, min_efficiency=min_efficiency,
-                     chunk_size=chunk_size)
-    out.mkdir(parents=True, exist_ok=True)
-    results.recover(out)
+                     chunk_size=chunk_size, process=process)
+    stop.check()  # a signal while planning: nothing written yet
+    results.recover(out, *process)
     provenance = make_provenance(grid, dev, metric_names(p.all_runs))
     networks = sum(len(b.networks) for b in p.buckets)
     invocation = {"started": started, "runs_in_grid": len(p.all_runs), "already_done": p.skipped,
@@ -125,10 +146,11 @@ def run_grid(grid: Grid, out: Path, *, memory_budget: int | None = None, min_eff
                   "min_efficiency": "auto" if min_efficiency is None else min_efficiency,
                   "compile_ahead": compile_ahead,
                   "device_model": p.model.summary(), "plan_s": time.perf_counter() - t_start, "buckets": []}
-    manifest_path = results.manifest_path(out, dev["process_index"])
-    manifest = results.write_manifest(manifest_path, grid, provenance, invocation)
-    (out / "runs").mkdir(exist_ok=True)
-    (out / "curves").mkdir(exist_ok=True)
+    manifest_name = results.manifest_name(process[0])
+    manifest = results.write_manifest(out, manifest_name, grid, provenance, invocation)
+    for table in results.TABLES:
+        out.make_dirs(table)
+    prefix = results.chunk_prefix(*process)
 
     bar = None
     if progress:
@@ -142,29 +164,33 @@ def run_grid(grid: Grid, out: Path, *, memory_budget: int | None = None, min_eff
         result, t0 = prog.compiled(chunk_inputs(s, size, chunks[0], prog.sharding)), time.perf_counter()
         for i, chunk in enumerate(chunks):
             nxt = prog.compiled(chunk_inputs(s, size, chunks[i + 1], prog.sharding)) if i + 1 < len(chunks) else None
+            stop.wait(tree_ready(result))  # a signal first: this chunk and the next are abandoned
             host = jax.tree_util.tree_map(np.asarray, result)
             chunk_s = time.perf_counter() - t0
             n_runs = sum(len(n.runs) for n in chunk)
-            name = f"{bucket.id}-{stable_hash(sorted(r.run_id for n in chunk for r in n.runs))}.parquet"
+            name = f"{prefix}{bucket.id}-{stable_hash(sorted(r.run_id for n in chunk for r in n.runs))}.parquet"
             extra = {"bucket": bucket.id, "padded_width": s.width, "chunk": name, "chunk_size": size,
                      "chunk_s": chunk_s, "run_s": chunk_s / n_runs, "device_kind": dev["device_kind"],
-                     "process_index": dev["process_index"]}
+                     "process_index": process[0]}
             runs_df, curves_df = results.build_tables(grid, chunk, host, extra)
             results.write_chunk(out, name, runs_df, curves_df, provenance)
             written[0] += n_runs
             if bar:
                 bar.update(n_runs)
+            stop.check()  # a signal during the write: the chunk is complete, stop here
             result, t0 = nxt, time.perf_counter()
 
     compiler = Compiler(p.buckets, mesh, store, ahead=compile_ahead)
     done_count = 0
+    stopped: Preempted | None = None
+    written = [0]
     try:
         for i, bucket in enumerate(p.buckets):
             waited = compiler.waited_s
-            prog = compiler.get(i)
+            written = [0]  # runs of this bucket written so far
+            prog = compiler.get(i, stop)
             compile_s, source = prog.seconds, prog.source
             t_bucket = time.perf_counter()
-            written = [0]
             try:
                 train_chunks(bucket, prog, written)
             except jax.errors.JaxRuntimeError as e:
@@ -185,17 +211,27 @@ def run_grid(grid: Grid, out: Path, *, memory_budget: int | None = None, min_eff
             p.model.record_run(bucket, run_s)
             done_count += written[0]
             invocation["buckets"].append(bucket_record(bucket, compile_s, source, compiler.waited_s - waited, run_s))
-            results.write_manifest(manifest_path, grid, provenance, invocation, manifest)
+            results.write_manifest(out, manifest_name, grid, provenance, invocation, manifest)
+    except Preempted as e:
+        stopped = e
+        done_count += written[0]
     finally:
-        compiler.close()
+        # on a signal, a compile in progress is left to finish alone (the process is leaving)
+        compiler.close(wait=stopped is None)
         if bar:
             bar.close()
     seconds = time.perf_counter() - t_start
     invocation.update(finished=dt.datetime.now(dt.timezone.utc).isoformat(), seconds=seconds, trained=done_count,
                       compile_wait_s=compiler.waited_s, runs_per_s=done_count / seconds if seconds > 0 else None)
-    results.write_manifest(manifest_path, grid, provenance, invocation, manifest)
-    return Summary(out, len(p.all_runs), p.skipped, done_count, networks, len(p.buckets), seconds,
-                   compiler.waited_s, invocation["buckets"])
+    if stopped is not None:
+        invocation["stopped_by"] = stopped.name
+    results.write_manifest(out, manifest_name, grid, provenance, invocation, manifest)
+    summary = Summary(out, len(p.all_runs), p.skipped, done_count, networks, len(p.buckets), seconds,
+                      compiler.waited_s, invocation["buckets"])
+    if stopped is not None:
+        stopped.summary = summary
+        raise stopped
+    return summary
 
 
 def bucket_record(b: Bucket, compile_s: float, source: str, compile_wait_s: float, run_s: float) -> dict:
@@ -214,11 +250,13 @@ def bucket_record(b: Bucket, compile_s: float, source: str, compile_wait_s: floa
     }
 
 
-def describe_plan(grid: Grid, out: Path, *, memory_budget: int | None, min_efficiency: float | None,
+def describe_plan(grid: Grid, out, *, memory_budget: int | None, min_efficiency: float | None,
                   chunk_size: int | None = None, cache_dir: str | None = None) -> str:
     """The dry run: configs, networks, buckets, padding, chunks, predicted seconds, FLOPs, memory."""
     import jax
 
+    out = storage.location(out)
+    storage.check_reachable(out)
     results.check_version(out)
     cache = setup_jax(cache_dir)
     mesh = local_mesh()

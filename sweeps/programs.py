@@ -106,9 +106,12 @@ class Compiler:
             b = self._buckets[i]
             self._futures[i] = self._pool.submit(compile_bucket, b.static, b.chunk_size, self._mesh, self._store)
 
-    def get(self, i: int) -> Program:
+    def get(self, i: int, stop=None) -> Program:
+        """Program i; with `stop` (a `preempt.StopFlag`), the wait gives way to a signal."""
         self._submit(i)
         t0 = time.perf_counter()
+        if stop is not None:
+            stop.wait(self._futures[i].done)
         prog = self._futures.pop(i).result()
         self.waited_s += time.perf_counter() - t0
         for j in range(i + 1, i + 1 + self._ahead):
@@ -123,7 +126,8 @@ class Compiler:
         self.waited_s += time.perf_counter() - t0
         return prog
 
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
+        """Cancel what has not started; `wait=False` leaves a compile in progress to finish alone."""
         for f in self._futures.values():
             f.cancel()
-        self._pool.shutdown(wait=True)
+        self._pool.shutdown(wait=wait)

@@ -1,17 +1,20 @@
 """A results directory: version guard, crash-safe Parquet chunks, the tables' rows, the manifest.
 
-Commit protocol (crash safety): for each finished chunk the curves file is written, then
-the runs file, each to a dot-prefixed temporary name and renamed. A run is done when its
-row is in `runs/`. On start, temporaries and curves files without their runs file (a crash
-between the two renames) are removed, so a killed sweep resumes with no lost and no
-duplicate rows.
+The directory is a `storage.Location`: a local folder or a prefix in an object store.
+
+Commit protocol (crash safety): each Parquet file is serialised in memory and published whole
+(see `storage`); for each finished chunk the curves file is published, then the runs file under
+the same name. A run is done when its row is in a readable `runs/` file. On start, temporaries,
+curves files without their runs file (a crash between the two writes) and files whose Parquet
+footer does not read are removed with a warning, so a killed sweep resumes with no lost and no
+duplicate rows. With several hosts, chunk names carry the host (`p{index}-`), and a host removes
+only its own orphaned curves files (another host's may be between its two writes).
 """
 
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
+import sys
 
 import numpy as np
 import pandas as pd
@@ -21,20 +24,30 @@ import pyarrow.parquet as pq
 from contamination.config import RESULTS_VERSION, log_steps
 
 from .grid import Grid
+from .storage import Location
 
 RANGE_COLUMNS = {"bg_train": ("bg_train_low", "bg_train_high"), "bg_ood": ("bg_ood_low", "bg_ood_high")}
 PROVENANCE_KEY = b"contamination"
+TABLES = ("runs", "curves")
 
 
 class ResultsError(ValueError):
     """The results directory cannot take this sweep (one line, nothing written)."""
 
 
-def results_version(out: Path) -> int | None:
+def warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def manifest_names(out: Location) -> list[str]:
+    return out.files(prefix="manifest", suffix=".json")
+
+
+def results_version(out: Location) -> int | None:
     """The simulator results version `out` was written with: None when it holds no results,
     1 for results written before versions were recorded."""
-    versions = {json.loads(m.read_text()).get("results_version", 1) for m in sorted(out.glob("manifest*.json"))}
-    if not versions and any((out / "runs").glob("*.parquet")):
+    versions = {json.loads(out.read_text(m)).get("results_version", 1) for m in manifest_names(out)}
+    if not versions and out.files("runs", suffix=".parquet"):
         versions = {1}
     if len(versions) > 1:
         raise ResultsError(f"{out}: holds results of several simulator versions ({sorted(versions)}); "
@@ -42,9 +55,9 @@ def results_version(out: Path) -> int | None:
     return versions.pop() if versions else None
 
 
-def check_version(out: Path) -> None:
+def check_version(out: Location) -> None:
     """Refuse to mix simulator versions in one directory: their numbers do not compare."""
-    found = results_version(out) if out.exists() else None
+    found = results_version(out)
     if found is not None and found != RESULTS_VERSION:
         raise ResultsError(
             f"{out}: written by simulator results version {found}, this code writes version {RESULTS_VERSION} "
@@ -52,32 +65,52 @@ def check_version(out: Path) -> None:
             "or move the old results away to rerun them")
 
 
-def atomic_write_table(table: pa.Table, path: Path) -> None:
-    tmp = path.parent / f".tmp-{path.name}-{os.getpid()}"
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+def table_bytes(table: pa.Table) -> bytes:
+    """The Parquet file of `table`, complete in memory (so it is published in one write)."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return sink.getvalue().to_pybytes()
 
 
-def recover(out: Path) -> None:
-    """Remove temporaries and curves files of chunks whose runs file never landed."""
-    runs_dir, curves_dir = out / "runs", out / "curves"
-    for d in (runs_dir, curves_dir):
-        if d.exists():
-            for f in d.glob(".tmp-*"):
-                f.unlink()
-    if curves_dir.exists():
-        committed = {f.name for f in runs_dir.glob("*.parquet")} if runs_dir.exists() else set()
-        for f in curves_dir.glob("*.parquet"):
-            if f.name not in committed:
-                f.unlink()
+def read_column(out: Location, table: str, name: str, column: str) -> list | None:
+    """One column of a Parquet file, or None when the file (its footer) does not read."""
+    try:
+        return pq.read_table(out.path(table, name), filesystem=out.fs, columns=[column]).column(column).to_pylist()
+    except (OSError, pa.ArrowException, KeyError):
+        return None
 
 
-def done_run_ids(out: Path) -> set[str]:
-    runs_dir = out / "runs"
-    files = sorted(runs_dir.glob("*.parquet")) if runs_dir.exists() else []
+def chunk_prefix(process_index: int, process_count: int) -> str:
+    """Chunk names of a host: `p{index}-` with several hosts, none with one."""
+    return f"p{process_index}-" if process_count > 1 else ""
+
+
+def recover(out: Location, process_index: int = 0, process_count: int = 1) -> None:
+    """Remove temporaries, and the curves files (of this host) whose runs file never landed."""
+    for table in TABLES:
+        for name in out.files(table, prefix=".tmp-", hidden=True):
+            out.delete(table, name)
+    for name in out.files(prefix=".tmp-", hidden=True):
+        out.delete(name)
+    committed = set(out.files("runs", suffix=".parquet"))
+    mine = chunk_prefix(process_index, process_count)
+    for name in out.files("curves", suffix=".parquet", prefix=mine):
+        if name not in committed:
+            warn(f"{out}: removing curves/{name}, whose runs file never landed (a run stopped between the two)")
+            out.delete("curves", name)
+
+
+def done_run_ids(out: Location) -> set[str]:
+    """Run ids in readable runs files; a runs file whose footer does not read is removed with its curves."""
     ids: set[str] = set()
-    for f in files:
-        ids.update(pq.read_table(f, columns=["run_id"]).column("run_id").to_pylist())
+    for name in out.files("runs", suffix=".parquet"):
+        got = read_column(out, "runs", name, "run_id")
+        if got is None:
+            warn(f"{out}: removing runs/{name} and its curves: not a readable Parquet file; its runs will train again")
+            out.delete("runs", name)
+            out.delete("curves", name)
+            continue
+        ids.update(got)
     return ids
 
 
@@ -137,20 +170,21 @@ def to_arrow(df: pd.DataFrame, provenance: dict) -> pa.Table:
     return table.replace_schema_metadata(meta)
 
 
-def write_chunk(out: Path, name: str, runs_df: pd.DataFrame, curves_df: pd.DataFrame, provenance: dict) -> None:
+def write_chunk(out: Location, name: str, runs_df: pd.DataFrame, curves_df: pd.DataFrame, provenance: dict) -> None:
     """Curves first, then the runs file: the runs file is the chunk's commit marker."""
-    atomic_write_table(to_arrow(curves_df, provenance), out / "curves" / name)
-    atomic_write_table(to_arrow(runs_df, provenance), out / "runs" / name)
+    out.write_bytes(table_bytes(to_arrow(curves_df, provenance)), "curves", name)
+    out.write_bytes(table_bytes(to_arrow(runs_df, provenance)), "runs", name)
 
 
-def manifest_path(out: Path, process_index: int) -> Path:
-    return out / ("manifest.json" if process_index == 0 else f"manifest-p{process_index}.json")
+def manifest_name(process_index: int) -> str:
+    return "manifest.json" if process_index == 0 else f"manifest-p{process_index}.json"
 
 
-def write_manifest(path: Path, grid: Grid, provenance: dict, invocation: dict, previous: dict | None = None) -> dict:
-    """manifest.json: the grid, provenance and one entry per invocation (resumes append)."""
+def write_manifest(out: Location, name: str, grid: Grid, provenance: dict, invocation: dict,
+                   previous: dict | None = None) -> dict:
+    """manifest.json (per host): the grid, provenance and one entry per invocation (resumes append)."""
     if previous is None:
-        previous = json.loads(path.read_text()) if path.exists() else {}
+        previous = json.loads(out.read_text(name)) if out.exists(name) else {}
         history = previous.get("invocations", [])
     else:
         history = previous["invocations"][:-1]
@@ -161,7 +195,5 @@ def write_manifest(path: Path, grid: Grid, provenance: dict, invocation: dict, p
         "label_axes": grid.label_axes, **provenance,
         "invocations": history + [invocation],
     }
-    tmp = path.parent / f".tmp-{path.name}"
-    tmp.write_text(json.dumps(manifest, indent=2, default=str))
-    os.replace(tmp, path)
+    out.write_text(json.dumps(manifest, indent=2, default=str), name)
     return manifest

@@ -86,7 +86,7 @@ def act_derivative(pre, name, slope=0.0):
 def mechanism_metrics(w, b, a, c, w0, M, core_dim, bg_train, bg_ood, x_train, y_train, x_test, y_test, *,
                       activation, loss, slope=0.0):
     """act_asym, bg_mean_proj, bg_shift_rms, contaminated_frac and bg_grad_balance in float64
-    (README, Metrics), from the parameters, the step-0 weights `w0` and the data."""
+    (docs/simulator.md, Metrics), from the parameters, the step-0 weights `w0` and the data."""
     f64 = lambda v: np.asarray(v, np.float64)  # noqa: E731
     w, b, a, w0, M = f64(w), f64(b), f64(a), f64(w0), f64(M)
     x_train, y_train, x_test, y_test = f64(x_train), f64(y_train), f64(x_test), f64(y_test)

@@ -6,7 +6,7 @@ ID in time), on **fresh batches** of 512 ID inputs each step (the preset's popul
 n = 512 points for the probes). Background mean 0.5 ([0, 1] -> OOD [-1, 0]) against mean 0 at
 the same OOD shift ([-0.5, 0.5] -> [-1.5, -0.5]). The fixed-set rows (full batch on n = 512)
 are the over-fitting control. `python -m sweeps run distill_controls --scale reference` makes
-the README's table.
+the table in docs/distillation.md.
 """
 
 import json

@@ -20,6 +20,7 @@ from sweeps.__main__ import main as sweeps_main
 from sweeps.engine import run_grid
 from sweeps.grid import load
 from sweeps.results import recover
+from sweeps.storage import location
 
 from conftest import TINY_FIXED
 
@@ -397,7 +398,7 @@ def test_recover_removes_uncommitted_files(tmp_path):
     (tmp_path / "curves" / "a.parquet").write_bytes(b"x")
     (tmp_path / "curves" / "b.parquet").write_bytes(b"x")  # its runs file never landed
     (tmp_path / "runs" / ".tmp-c.parquet-1").write_bytes(b"x")
-    recover(tmp_path)
+    recover(location(tmp_path))
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["a.parquet", "a.parquet", "curves", "runs"]
 
 
@@ -478,8 +479,8 @@ ARROW = {"string": {"string", "large_string"}, "int64": {"int64"}, "float64": {"
 
 
 def documented_schema(table: str) -> dict[str, str]:
-    """Parse the README's `runs` / `curves` column tables: | `column` | dtype | meaning |."""
-    text = (ROOT / "README.md").read_text()
+    """Parse docs/results.md's `runs` / `curves` column tables: | `column` | dtype | meaning |."""
+    text = (ROOT / "docs" / "results.md").read_text()
     section = text.split(f"<!-- schema:{table} -->")[1].split("<!-- /schema -->")[0]
     return {m.group(1): m.group(2) for m in re.finditer(r"^\| `([^`]+)` \| (\w+) \|", section, flags=re.M)}
 
@@ -488,7 +489,7 @@ def documented_schema(table: str) -> dict[str, str]:
 def test_parquet_schema_matches_readme(reference, table):
     ref_out, _ = reference
     doc = documented_schema(table)
-    assert doc, "README documents the schema"
+    assert doc, "docs/results.md documents the schema"
     files = sorted((ref_out / table).glob("*.parquet"))
     schema = pq.read_schema(files[0])
     # the grid's label and axis columns are documented generically

@@ -42,7 +42,7 @@ def test_matches_numpy_reference(activation, loss, optimizer, output):
 ])
 def test_mechanism_metrics_match_numpy_reference(activation, slope, loss, bg_train):
     """act_asym, bg_mean_proj, bg_shift_rms, contaminated_frac and bg_grad_balance against a float64
-    NumPy computation from their definitions (README, Metrics), on weights moved along the
+    NumPy computation from their definitions (docs/simulator.md, Metrics), on weights moved along the
     background mean for some neurons (so that every metric is away from its init value)."""
     import jax.numpy as jnp
 
