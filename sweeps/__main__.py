@@ -34,7 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default auto: one per usable core, unless XLA_FLAGS or JAX_NUM_CPU_DEVICES "
                              "already set a count; accelerators ignore it)")
         sp.add_argument("--distributed", action="store_true",
-                        help="multi-host: call jax.distributed.initialize(); each process runs a disjoint share")
+                        help="multi-host: call jax.distributed.initialize() (on a TPU slice it finds its peers "
+                             "itself); each process runs a disjoint share")
+        sp.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                        help="with --distributed, where no cluster is detected (e.g. GPU hosts): process 0's address")
+        sp.add_argument("--num-processes", type=int, default=None, help="with --coordinator: how many processes")
+        sp.add_argument("--process-id", type=int, default=None, help="with --coordinator: this process's index")
         if name == "run":
             sp.add_argument("--no-progress", action="store_true", help="no progress bar")
             sp.add_argument("--compile-ahead", type=int, default=1,
@@ -90,9 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     except (PlanError, ResultsError, StorageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if args.distributed:
+    if args.distributed or args.coordinator:
         import jax
-        jax.distributed.initialize()
+        jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
 
     try:
         if args.command == "plan":

@@ -42,14 +42,14 @@ def linear():
 
 
 def test_relu_gates_asymmetrically_and_a_linear_network_does_not(relu, linear):
-    assert (relu["act_asym"][:, -1] >= 0.3).all(), relu["act_asym"][:, -1]  # measured 0.61-0.74
+    assert (relu["act_asym"][:, -1] >= 0.3).all(), relu["act_asym"][:, -1]  # measured 0.72-0.77
     assert (np.abs(linear["act_asym"]) <= 0.02).all()  # exactly 0: act' = 1 for both classes
 
 
 def test_class_gradients_cancel_for_a_linear_network_only(relu, linear):
     """`bg_grad_balance` (Figure 2): averaged over the logged steps after step 0, ReLU's classes
-    do not cancel on the background direction (measured means 0.36-0.41, peak ~0.6) and a
-    linear network's do (measured 0.035-0.063)."""
+    do not cancel on the background direction (measured means 0.34-0.36, peak ~0.6) and a
+    linear network's do (measured 0.043-0.051)."""
     r, lin = np.nanmean(relu["bg_grad_balance"][:, 1:], axis=1), np.nanmean(linear["bg_grad_balance"][:, 1:], axis=1)
     assert (r > lin + 0.2).all(), (r, lin)
     assert (lin < 0.15).all(), lin
@@ -58,17 +58,17 @@ def test_class_gradients_cancel_for_a_linear_network_only(relu, linear):
 def test_relu_drifts_along_the_background_mean_and_a_linear_network_stays(relu, linear):
     r0, r1 = relu["bg_mean_proj"][:, 0], relu["bg_mean_proj"][:, -1]
     l0, l1 = linear["bg_mean_proj"][:, 0], linear["bg_mean_proj"][:, -1]
-    assert (r1 - r0 > 20 * INIT_MEAN_PROJ).all(), (r0, r1)  # measured 0.45, ~50x the init scale
+    assert (r1 - r0 > 20 * INIT_MEAN_PROJ).all(), (r0, r1)  # measured 0.44-0.46, ~50x the init scale
     assert (np.abs(l1 - l0) < 5 * INIT_MEAN_PROJ).all(), (l0, l1)  # stays at its init level
-    assert (np.abs(r1) >= 5 * np.abs(l1)).all(), (r1, l1)  # acceptance: measured >= 28x
+    assert (np.abs(r1) >= 5 * np.abs(l1)).all(), (r1, l1)  # acceptance: measured >= 60x
 
 
 def test_a_constant_fraction_of_relu_neurons_is_contaminated(relu, linear):
     assert (relu["contaminated_frac"][:, 0] < 0.05).all()  # 3 spreads of the init: ~0.1% by chance
-    assert (relu["contaminated_frac"][:, -1] >= 0.5).all(), relu["contaminated_frac"][:, -1]  # measured 0.73-0.86
+    assert (relu["contaminated_frac"][:, -1] >= 0.5).all(), relu["contaminated_frac"][:, -1]  # measured 0.81-0.86
     assert (linear["contaminated_frac"][:, -1] < 0.05).all()
     # what the drift does to the neurons' inputs when the background moves by -1
-    assert (relu["bg_shift_rms"][:, -1] > 4 * linear["bg_shift_rms"][:, -1]).all()  # measured 1.4-1.6 vs 0.15-0.21
+    assert (relu["bg_shift_rms"][:, -1] > 4 * linear["bg_shift_rms"][:, -1]).all()  # measured 1.42-1.46 vs 0.16-0.21
 
 
 def test_relu_contaminates(relu):
@@ -101,8 +101,8 @@ def test_linear_network_does_not_contaminate(linear):
 
 def test_zero_mean_background_at_the_same_shift_does_not_contaminate():
     """The control changes one thing, the training mean: the OOD background moves by -1 as in
-    the contaminated case, and ReLU's OOD loss stays at its ID loss (measured 0.014-0.017
-    against 0.014-0.021), where the contaminated case's is 0.48-0.51."""
+    the contaminated case, and ReLU's OOD loss stays at its ID loss (measured 0.013-0.033
+    against 0.011-0.026), where the contaminated case's is 0.47-0.50."""
     c = run(activation="relu", **MATCHED_SHIFT)
     assert (c["id_loss"][:, -1] < 0.1).all()
     assert (np.abs(c["bg_signed"][:, -1]) < 5 * INIT_SPREAD).all(), c["bg_signed"][:, -1]
@@ -116,9 +116,9 @@ def test_zero_mean_background_at_the_same_shift_does_not_contaminate():
 def test_smooth_activations_contaminate_more_than_linear():
     """activation_vs_shift's setting (toy preset: non-linear core, logistic, AdamW, trainable
     output): GELU, sigmoid and tanh drift along the background mean in a large share of
-    neurons (measured contaminated_frac 0.41-0.83, 0.31-0.55, 0.39-0.55; bg_shift_rms 1.5-2.0,
-    4.7-6.0, 2.5-3.4) and a linear network does not (0-0.03; 0.22-0.34). With a trainable output layer the mean projection can take either sign
-    (sigmoid: -0.71 to 0.21), so the unsigned `bg_shift_rms` is compared too."""
+    neurons (measured contaminated_frac 0.36-0.73, 0.33-0.53, 0.42-0.53; bg_shift_rms 1.1-1.7,
+    5.4-6.8, 2.9-3.4) and a linear network does not (0-0.09; 0.24-0.38). With a trainable output layer the mean projection can take either sign
+    (sigmoid: -0.77 to 0.34), so the unsigned `bg_shift_rms` is compared too."""
     sizes = dict(core_dim=8, bg_dim=8, input_dim=64, width=64, n_train=256, n_test=256, lr=0.003, steps=2000,
                  log_every=1000)
     final = {a: run("toy", activation=a, **sizes) for a in ("gelu", "sigmoid", "tanh", "linear")}
