@@ -24,9 +24,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from contamination.config import preset, static_spec, traced_values  # noqa: E402
-from contamination.cost import flops, memory_bytes  # noqa: E402
-from contamination.train import compiled_single_run, make_training  # noqa: E402
+from contamination.spec import static_spec, traced_values  # noqa: E402
+from contamination.cost import memory_bytes  # noqa: E402
+from contamination.classify import make_training  # noqa: E402
+from contamination.train import compiled_single_run  # noqa: E402
 from sweeps.engine import run_grid  # noqa: E402
 from sweeps.environment import use_host_devices  # noqa: E402
 from sweeps.grid import load  # noqa: E402
@@ -97,7 +98,7 @@ def matmul_rate(batch: int, n: int, d: int, m: int, steps: int = 200) -> dict:
 def python_loop_run(cfg) -> None:
     """The reference script's structure: one run, a jitted step called from a Python loop."""
     s = static_spec(cfg)
-    step, carry, measure = make_training(s, traced_values(cfg))
+    step, carry, measure, _ = make_training(s, traced_values(cfg))
     step, measure = jax.jit(step), jax.jit(measure)
     logs = [measure(carry[0])]
     for t in range(s.steps):

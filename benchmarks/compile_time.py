@@ -29,15 +29,18 @@ def main() -> int:
         from jax._src.interpreters import mlir
         from jax._src.random import threefry2x32 as tf
         mlir.register_lowering(tf.threefry2x32_p, tf._threefry2x32_cpu_lowering_rule, platform="cpu")
-    from contamination.config import preset, stack_traced, static_spec
-    from contamination.train import make_run, make_training, prepare
+    from contamination.presets import preset
+    from contamination.spec import stack_traced, static_spec
+    from contamination.classify import make_training
+    from contamination.setup import prepare
+    from contamination.train import make_run
 
     cfg = preset("toy", n_train=256, n_test=256, lr=0.003, steps=2000, log_every=100, width=64, core_dim=8,
                  bg_dim=8, input_dim=64)
     s, traced = static_spec(cfg), stack_traced([cfg.replace(seed=i) for i in range(8)])
 
     def measured(tr):
-        step, carry, measure = make_training(s, tr)
+        step, carry, measure, _ = make_training(s, tr)
         return measure(carry[0])
 
     for name, fn in (("data and init (prepare)", lambda tr: prepare(s, tr)), ("prepare + one measurement", measured),

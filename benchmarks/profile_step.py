@@ -21,14 +21,16 @@ import jax.numpy as jnp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from contamination.config import preset, stack_traced, static_spec  # noqa: E402
+from contamination.presets import preset  # noqa: E402
+from contamination.spec import stack_traced, static_spec  # noqa: E402
 from contamination.cost import step_flops  # noqa: E402
-from contamination import train  # noqa: E402
+from contamination import classify, loop  # noqa: E402
+from contamination.setup import prepare  # noqa: E402
 
 
 def scanned(make_step_fn, s, steps):
     def run(traced):
-        step, carry, _ = train.make_training(s, traced) if make_step_fn is None else make_step_fn(s, traced)
+        step, carry, _ = classify.make_training(s, traced)[:3] if make_step_fn is None else make_step_fn(s, traced)
         out, _ = jax.lax.scan(step, carry, None, length=steps)
         return out[0]
     return jax.jit(jax.vmap(run))
@@ -37,8 +39,8 @@ def scanned(make_step_fn, s, steps):
 def unguarded(s, traced):
     """The step without the non-finite guard (no isfinite, no where over params and state);
     the first layer in the training layout, as the engine's step."""
-    setup = train.prepare(s, traced)
-    tx = train.make_optimizer(s.optimizer, traced["lr"], traced["weight_decay"], traced["momentum"])
+    setup = prepare(s, traced)
+    tx = loop.make_optimizer(s.optimizer, traced["lr"], traced["weight_decay"], traced["momentum"])
     from contamination.model import forward, loss_values
 
     from contamination.model import to_dm
@@ -64,7 +66,7 @@ def unguarded(s, traced):
 def matmuls_only(s, traced):
     """Forward x W^T and the weight gradient dpre^T x, first layer stored (m, d) (the layout
     before the training layout): the step's FLOP floor as it was."""
-    setup = train.prepare(s, traced)
+    setup = prepare(s, traced)
     x = setup.data.train.x
 
     def step(w, _):
@@ -76,7 +78,7 @@ def matmuls_only(s, traced):
 
 def forward_only(s, traced):
     """The forward matmul alone (half the FLOP floor); the mean keeps it from being hoisted."""
-    setup = train.prepare(s, traced)
+    setup = prepare(s, traced)
     x = setup.data.train.x
 
     def step(w, _):
@@ -88,7 +90,7 @@ def forward_only(s, traced):
 def matmuls_dm_layout(s, traced):
     """The two matmuls with the first layer stored as (d, m) (the engine's training layout):
     both GEMMs non-transposed."""
-    setup = train.prepare(s, traced)
+    setup = prepare(s, traced)
     x = setup.data.train.x
     xT = x.T
 

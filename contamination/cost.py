@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from .config import Static, log_steps
+from .config import log_steps
+from .spec import Static
 from .distill import DISTILL_METRICS
 from .metrics import METRICS
 

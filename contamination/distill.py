@@ -24,8 +24,8 @@
 - Probes: closed-form ridge regression on +-1 ID training labels (with intercept) on top of
   each representation, evaluated by accuracy on the ID test set and the paired OOD set.
 
-`make_distill_run(static)` returns `run(traced)` with the output structure of
-`train.make_run`. Padding is exact as the classifier's: padded neurons have zero first-layer
+`distill_training(static, traced)` builds one run as a `loop.Training` (the `distill`
+entry of `experiments.py`); a teacher that diverged voids the run. Padding is exact as the classifier's: padded neurons have zero first-layer
 rows and read-out columns, are masked and never train; padded samples and features are
 masked out of every mean. Each evaluation variant (`bg_ood`, `probe_ridge`) gets its own OOD
 set and probes; the student trains once.
@@ -33,17 +33,19 @@ set and probes; the student trains once.
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from .config import Static
+from .spec import Static
 from .data import Data, first, ood_split, per_row
 from .metrics import (activation_asymmetry, bg_direction, init_spread, masked_mean, mean_direction_metrics,
                       projection_metrics)
 from .model import Params, activate, forward, init_params, loss_values
-from .train import (init_carry, make_get_batch, make_optimizer, make_step, prepare, train_and_log, train_for)
+from .experiments import Experiment
+from .loop import Training, init_carry, make_optimizer, make_step, train_for
+from .setup import make_get_batch, prepare
 
 DISTILL_METRICS = (
     "student_rep_err_train", "student_rep_err_id", "student_rep_err_ood",
@@ -194,90 +196,86 @@ def probe_accuracy(probe, h: jax.Array, y: jax.Array, mask: jax.Array) -> jax.Ar
     return masked_mean(y * (h @ w + b) > 0, mask)
 
 
-def make_distill_run(static: Static) -> Callable[[dict], dict]:
+def distill_training(static: Static, traced: dict) -> Training:
+    """One distillation run: the teacher (constructed or trained), the student's step, carry and measure."""
     s = static
+    setup = prepare(s, traced)
+    data, mask, sizes = setup.data, setup.mask, setup.sizes
+    slope = traced["leaky_slope"]
+    data_key = jax.random.wrap_key_data(traced["data_key"], impl="threefry2x32")
+    init_key = jax.random.wrap_key_data(traced["init_key"], impl="threefry2x32")
+    k_teacher = jax.random.fold_in(data_key, TEACHER_STREAM)
+    if s.teacher in ("core", "linear"):
+        teacher = core_teacher(k_teacher, data.M, s.core_dim, sizes.core, s.rep_dim, traced["teacher_bias"])
+        teacher_diverged = jnp.bool_(False)
+    else:
+        teacher, teacher_diverged = trained_teacher(k_teacher, s, data, sizes, traced)
+    linear_teacher = s.teacher == "linear"
 
-    def run(traced: dict) -> dict:
-        setup = prepare(s, traced)
-        data, mask, sizes = setup.data, setup.mask, setup.sizes
-        slope = traced["leaky_slope"]
-        data_key = jax.random.wrap_key_data(traced["data_key"], impl="threefry2x32")
-        init_key = jax.random.wrap_key_data(traced["init_key"], impl="threefry2x32")
-        k_teacher = jax.random.fold_in(data_key, TEACHER_STREAM)
-        if s.teacher in ("core", "linear"):
-            teacher = core_teacher(k_teacher, data.M, s.core_dim, sizes.core, s.rep_dim, traced["teacher_bias"])
-            teacher_diverged = jnp.bool_(False)
-        else:
-            teacher, teacher_diverged = trained_teacher(k_teacher, s, data, sizes, traced)
-        linear_teacher = s.teacher == "linear"
+    student = init_student(init_key, s, traced["true_width"], sizes.d, mask, traced["init_scale"])
+    # Same masks as the classifier's: padded neurons never train; biases only with `bias`.
+    trainable = Student(w=mask[:, None], b=mask * float(s.bias), v=mask[None, :],
+                        c=jnp.full((s.rep_dim,), float(s.bias)))
+    train, test = data.train, data.test
+    # One OOD set per evaluation variant; the teacher's representations of every set, once.
+    oods = jax.vmap(lambda rng: ood_split(data, s.core_dim, sizes, rng).x)(traced["bg_ood"])
+    t_train, t_id = teacher_rep(teacher, train.x, linear_teacher), teacher_rep(teacher, test.x, linear_teacher)
+    t_oods = jax.vmap(lambda x: teacher_rep(teacher, x, linear_teacher))(oods)
+    t_var = masked_mean(jnp.sum((t_id - test.mask @ t_id / jnp.sum(test.mask)) ** 2, axis=1), test.mask)
 
-        student = init_student(init_key, s, traced["true_width"], sizes.d, mask, traced["init_scale"])
-        # Same masks as the classifier's: padded neurons never train; biases only with `bias`.
-        trainable = Student(w=mask[:, None], b=mask * float(s.bias), v=mask[None, :],
-                            c=jnp.full((s.rep_dim,), float(s.bias)))
-        train, test = data.train, data.test
-        # One OOD set per evaluation variant; the teacher's representations of every set, once.
-        oods = jax.vmap(lambda rng: ood_split(data, s.core_dim, sizes, rng).x)(traced["bg_ood"])
-        t_train, t_id = teacher_rep(teacher, train.x, linear_teacher), teacher_rep(teacher, test.x, linear_teacher)
-        t_oods = jax.vmap(lambda x: teacher_rep(teacher, x, linear_teacher))(oods)
-        t_var = masked_mean(jnp.sum((t_id - test.mask @ t_id / jnp.sum(test.mask)) ** 2, axis=1), test.mask)
+    def teacher_probe(ridge, t_ood):
+        probe = ridge_probe(t_train, train.y, train.mask, ridge)
+        return probe_accuracy(probe, t_id, test.y, test.mask), probe_accuracy(probe, t_ood, test.y, test.mask)
 
-        def teacher_probe(ridge, t_ood):
-            probe = ridge_probe(t_train, train.y, train.mask, ridge)
-            return probe_accuracy(probe, t_id, test.y, test.mask), probe_accuracy(probe, t_ood, test.y, test.mask)
+    t_probe_id, t_probe_ood = jax.vmap(teacher_probe)(traced["probe_ridge"], t_oods)
+    t_proj = projection_metrics(teacher.w, data.M, s.core_dim, jnp.ones((s.rep_dim,)), sizes.bg)
+    u = bg_direction(data.M, s.core_dim, sizes.bg, traced["bg_train"])
+    spread0 = init_spread(student.w, u, mask)
+    n_evals = s.n_evals
 
-        t_probe_id, t_probe_ood = jax.vmap(teacher_probe)(traced["probe_ridge"], t_oods)
-        t_proj = projection_metrics(teacher.w, data.M, s.core_dim, jnp.ones((s.rep_dim,)), sizes.bg)
-        u = bg_direction(data.M, s.core_dim, sizes.bg, traced["bg_train"])
-        spread0 = init_spread(student.w, u, mask)
-        n_evals = s.n_evals
+    def rel_err(h, target, rows):
+        return masked_mean(jnp.sum((h - target) ** 2, axis=1), rows) / t_var
 
-        def rel_err(h, target, rows):
-            return masked_mean(jnp.sum((h - target) ** 2, axis=1), rows) / t_var
+    def measure(p: Student) -> dict:
+        h_train, _ = student_rep(p, train.x, s.activation, slope, mask)
+        h_id, pre = student_rep(p, test.x, s.activation, slope, mask)
 
-        def measure(p: Student) -> dict:
-            h_train, _ = student_rep(p, train.x, s.activation, slope, mask)
-            h_id, pre = student_rep(p, test.x, s.activation, slope, mask)
+        def variant(ridge, x_ood, t_ood):
+            h_ood, _ = student_rep(p, x_ood, s.activation, slope, mask)
+            probe = ridge_probe(h_train, train.y, train.mask, ridge)
+            return (rel_err(h_ood, t_ood, test.mask), probe_accuracy(probe, h_id, test.y, test.mask),
+                    probe_accuracy(probe, h_ood, test.y, test.mask))
 
-            def variant(ridge, x_ood, t_ood):
-                h_ood, _ = student_rep(p, x_ood, s.activation, slope, mask)
-                probe = ridge_probe(h_train, train.y, train.mask, ridge)
-                return (rel_err(h_ood, t_ood, test.mask), probe_accuracy(probe, h_id, test.y, test.mask),
-                        probe_accuracy(probe, h_ood, test.y, test.mask))
+        err_ood, probe_id, probe_ood = jax.vmap(variant)(traced["probe_ridge"], oods, t_oods)
+        out = {
+            "student_rep_err_train": rel_err(h_train, t_train, train.mask),
+            "student_rep_err_id": rel_err(h_id, t_id, test.mask),
+            "student_rep_err_ood": err_ood,
+            "student_probe_id_acc": probe_id,
+            "student_probe_ood_acc": probe_ood,
+            "teacher_probe_id_acc": t_probe_id,
+            "teacher_probe_ood_acc": t_probe_ood,
+            "act_asym": activation_asymmetry(pre, test.y, mask, s.activation, slope),
+            **projection_metrics(p.w, data.M, s.core_dim, mask, sizes.bg),
+            **mean_direction_metrics(p.w, u, spread0, mask, sizes.bg, traced["bg_train"], traced["bg_ood"]),
+            "teacher_core_norm": t_proj["core_norm"],
+            "teacher_bg_norm": t_proj["bg_norm"],
+        }
+        return {k: jnp.broadcast_to(out[k], (n_evals,)) for k in DISTILL_METRICS}
 
-            err_ood, probe_id, probe_ood = jax.vmap(variant)(traced["probe_ridge"], oods, t_oods)
-            out = {
-                "student_rep_err_train": rel_err(h_train, t_train, train.mask),
-                "student_rep_err_id": rel_err(h_id, t_id, test.mask),
-                "student_rep_err_ood": err_ood,
-                "student_probe_id_acc": probe_id,
-                "student_probe_ood_acc": probe_ood,
-                "teacher_probe_id_acc": t_probe_id,
-                "teacher_probe_ood_acc": t_probe_ood,
-                "act_asym": activation_asymmetry(pre, test.y, mask, s.activation, slope),
-                **projection_metrics(p.w, data.M, s.core_dim, mask, sizes.bg),
-                **mean_direction_metrics(p.w, u, spread0, mask, sizes.bg, traced["bg_train"], traced["bg_ood"]),
-                "teacher_core_norm": t_proj["core_norm"],
-                "teacher_bg_norm": t_proj["bg_norm"],
-            }
-            return {k: jnp.broadcast_to(out[k], (n_evals,)) for k in DISTILL_METRICS}
+    get_batch = make_get_batch(s, setup, traced["bg_train"])
+    full_batch = not s.online and not s.batch_size
 
-        get_batch = make_get_batch(s, setup, traced["bg_train"])
-        full_batch = not s.online and not s.batch_size
+    def objective(p: Student, batch):
+        # Full batch: the teacher's targets are the precomputed t_train.
+        target = t_train if full_batch else teacher_rep(teacher, batch.x, linear_teacher)
+        h, _ = student_rep(p, batch.x, s.activation, slope, mask)
+        return masked_mean(jnp.mean((h - target) ** 2, axis=1), batch.mask)
 
-        def objective(p: Student, batch):
-            # Full batch: the teacher's targets are the precomputed t_train.
-            target = t_train if full_batch else teacher_rep(teacher, batch.x, linear_teacher)
-            h, _ = student_rep(p, batch.x, s.activation, slope, mask)
-            return masked_mean(jnp.mean((h - target) ** 2, axis=1), batch.mask)
+    tx = make_optimizer(s.optimizer, traced["lr"], traced["weight_decay"], traced["momentum"])
+    step = make_step(objective, tx, trainable, get_batch)
+    # A diverged teacher (kept at its last finite parameters) voids the run: flagged at step 0.
+    return Training(step, init_carry(student, tx), measure, void=teacher_diverged)
 
-        tx = make_optimizer(s.optimizer, traced["lr"], traced["weight_decay"], traced["momentum"])
-        step = make_step(objective, tx, trainable, get_batch)
-        out = train_and_log(step, init_carry(student, tx), measure, s.steps, s.log_every, s.log_schedule)
-        # A diverged teacher (kept at its last finite parameters) voids the run: flagged at step 0.
-        final = out["final"]
-        final["diverged_step"] = jnp.where(teacher_diverged, 0, final["diverged_step"])
-        final["diverged"] = final["diverged"] | teacher_diverged
-        return out
 
-    return run
+EXPERIMENT = Experiment("distill", DISTILL_METRICS, distill_training)

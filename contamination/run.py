@@ -12,7 +12,8 @@ import json
 import sys
 import time
 
-from .config import ConfigError, parse_assignment, preset
+from .config import ConfigError, parse_assignment
+from .presets import preset
 
 
 def main(argv: list[str] | None = None) -> int:

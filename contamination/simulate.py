@@ -5,7 +5,8 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from .config import Config, log_steps, padded_spec, stack_traced, static_spec, traced_values
+from .config import Config, log_steps
+from .spec import padded_spec, stack_traced, static_spec, traced_values
 from .train import compiled_batch_run, compiled_single_run
 
 

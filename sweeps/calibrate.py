@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from contamination.config import Static
+from contamination.spec import Static
 
 CALIBRATION_STEPS = 400
 RECORDED = 32  # recorded compile times kept per experiment
@@ -160,7 +160,7 @@ def _train_steps(cfg, steps: int, x, w_dm):
     import jax.numpy as jnp
 
     from contamination.model import Params, forward, loss_values, to_dm, trainable_mask
-    from contamination.train import init_carry, make_optimizer, make_step
+    from contamination.loop import init_carry, make_optimizer, make_step
 
     m = cfg.width
     y = jnp.where(jnp.arange(x.shape[0]) % 2 == 0, 1.0, -1.0)
@@ -183,7 +183,8 @@ def measure(mesh) -> DeviceModel:
     import jax.numpy as jnp
     from jax.sharding import NamedSharding, PartitionSpec as P
 
-    from contamination.config import preset, static_spec
+    from contamination.presets import preset
+    from contamination.spec import static_spec
     from contamination.cost import step_flops
     from sweeps.grid import Run
     from sweeps.plan import networks_of
@@ -205,7 +206,7 @@ def measure(mesh) -> DeviceModel:
     compile_s = prog.seconds
     t_small = _time(prog.compiled, chunk_inputs(static_spec(small), chunk, nets, prog.sharding)) / CALIBRATION_STEPS
 
-    # The real training step (contamination.train.make_step: forward, loss, backward, AdamW,
+    # The real training step (contamination.loop.make_step: forward, loss, backward, AdamW,
     # divergence guard) at reference sizes, on synthetic data, in a scan.
     mid, steps = preset("toy", width=256, core_dim=32, bg_dim=32, input_dim=256, n_train=256, n_test=16), 20
     fn = jax.jit(jax.vmap(functools.partial(_train_steps, mid, steps)), in_shardings=(sharding,) * 2,

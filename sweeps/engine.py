@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from contamination.cache import setup_jax
-from contamination.config import stable_hash, static_spec
+from contamination.ids import stable_hash
+from contamination.spec import static_spec
 from contamination.train import metric_names as _metric_names
 
 from . import calibrate, executables, results, storage

@@ -15,8 +15,9 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from contamination.config import (FIELDS, PRESETS, Config, ConfigError, check_field, config_id, from_dict, preset,
-                                  run_id)
+from contamination.config import FIELDS, Config, ConfigError, check_field, from_dict
+from contamination.ids import config_id, run_id
+from contamination.presets import PRESETS, preset
 
 GRID_DIR = Path(__file__).parent / "grids"
 TOP_KEYS = ("description", "preset", "seeds", "fixed", "axes", "scales")

@@ -21,7 +21,8 @@ import functools
 import math
 from typing import Callable
 
-from contamination.config import Static, pad_key, padded_spec, stable_hash, static_spec, training_key
+from contamination.ids import stable_hash, training_key
+from contamination.spec import Static, pad_key, padded_spec, static_spec
 from contamination.cost import flops, memory_bytes
 
 from .grid import Run

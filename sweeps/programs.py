@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from contamination.config import Static, stack_traced
+from contamination.spec import Static, stack_traced
 
 from . import executables
 

@@ -8,7 +8,7 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
-from contamination.config import RESULTS_VERSION
+from contamination.ids import RESULTS_VERSION
 
 PRNG = "threefry2x32 (partitionable), keys from sha256 of run content, draws per row"
 

@@ -21,7 +21,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from contamination.config import RESULTS_VERSION, log_steps
+from contamination.config import log_steps
+from contamination.ids import RESULTS_VERSION
 
 from .grid import Grid
 from .storage import Location

@@ -24,7 +24,7 @@ def pytest_sessionfinish(session, exitstatus):
 
 import pytest  # noqa: E402
 
-from contamination.config import preset  # noqa: E402
+from contamination.presets import preset  # noqa: E402
 
 
 # The [fixed] lines of the tiny grids the engine and analysis tests run.

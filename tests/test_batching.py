@@ -62,7 +62,7 @@ def test_divergent_run_is_flagged_and_isolated():
 def test_relu_and_linear_share_the_leaky_program_exactly(activation):
     """ReLU and linear compile as LeakyReLU with a traced slope of 0 and 1; the results are
     those of the dedicated activation."""
-    from contamination.config import static_spec, traced_values
+    from contamination.spec import static_spec, traced_values
     from contamination.train import compiled_single_run
 
     cfg = small("toy", activation=activation, seed=3, steps=60)

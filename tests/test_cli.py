@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-from contamination.config import ConfigError, parse_value, preset
+from contamination.config import ConfigError, parse_value
+from contamination.presets import preset
 from contamination.run import main
 
 

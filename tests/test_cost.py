@@ -5,13 +5,14 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh
 
-from contamination.config import preset, static_spec, traced_values
+from contamination.presets import preset
+from contamination.spec import static_spec, traced_values
 from contamination.cost import memory_bytes, step_flops
-from contamination.train import make_training
+from contamination.classify import make_training
 
 
 def _xla_step_flops(cfg) -> float:
-    step, carry, _ = make_training(static_spec(cfg), traced_values(cfg))
+    step, carry, _, _ = make_training(static_spec(cfg), traced_values(cfg))
     analysis = jax.jit(step).lower(carry, None).compile().cost_analysis()
     return float((analysis[0] if isinstance(analysis, list) else analysis)["flops"])
 

@@ -7,9 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from contamination.config import preset, static_spec, traced_values
+from contamination.presets import preset
+from contamination.spec import static_spec, traced_values
 from contamination.data import Sizes, dictionary, gaussian_frame, minibatch, online_batch, ood_split
-from contamination.train import prepare
+from contamination.setup import prepare
 
 
 def _setup(**kw):

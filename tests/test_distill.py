@@ -17,7 +17,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from contamination.config import ConfigError, preset, run_id, config_id
+from contamination.config import ConfigError
+from contamination.ids import run_id, config_id
+from contamination.presets import preset
 from contamination.simulate import simulate, simulate_batch
 from conftest import small
 

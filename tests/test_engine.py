@@ -180,7 +180,8 @@ def test_programs_hold_no_custom_calls():
     data deadlocked on a 2-core CPU when two forced host devices ran it at once."""
     import jax
 
-    from contamination.config import PRESETS, preset, stack_traced, static_spec
+    from contamination.presets import PRESETS, preset
+    from contamination.spec import stack_traced, static_spec
     from contamination.train import make_run
 
     for name in PRESETS:
@@ -345,7 +346,8 @@ def test_program_key_covers_what_the_program_depends_on(tmp_path):
     import jax
     from jax.sharding import Mesh
 
-    from contamination.config import preset, stack_traced, static_spec
+    from contamination.presets import preset
+    from contamination.spec import stack_traced, static_spec
     from sweeps import executables
 
     mesh = Mesh(np.array(jax.local_devices()[:1]), ("cfg",))

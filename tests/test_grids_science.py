@@ -8,7 +8,8 @@ collapses against eta t / m, theory_scaling separates ID from OOD risk as d0 gro
 import numpy as np
 import pytest
 
-from contamination.config import log_steps, preset
+from contamination.config import log_steps
+from contamination.presets import preset
 from contamination.simulate import simulate
 from sweeps.grid import load
 

@@ -113,7 +113,7 @@ def store(request, monkeypatch):
 def reference(tmp_path_factory):
     """The tiny grid trained into a local directory: what every store run must reproduce."""
     tmp = tmp_path_factory.mktemp("ref")
-    run_grid(load_grid(str(write_grid(tmp))), tmp / "out", progress=False)
+    run_grid(load_grid(str(write_grid(tmp))), tmp / "out", progress=False, **PLAN)
     return pd.read_parquet(tmp / "out" / "runs")
 
 
@@ -143,8 +143,14 @@ def assert_complete(uri: str, reference: pd.DataFrame) -> None:
     assert not [n for n in names if ".tmp-" in n]
 
 
+# Every run here plans the tiny grid the same way (one program per shape, chunks of one network
+# per device), as test_engine's SIGKILL test does: its programs compile once per session.
+PLAN = {"min_efficiency": 1.0, "chunk_size": 1}
+PLAN_FLAGS = ("--chunk-size", "1", "--min-efficiency", "1")
+
+
 def sweep_cmd(grid: Path, out: str, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "sweeps", "run", str(grid), "--out", out, "--no-progress", *extra]
+    return [sys.executable, "-m", "sweeps", "run", str(grid), "--out", out, "--no-progress", *PLAN_FLAGS, *extra]
 
 
 def test_grid_trains_into_the_store_and_analysis_reads_it(store, reference, tmp_path):
@@ -184,7 +190,7 @@ def _wait_for_runs_files(uri: str, proc: subprocess.Popen, at_least: int, timeou
 
 def test_sigkill_then_resume_completes_exactly_once(store, reference, tmp_path):
     grid = write_grid(tmp_path)
-    cmd = sweep_cmd(grid, store, "--chunk-size", "1", "--min-efficiency", "1")
+    cmd = sweep_cmd(grid, store)
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _wait_for_runs_files(store, proc, 3)
     proc.send_signal(signal.SIGKILL)
@@ -201,7 +207,7 @@ def test_sigkill_then_resume_completes_exactly_once(store, reference, tmp_path):
 def test_sigterm_stops_within_one_chunk_and_resumes(where, request, monkeypatch, reference, tmp_path):
     out = str(tmp_path / "out") if where == "local" else new_prefix(request, monkeypatch, where)
     grid = write_grid(tmp_path)
-    cmd = sweep_cmd(grid, out, "--chunk-size", "1", "--min-efficiency", "1")
+    cmd = sweep_cmd(grid, out)
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     at_signal = _wait_for_runs_files(out, proc, 3)
     proc.send_signal(signal.SIGTERM)
@@ -236,8 +242,8 @@ def test_sigterm_stops_within_one_chunk_and_resumes(where, request, monkeypatch,
 
 def test_two_hosts_shares_merge_and_new_values_train_alone(store, reference, tmp_path):
     grid = load_grid(str(write_grid(tmp_path)))
-    a = run_grid(grid, store, progress=False, process=(0, 2))
-    b = run_grid(grid, store, progress=False, process=(1, 2))
+    a = run_grid(grid, store, progress=False, process=(0, 2), **PLAN)
+    b = run_grid(grid, store, progress=False, process=(1, 2), **PLAN)
     assert a.done + b.done == N_RUNS and a.done > 0 and b.done > 0
     names = objects(store)
     assert {"manifest.json", "manifest-p1.json"} <= set(names)
@@ -248,7 +254,7 @@ def test_two_hosts_shares_merge_and_new_values_train_alone(store, reference, tmp
     assert len(load(store).runs) == N_RUNS  # read directly, no gather step
     # adding grid values trains only the new runs, into the same prefix
     wider = load_grid(str(write_grid(tmp_path, TINY.replace("width = [8, 12, 16]", "width = [8, 12, 16, 24]"))))
-    s = run_grid(wider, store, progress=False)
+    s = run_grid(wider, store, progress=False, **PLAN)
     assert (s.done, s.skipped, s.total) == (12, 36, 48)
     runs = read_table(store, "runs")
     assert len(runs) == 48 and runs["run_id"].is_unique
@@ -256,13 +262,13 @@ def test_two_hosts_shares_merge_and_new_values_train_alone(store, reference, tmp
 
 def test_unreadable_objects_are_removed_and_retrained(store, reference, tmp_path):
     grid = load_grid(str(write_grid(tmp_path)))
-    run_grid(grid, store, progress=False, min_efficiency=1.0)
+    run_grid(grid, store, progress=False, **PLAN)
     loc = location(store)
     names = loc.files("runs", suffix=".parquet")
     lost = len(pq.read_table(loc.path("runs", names[0]), filesystem=loc.fs))
     loc.write_bytes(b"not parquet", "runs", names[0])  # a corrupt commit marker
     loc.write_bytes(b"PAR1 orphan", "curves", "orphan.parquet")  # curves whose runs file never landed
-    s = run_grid(grid, store, progress=False, min_efficiency=1.0)
+    s = run_grid(grid, store, progress=False, **PLAN)
     assert (s.done, s.skipped) == (lost, N_RUNS - lost)
     assert "curves/orphan.parquet" not in objects(store)
     assert_complete(store, reference)

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from contamination.config import preset, stack_traced, static_spec
+from contamination.presets import preset
+from contamination.spec import stack_traced, static_spec
 from contamination.simulate import simulate, simulate_batch
 from contamination.train import compiled_batch_run
 
@@ -89,7 +90,8 @@ def test_padded_entries_are_exact_zeros():
     """Padded inputs, dictionary entries and weights are zero, before and after training."""
     import jax
 
-    from contamination.train import make_training, prepare
+    from contamination.classify import make_training
+    from contamination.setup import prepare
 
     cfg = small("toy", width=5, core_dim=2, bg_dim=3, input_dim=9, n_train=10, n_test=12)
     s = static_spec(cfg)._replace(width=8, core_dim=4, bg_dim=4, input_dim=16, n_train=16, n_test=16)
@@ -101,7 +103,7 @@ def test_padded_entries_are_exact_zeros():
     np.testing.assert_allclose(M[[0, 1, 4, 5, 6], :9] @ M[[0, 1, 4, 5, 6], :9].T, np.eye(5), atol=2e-6)
     assert not np.asarray(train.x)[10:].any() and not np.asarray(train.x)[:, 9:].any()
     assert np.asarray(train.y)[10:].tolist() == [0.0] * 6 and float(np.asarray(train.mask).sum()) == 10
-    step, carry, _ = make_training(s, one)
+    step, carry, _, _ = make_training(s, one)
     carry = jax.lax.scan(step, carry, None, length=5)[0]
     w = np.asarray(carry[0].w).T  # training layout (d, m) -> (m, d)
     assert not w[5:].any() and not w[:, 9:].any() and w[:5, :9].all()

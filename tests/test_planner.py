@@ -13,7 +13,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from contamination.config import RESULTS_VERSION, preset
+from contamination.ids import RESULTS_VERSION
+from contamination.presets import preset
 from contamination.simulate import simulate
 from sweeps.__main__ import main as sweeps_main
 from sweeps.engine import describe_plan, run_grid
@@ -181,7 +182,7 @@ def test_device_model_is_measured_once_and_cached(tmp_path, monkeypatch):
     import jax
     from jax.sharding import Mesh
 
-    from contamination.config import static_spec
+    from contamination.spec import static_spec
     from sweeps import calibrate
 
     mesh = Mesh(np.array(jax.local_devices()[:1]), ("cfg",))
@@ -211,7 +212,7 @@ def test_training_seconds_are_fitted_to_recorded_buckets():
 
     x = nnls(np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]), np.array([2.0, -1.0, 1.0]))
     assert x[1] == 0 and x[0] > 0  # the constraint binds
-    from contamination.config import static_spec
+    from contamination.spec import static_spec
 
     def bucket(chunks, flops, steps=100):
         return SimpleNamespace(static=static_spec(preset("toy", steps=steps)), n_chunks=chunks, executed_flops=flops)
@@ -238,7 +239,7 @@ def test_fitted_training_seconds_keep_flops_costly_beyond_the_recorded_buckets()
     them put a 22 TFLOP bucket at 0.9 s; the fit must keep the calibrated FLOP cost."""
     from types import SimpleNamespace
 
-    from contamination.config import static_spec
+    from contamination.spec import static_spec
     from sweeps.calibrate import DeviceModel
 
     model = DeviceModel("cpu x2", flop_rate=1.0018e11, step_s=6.56e-06, calibration_compile_s=7.1)

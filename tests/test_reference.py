@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from contamination.config import static_spec, traced_values
+from contamination.spec import static_spec, traced_values
 from contamination.simulate import simulate
 from conftest import small
 from reference_numpy import train
@@ -17,7 +17,7 @@ from reference_numpy import train
     ("linear", "hinge", "adamw", "frozen_half"),
 ])
 def test_matches_numpy_reference(activation, loss, optimizer, output):
-    from contamination.train import prepare
+    from contamination.setup import prepare
 
     steps = 15
     cfg = small("toy", activation=activation, loss=loss, optimizer=optimizer, output=output,
@@ -47,7 +47,7 @@ def test_mechanism_metrics_match_numpy_reference(activation, slope, loss, bg_tra
     import jax.numpy as jnp
 
     from contamination.metrics import bg_direction, evaluate, init_spread
-    from contamination.train import prepare
+    from contamination.setup import prepare
     from reference_numpy import mechanism_metrics
 
     cfg = small("toy", loss=loss, bg_train=list(bg_train), bg_ood=[-1.5, -0.5])

@@ -12,7 +12,7 @@ do not cancel (`bg_grad_balance`), and the weights drift along the background me
 import numpy as np
 import pytest
 
-from contamination.config import preset
+from contamination.presets import preset
 from contamination.simulate import simulate_batch
 
 SEEDS = range(4)

@@ -1,0 +1,52 @@
+"""The `classify` experiment: the two-layer network trained on the labels (PAPER.md section 4),
+measured by `metrics.evaluate` at every logged step."""
+
+from __future__ import annotations
+
+import functools
+
+from .experiments import Experiment
+from .loop import Training, init_carry, make_optimizer, make_step
+from .metrics import METRICS, bg_direction, evaluate, init_spread, masked_mean
+from .model import forward, loss_values, to_dm
+from .setup import make_get_batch, prepare
+from .spec import Static
+
+
+def make_training(s: Static, traced: dict):
+    """One classifier run as a `Training`: its step function, initial carry and metrics.
+
+    `loop.run_training` scans them; the benchmarks call the same step from a Python loop. The carry
+    holds the parameters in the training layout (`model.to_dm`: first layer stored (d, m));
+    `measure` takes them in that layout.
+    """
+    setup = prepare(s, traced)
+    data, params, trainable, mask = setup.data, setup.params, setup.trainable, setup.mask
+    slope = traced["leaky_slope"]
+    tx = make_optimizer(s.optimizer, traced["lr"], traced["weight_decay"], traced["momentum"])
+    u = bg_direction(data.M, s.core_dim, setup.sizes.bg, traced["bg_train"])
+    evaluate_md = functools.partial(evaluate, data=data, core_dim=s.core_dim, sizes=setup.sizes,
+                                    bg_train=traced["bg_train"], bg_ood=traced["bg_ood"], u=u,
+                                    spread0=init_spread(params.w, u, mask), activation=s.activation, loss=s.loss,
+                                    slope=slope, mask=mask)
+
+    def measure(p_dm):
+        return evaluate_md(to_dm(p_dm))
+
+    get_batch = make_get_batch(s, setup, traced["bg_train"])
+    full_batch = not s.online and not s.batch_size
+    # The full training set is the batch of every step: transpose it once, outside the loop.
+    train_xT = data.train.x.T if full_batch else None
+
+    def objective(p, batch):
+        xT = train_xT if full_batch else batch.x.T
+        f, _ = forward(p, batch.x, s.activation, slope, mask, xT)
+        return masked_mean(loss_values(f, batch.y, s.loss), batch.mask)
+
+    step = make_step(objective, tx, to_dm(trainable), get_batch)
+    return Training(step, init_carry(to_dm(params), tx), measure)
+
+
+
+
+EXPERIMENT = Experiment("classify", METRICS, make_training)

@@ -1,0 +1,97 @@
+"""Every hash of a config: run and config ids, the training key, PRNG key words, and the
+results version that says when draws changed."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import numpy as np
+
+from .config import EVAL_ONLY_FIELDS, Config
+from .experiments import ignored_fields
+
+# The simulator's results version: every change to how data, inits or batches are drawn, or to
+# what a metric means, changes numbers, and bumps it. A results directory holds one version.
+# 1: the first round; 2: per-row draws and exact padding of every shape axis; 3: act_asym through
+# the activation's derivative, the mean-direction and gradient-balance metrics, and data keys
+# that no longer depend on the batch mode.
+RESULTS_VERSION = 3
+
+
+# Fields that determine each random stream. Numeric fields (ranges, lr, init_scale, ...)
+# are excluded on purpose: they transform the same base draws, so runs that differ only
+# in them share data and init (common random numbers) and the key never depends on a
+# run's position in a batch. Width is excluded because init draws are per neuron.
+# The batch mode is excluded too (since results version 3): a fixed-set run and a fresh-batch
+# run of one seed share their dictionary, training set and test sets, so the two differ in how
+# the student or classifier sees data and in nothing else (issue 12's controls).
+DATA_KEY_FIELDS = ("seed", "core_dim", "bg_dim", "input_dim", "core", "n_train", "n_test")
+INIT_KEY_FIELDS = ("seed", "input_dim", "init", "bias", "output")
+
+
+def stable_hash(obj: Any, nbytes: int = 8) -> str:
+    """A hex digest of a JSON-able object that is identical across processes and runs."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[: 2 * nbytes]
+
+
+def key_words(purpose: str, cfg: Config, fields: tuple[str, ...]) -> np.ndarray:
+    d = cfg.to_dict()
+    digest = stable_hash([purpose, {f: d[f] for f in fields}])
+    return np.array([int(digest[:8], 16), int(digest[8:16], 16)], dtype=np.uint32)
+
+
+def training_key(cfg: Config) -> str:
+    """Runs with equal training keys train the same network (they differ in EVAL_ONLY_FIELDS only)."""
+    d = cfg.to_dict()
+    for f in EVAL_ONLY_FIELDS:
+        d.pop(f)
+    return stable_hash(d)
+
+
+# The rule for ids: fields the run's experiment does not read are left out (`experiments.py`),
+# and so is a field at its default value, so adding a field (at
+# a default that keeps today's behaviour) never changes an existing id, and a run that sets it
+# gets an id of its own. The only exceptions are frozen: the fields ids hashed whatever their
+# value when results were first written (the first round's fields; for a distill run, also the
+# distillation fields, which existed from its first run). They stay hashed so that those ids
+# stay what they were. Never add a name to these lists.
+FIRST_ROUND_FIELDS = (
+    "width", "core_dim", "bg_dim", "input_dim", "core", "bg_train", "bg_ood", "n_train", "n_test", "batch_size",
+    "online", "activation", "leaky_slope", "bias", "output", "init", "init_scale", "loss", "optimizer", "lr",
+    "weight_decay", "momentum", "steps", "log_every", "seed",
+)
+ALWAYS_HASHED = {
+    "classify": FIRST_ROUND_FIELDS,
+    "distill": FIRST_ROUND_FIELDS + ("experiment", "rep_dim", "teacher", "teacher_bias", "teacher_steps",
+                                     "teacher_lr", "probe_ridge"),
+}
+DEFAULTS = Config().to_dict()
+
+
+def id_fields(values: dict[str, Any], defaults: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What a run's id hashes: of the fields its experiment reads (`experiments.py`), the frozen
+    ones and every other one not at its default."""
+    defaults = DEFAULTS if defaults is None else defaults
+    experiment = values.get("experiment", "classify")
+    always = set(ALWAYS_HASHED.get(experiment, FIRST_ROUND_FIELDS))
+    ignored = ignored_fields(experiment)
+    return {k: v for k, v in values.items() if k not in ignored and (k in always or v != defaults[k])}
+
+
+def _id_dict(cfg: Config) -> dict[str, Any]:
+    return id_fields(cfg.to_dict())
+
+
+def config_id(cfg: Config) -> str:
+    """Stable id of a config without its seed."""
+    d = _id_dict(cfg)
+    d.pop("seed")
+    return stable_hash(d)
+
+
+def run_id(cfg: Config) -> str:
+    """Stable id of a run: the config and its seed."""
+    return stable_hash(_id_dict(cfg))

@@ -1,0 +1,54 @@
+"""What every experiment's run starts from: its data, initial parameters, masks and batches,
+drawn from its traced values (true sizes, PRNG key words) at the program's padded sizes."""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import jax
+
+from .data import Data, Sizes, Split, first, make_data, minibatch, online_batch
+from .model import Params, init_params, trainable_mask
+from .spec import Static
+
+
+class Setup(NamedTuple):
+    data: Data
+    params: Params
+    trainable: Params
+    mask: jax.Array  # the true neurons
+    batch_key: jax.Array
+    sizes: Sizes  # the run's true sizes
+
+
+def sizes_of(traced: dict) -> Sizes:
+    return Sizes(traced["true_core"], traced["true_bg"], traced["true_d"], traced["true_n_train"],
+                 traced["true_n_test"])
+
+
+def prepare(s: Static, traced: dict) -> Setup:
+    """Data, initial parameters and masks of one run, from its traced values."""
+    data_key = jax.random.wrap_key_data(traced["data_key"], impl="threefry2x32")
+    init_key = jax.random.wrap_key_data(traced["init_key"], impl="threefry2x32")
+    k_data, k_batch = jax.random.split(data_key)
+    true_width, sizes = traced["true_width"], sizes_of(traced)
+    data = make_data(k_data, s.core_dim, s.bg_dim, s.input_dim, s.core, s.n_train, s.n_test, sizes,
+                     traced["bg_train"])
+    params = init_params(init_key, s.width, s.input_dim, true_width, sizes.d, init=s.init, output=s.output,
+                         bias=s.bias, init_scale=traced["init_scale"])
+    trainable = trainable_mask(s.width, true_width, output=s.output, bias=s.bias)
+    return Setup(data, params, trainable, first(s.width, true_width), k_batch, sizes)
+
+
+def make_get_batch(s: Static, setup: Setup, bg_train: jax.Array) -> Callable[[jax.Array], Split]:
+    """The training batch of step `t`: a fresh online batch, a minibatch, or the full training set."""
+    data, k_batch = setup.data, setup.batch_key
+
+    def get_batch(t):
+        if s.online:
+            return online_batch(k_batch, t, data.M, s.batch_size, s.core_dim, s.core, setup.sizes, bg_train)
+        if s.batch_size:
+            return minibatch(k_batch, t, data.train, s.batch_size)
+        return data.train
+
+    return get_batch

@@ -1,0 +1,135 @@
+"""The compile spec: how a config splits into `Static` (shapes and categorical choices, one
+compile per distinct value) and traced values (numbers, true sizes and PRNG key words, traced, so
+changing them never recompiles), and how specs pad into one program."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from .config import FIELDS, Config
+from .ids import DATA_KEY_FIELDS, INIT_KEY_FIELDS, key_words, training_key
+
+class Static(NamedTuple):
+    """Everything that fixes the compiled program: shapes and categorical choices."""
+
+    width: int
+    core_dim: int
+    bg_dim: int
+    input_dim: int
+    core: str
+    n_train: int
+    n_test: int
+    batch_size: int
+    online: bool
+    activation: str
+    bias: bool
+    output: str
+    init: str
+    loss: str
+    optimizer: str
+    steps: int
+    log_every: int
+    experiment: str
+    rep_dim: int
+    teacher: str
+    teacher_steps: int
+    log_schedule: str = "linear"
+    n_evals: int = 1  # evaluation variants per trained network (EVAL_ONLY_FIELDS), padded
+
+
+STATIC_FIELDS = tuple(f for f in Static._fields if f != "n_evals")
+TRACED_FIELDS = ("lr", "weight_decay", "momentum", "leaky_slope", "init_scale", "bg_train", "bg_ood", "seed",
+                 "teacher_bias", "teacher_lr", "probe_ridge")
+assert set(STATIC_FIELDS) | set(TRACED_FIELDS) == set(FIELDS)
+
+# Shape fields a program may pad (exactly: masks, true sizes traced; model.py, data.py). A run's
+# own sizes travel as traced `true_*` values. n_train is padded only where the training set is
+# used whole (full batch) or only for evaluation (online); epoch-wise minibatch shuffling
+# permutes the training set, and a permutation of a padded set is not the unpadded one.
+PAD_FIELDS = ("width", "core_dim", "bg_dim", "input_dim", "n_train", "n_test", "n_evals")
+
+
+def pad_fields(spec: "Static") -> tuple[str, ...]:
+    """The shape fields of `spec` that may be padded (n_train is static with minibatches)."""
+    minibatches = spec.batch_size > 0 and not spec.online
+    return tuple(f for f in PAD_FIELDS if not (f == "n_train" and minibatches))
+
+
+# ReLU and the linear network are LeakyReLU with slope 0 and 1 (exactly: where(x >= 0, x, s x)),
+# so the three share one compiled program with the slope traced: a ReLU-vs-linear sweep, or a
+# slope sweep, is one compile.
+PIECEWISE_LINEAR_SLOPE = {"relu": 0.0, "linear": 1.0}
+
+
+def compiled_activation(activation: str) -> str:
+    return "leaky_relu" if activation in PIECEWISE_LINEAR_SLOPE else activation
+
+
+def effective_slope(cfg: Config) -> float:
+    """The traced negative-side slope: 0 for ReLU, 1 for linear, `leaky_slope` for LeakyReLU."""
+    return PIECEWISE_LINEAR_SLOPE.get(cfg.activation, cfg.leaky_slope)
+
+
+def static_spec(cfg: Config, n_evals: int = 1) -> Static:
+    """The compile-time description of `cfg` alone (its own sizes; `padded_spec` pads several)."""
+    spec = Static(**{n: getattr(cfg, n) for n in STATIC_FIELDS}, n_evals=n_evals)
+    return spec._replace(activation=compiled_activation(cfg.activation))
+
+
+def pad_key(spec: Static) -> Static:
+    """What a program must share with `spec` to hold it: `spec` with its paddable sizes zeroed."""
+    return spec._replace(**{f: 0 for f in pad_fields(spec)})
+
+
+def padded_spec(specs) -> Static:
+    """The smallest spec that holds every one of `specs` (which share their `pad_key`)."""
+    specs = list(specs)
+    key = pad_key(specs[0])
+    assert all(pad_key(s) == key for s in specs), "specs differ in more than their paddable sizes"
+    return specs[0]._replace(**{f: max(getattr(s, f) for s in specs) for f in pad_fields(specs[0])})
+
+
+def traced_values(cfgs: Config | list[Config], n_evals: int | None = None) -> dict[str, np.ndarray]:
+    """The traced inputs of one trained network: key words, true sizes, numeric hyperparameters.
+
+    `cfgs` are its runs (equal `training_key`); their EVAL_ONLY_FIELDS stack along a leading
+    axis of `n_evals` evaluation variants (default: one per run), the last repeated to pad.
+    """
+    cfgs = [cfgs] if isinstance(cfgs, Config) else list(cfgs)
+    cfg = cfgs[0]
+    n_evals = n_evals or len(cfgs)
+    if len({training_key(c) for c in cfgs}) != 1 or len(cfgs) > n_evals:
+        raise ValueError("traced_values: the runs of one network must differ only in EVAL_ONLY_FIELDS")
+    evals = cfgs + [cfgs[-1]] * (n_evals - len(cfgs))
+    f32, i32 = np.float32, np.int32
+    return {
+        "data_key": key_words("data", cfg, DATA_KEY_FIELDS),
+        "init_key": key_words("init", cfg, INIT_KEY_FIELDS),
+        "true_width": i32(cfg.width),
+        "true_core": i32(cfg.core_dim),
+        "true_bg": i32(cfg.bg_dim),
+        "true_d": i32(cfg.input_dim),
+        "true_n_train": i32(cfg.n_train),
+        "true_n_test": i32(cfg.n_test),
+        "lr": f32(cfg.lr),
+        "weight_decay": f32(cfg.weight_decay),
+        "momentum": f32(cfg.momentum),
+        "leaky_slope": f32(effective_slope(cfg)),
+        "init_scale": f32(cfg.init_scale),
+        "bg_train": np.array(cfg.bg_train, dtype=f32),
+        "bg_ood": np.array([c.bg_ood for c in evals], dtype=f32),
+        "teacher_bias": f32(cfg.teacher_bias),
+        "teacher_lr": f32(cfg.teacher_lr),
+        "probe_ridge": np.array([c.probe_ridge for c in evals], dtype=f32),
+    }
+
+
+def stack_traced(networks: list, n_evals: int | None = None) -> dict[str, np.ndarray]:
+    """Stack the traced values of several networks (each a Config or a list of its runs) along a
+    leading axis; every network gets `n_evals` variants (default: the most any has)."""
+    nets = [[n] if isinstance(n, Config) else list(n) for n in networks]
+    n_evals = n_evals or max(len(n) for n in nets)
+    rows = [traced_values(n, n_evals) for n in nets]
+    return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
