@@ -172,9 +172,16 @@ def test_grid_trains_into_the_store_and_analysis_reads_it(store, reference, tmp_
         assert link in names, link
     # the library reads it too, typed as from a local directory
     from analysis import load
+    from analysis.__main__ import main as analysis_main
     res = load(store)
     assert len(res.runs) == N_RUNS and len(res.curves) == N_RUNS * 5
     assert list(res.runs["activation"].cat.categories) == ["relu", "sigmoid"]
+    # and the other commands: a phase diagram and its table into the bucket, a dry run against it
+    assert analysis_main(["phase", store, "--x", "width", "--y", "activation", "--metric", "ood_acc",
+                          "--csv", f"{store}/tables/phase.csv"]) == 0
+    names = objects(store)
+    assert "figures/phase_ood_acc_width_activation.png" in names and "tables/phase.csv" in names
+    assert sweeps_main(["plan", str(grid), "--out", store, *PLAN_FLAGS]) == 0
 
 
 def _wait_for_runs_files(uri: str, proc: subprocess.Popen, at_least: int, timeout: float = 180) -> int:
@@ -308,6 +315,7 @@ def test_local_writes_stay_write_then_rename(tmp_path):
     assert loc.files("runs") == ["a.parquet"] and np.isclose(len(loc.read_bytes("runs", "a.parquet")), 3)
 
 
+@pytest.mark.slow  # 30 s; the default suite merges two hosts' shares through `process=` above
 def test_two_real_processes_write_one_prefix(request, monkeypatch, reference, tmp_path):
     """A slice in miniature: two processes joined by jax.distributed (CPU, loopback coordinator),
     each training its share straight into one gs:// prefix; analysis reads it with no gather step."""
