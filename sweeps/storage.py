@@ -87,12 +87,6 @@ class Location:
             raise StorageError(f"{self}: not a local directory")
         return Path(self.uri)
 
-    def is_dir(self) -> bool:
-        """A local directory that exists; for an object store, a prefix holding any object."""
-        if self.local:
-            return self.fs.get_file_info(self.root).type == pafs.FileType.Directory
-        return bool(self.fs.get_file_info(pafs.FileSelector(self.root, recursive=True, allow_not_found=True)))
-
     def exists(self, *parts: str) -> bool:
         return self.fs.get_file_info(self.path(*parts)).type != pafs.FileType.NotFound
 
@@ -102,10 +96,6 @@ class Location:
         names = [i.base_name for i in infos if i.type == pafs.FileType.File]
         return sorted(n for n in names if n.endswith(suffix) and n.startswith(prefix)
                       and (hidden or not n.startswith(".")))
-
-    def dirs(self) -> list[str]:
-        infos = self.fs.get_file_info(pafs.FileSelector(self.root, allow_not_found=True))
-        return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
 
     def read_bytes(self, *parts: str) -> bytes:
         with self.fs.open_input_file(self.path(*parts)) as f:
