@@ -216,8 +216,14 @@ def test_sigterm_stops_within_one_chunk_and_resumes(where, request, monkeypatch,
     grid = write_grid(tmp_path)
     cmd = sweep_cmd(grid, out)
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    at_signal = _wait_for_runs_files(out, proc, 3)
+    _wait_for_runs_files(out, proc, 3)
+    # Freeze the sweep, count what it has written, then signal: the count is exact at the signal
+    # (an upload already sent is given time to land first).
+    proc.send_signal(signal.SIGSTOP)
+    time.sleep(0.3)
+    at_signal = len(location(out).files("runs", suffix=".parquet"))
     proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signal.SIGCONT)
     stdout, stderr = proc.communicate(timeout=120)  # a bound against hanging, not a timing claim
     assert proc.returncode == 128 + signal.SIGTERM, stderr[-3000:]
     lines = [ln for ln in stdout.splitlines() if ln.strip()]
