@@ -179,8 +179,11 @@ def test_grid_trains_into_the_store_and_analysis_reads_it(store, reference, tmp_
     # and the other commands: a phase diagram and its table into the bucket, a dry run against it
     assert analysis_main(["phase", store, "--x", "width", "--y", "activation", "--metric", "ood_acc",
                           "--csv", f"{store}/tables/phase.csv"]) == 0
+    assert analysis_main(["curves", store, "--hue", "activation"]) == 0
+    assert analysis_main(["table", store, "--by", "activation", "--csv", f"{store}/tables/by_activation.csv"]) == 0
     names = objects(store)
-    assert "figures/phase_ood_acc_width_activation.png" in names and "tables/phase.csv" in names
+    assert {"figures/phase_ood_acc_width_activation.png", "tables/phase.csv", "tables/by_activation.csv"} <= set(names)
+    assert any(n.startswith("figures/curves_") and n.endswith(".png") for n in names)
     assert sweeps_main(["plan", str(grid), "--out", store, *PLAN_FLAGS]) == 0
 
 
