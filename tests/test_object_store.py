@@ -213,8 +213,9 @@ def test_sigkill_then_resume_completes_exactly_once(store, reference, tmp_path):
     assert_complete(store, reference)
 
 
-@pytest.mark.parametrize("where", ["local", "gs", "s3"])
-def test_sigterm_stops_within_one_chunk_and_resumes(where, request, monkeypatch, reference, tmp_path):
+@pytest.mark.parametrize("where,sig", [("local", signal.SIGTERM), ("gs", signal.SIGTERM), ("s3", signal.SIGTERM),
+                                       ("local", signal.SIGINT)], ids=["local", "gs", "s3", "local-ctrl-c"])
+def test_sigterm_stops_within_one_chunk_and_resumes(where, sig, request, monkeypatch, reference, tmp_path):
     out = str(tmp_path / "out") if where == "local" else new_prefix(request, monkeypatch, where)
     grid = write_grid(tmp_path)
     cmd = sweep_cmd(grid, out)
@@ -225,13 +226,13 @@ def test_sigterm_stops_within_one_chunk_and_resumes(where, request, monkeypatch,
     proc.send_signal(signal.SIGSTOP)
     time.sleep(0.3)
     at_signal = len(location(out).files("runs", suffix=".parquet"))
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     proc.send_signal(signal.SIGCONT)
     stdout, stderr = proc.communicate(timeout=120)  # a bound against hanging, not a timing claim
-    assert proc.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    assert proc.returncode == 128 + sig, stderr[-3000:]
     lines = [ln for ln in stdout.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("stopped by SIGTERM: ") and "resume with: python -m sweeps run" \
-        in lines[0] and f"--out {out}" in lines[0], stdout
+    assert len(lines) == 1 and lines[0].startswith(f"stopped by {sig.name}: ") and \
+        "resume with: python -m sweeps run" in lines[0] and f"--out {out}" in lines[0], stdout
     written = len(location(out).files("runs", suffix=".parquet"))
     # files are chunks: at most the chunk in flight when the signal came was finished
     assert at_signal <= written <= at_signal + 1, (at_signal, written)
@@ -243,7 +244,7 @@ def test_sigterm_stops_within_one_chunk_and_resumes(where, request, monkeypatch,
     assert {n for n in names if n.startswith("curves/")} == {n.replace("runs/", "curves/", 1)
                                                               for n in names if n.startswith("runs/")}
     manifest = json.loads(location(out).read_text("manifest.json"))
-    assert manifest["invocations"][-1]["stopped_by"] == "SIGTERM"
+    assert manifest["invocations"][-1]["stopped_by"] == sig.name
     # re-running the same command (the one the line printed) resumes
     resume = shlex.split(lines[0].split("resume with: ", 1)[1])
     assert resume[:3] == ["python", "-m", "sweeps"] and resume[3:] == cmd[3:]
