@@ -25,7 +25,10 @@ def test_a_directory_written_before_resumes_with_nothing_retrained(name, tmp_pat
     """tests/data/results-v3/ was written (results version 3) before the id rule changed from
     special cases (distillation fields dropped from classify ids, log_schedule at its default
     dropped) to the general rule; it holds a non-default later field (log_schedule geometric)
-    and distill runs with default and non-default distillation fields."""
+    and distill runs with default and non-default distillation fields. (When RESULTS_VERSION
+    changes, every id may too: regenerate it with `python -m sweeps run
+    tests/data/results-v3/NAME.toml --out tests/data/results-vN/NAME` at the last commit of the
+    old version.)"""
     out = tmp_path / name
     shutil.copytree(DATA / name, out)
     grid = load(str(DATA / f"{name}.toml"))
