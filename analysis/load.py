@@ -18,10 +18,8 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 
-from sweeps.storage import Location, StorageError, check_reachable, is_uri, location
+from sweeps.storage import UNREADABLE, Location, StorageError, check_reachable, is_uri, location
 
 RESULTS_ROOT = Path("results")
 RANGE_COLUMNS = {"bg_train": ("bg_train_low", "bg_train_high"), "bg_ood": ("bg_ood_low", "bg_ood_high")}
@@ -118,8 +116,8 @@ def read_manifest(loc: Location) -> dict:
 
 def _read_one(loc: Location, table: str, name: str) -> pd.DataFrame | None:
     try:
-        df = pq.read_table(loc.path(table, name), filesystem=loc.fs).to_pandas()
-    except (OSError, pa.ArrowException) as e:
+        df = loc.read_parquet(table, name).to_pandas()
+    except UNREADABLE as e:
         print(f"warning: {loc}: skipping {table}/{name}, not a readable Parquet file ({str(e)[:100]})",
               file=sys.stderr)
         return None

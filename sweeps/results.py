@@ -25,7 +25,7 @@ from contamination.config import log_steps
 from contamination.ids import RESULTS_VERSION
 
 from .grid import Grid
-from .storage import Location
+from .storage import UNREADABLE, Location
 
 RANGE_COLUMNS = {"bg_train": ("bg_train_low", "bg_train_high"), "bg_ood": ("bg_ood_low", "bg_ood_high")}
 PROVENANCE_KEY = b"contamination"
@@ -76,8 +76,8 @@ def table_bytes(table: pa.Table) -> bytes:
 def read_column(out: Location, table: str, name: str, column: str) -> list | None:
     """One column of a Parquet file, or None when the file (its footer) does not read."""
     try:
-        return pq.read_table(out.path(table, name), filesystem=out.fs, columns=[column]).column(column).to_pylist()
-    except (OSError, pa.ArrowException, KeyError):
+        return out.read_parquet(table, name, columns=[column]).column(column).to_pylist()
+    except (*UNREADABLE, KeyError):
         return None
 
 

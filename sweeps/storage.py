@@ -28,8 +28,11 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
 OBJECT_SCHEMES = ("gs", "gcs", "s3")
+# What reading a file that is not (or no longer) a whole Parquet file raises.
+UNREADABLE = (OSError, pa.ArrowException)
 
 
 def probe_timeout_s() -> float:
@@ -100,6 +103,10 @@ class Location:
     def read_bytes(self, *parts: str) -> bytes:
         with self.fs.open_input_file(self.path(*parts)) as f:
             return f.read()
+
+    def read_parquet(self, *parts: str, columns: list[str] | None = None) -> pa.Table:
+        """A Parquet file's table; raises one of `UNREADABLE` when its footer or data do not read."""
+        return pq.read_table(self.path(*parts), filesystem=self.fs, columns=columns)
 
     def read_text(self, *parts: str) -> str:
         return self.read_bytes(*parts).decode()
