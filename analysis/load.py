@@ -139,6 +139,8 @@ def _read(loc: Location, table: str, names: list[str]) -> pd.DataFrame:
 def _axis_values(axis: str, values: list) -> list:
     if axis in RANGE_COLUMNS:
         return [range_label(*v) for v in values]
+    if axis == "widths":  # the table's label of every hidden width (sweeps.results.widths_label)
+        return [",".join(str(w) for w in (v if isinstance(v, list) else [v])) for v in values]
     return list(values)
 
 

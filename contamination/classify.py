@@ -7,7 +7,7 @@ import functools
 
 from .experiments import Experiment
 from .loop import Training, init_carry, make_optimizer, make_step
-from .metrics import METRICS, bg_direction, evaluate, init_spread, masked_mean
+from .metrics import METRICS, bg_direction, evaluate, init_spread, layer_metrics, masked_mean
 from .model import forward, loss_values, to_dm
 from .setup import make_get_batch, prepare
 from .spec import Static
@@ -28,7 +28,7 @@ def make_training(s: Static, traced: dict):
     evaluate_md = functools.partial(evaluate, data=data, core_dim=s.core_dim, sizes=setup.sizes,
                                     bg_train=traced["bg_train"], bg_ood=traced["bg_ood"], u=u,
                                     spread0=init_spread(params.w, u, mask), activation=s.activation, loss=s.loss,
-                                    slope=slope, mask=mask)
+                                    slope=slope, mask=mask, deep=setup.deep, n_classes=s.n_classes)
 
     def measure(p_dm):
         return evaluate_md(to_dm(p_dm))
@@ -40,13 +40,11 @@ def make_training(s: Static, traced: dict):
 
     def objective(p, batch):
         xT = train_xT if full_batch else batch.x.T
-        f, _ = forward(p, batch.x, s.activation, slope, mask, xT)
+        f, _ = forward(p, batch.x, s.activation, slope, mask, xT, setup.deep)
         return masked_mean(loss_values(f, batch.y, s.loss), batch.mask)
 
     step = make_step(objective, tx, to_dm(trainable), get_batch)
     return Training(step, init_carry(to_dm(params), tx), measure)
 
 
-
-
-EXPERIMENT = Experiment("classify", METRICS, make_training)
+EXPERIMENT = Experiment("classify", METRICS, make_training, layer_metrics)

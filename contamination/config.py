@@ -39,10 +39,17 @@ class Config:
     """One training run. Defaults are the reference script's (`toy.py`) defaults."""
 
     width: int = 256
+    # Hidden layers: `depth` layers of `width` units, or `widths` = [m1, m2, ...] (which, when
+    # given, sets `width` = m1 and `depth` = its length; equal widths are stored as width/depth).
+    depth: int = 1
+    widths: tuple[int, ...] = ()
     core_dim: int = 32
     bg_dim: int = 32
     input_dim: int = 256
     core: str = "nonlinear"
+    # K classes: 2 is the binary model (labels +-1, one output); K > 2 gives each class its own
+    # core features (feature j belongs to class j mod K) and the network K logits.
+    n_classes: int = 2
     bg_train: tuple[float, float] = (0.0, 1.0)
     bg_ood: tuple[float, float] = (-1.0, 0.0)
     n_train: int = 1000
@@ -84,7 +91,13 @@ class Config:
         d = dataclasses.asdict(self)
         d["bg_train"] = list(self.bg_train)
         d["bg_ood"] = list(self.bg_ood)
+        d["widths"] = list(self.widths)
         return d
+
+    @property
+    def hidden_widths(self) -> tuple[int, ...]:
+        """The width of every hidden layer, first to last."""
+        return self.widths or (self.width,) * self.depth
 
     @property
     def n_logs(self) -> int:
@@ -97,6 +110,7 @@ INT_FIELDS = {n for n, f in FIELDS.items() if f.type == "int"}
 FLOAT_FIELDS = {n for n, f in FIELDS.items() if f.type == "float"}
 BOOL_FIELDS = {n for n, f in FIELDS.items() if f.type == "bool"}
 RANGE_FIELDS = {"bg_train", "bg_ood"}
+LIST_FIELDS = {"widths"}
 
 def suggest(name: str, options) -> str:
     close = difflib.get_close_matches(name, list(options), n=1)
@@ -131,6 +145,15 @@ def _coerce(name: str, value: Any) -> Any:
         if lo > hi:
             raise ConfigError(f"{name}: range low {lo} > high {hi}; expected [low, high] with low <= high")
         return (lo, hi)
+    if name in LIST_FIELDS:
+        if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+            value = [value]
+        ok = isinstance(value, (list, tuple)) and all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0 for v in value)
+        if not ok:
+            raise ConfigError(f"{name}: expected a list of positive integers (one width per hidden layer), "
+                              f"got {value!r}")
+        return tuple(int(v) for v in value)
     if name in CHOICES:
         if not isinstance(value, str):
             raise ConfigError(f"{name}: expected one of {', '.join(CHOICES[name])}, got {value!r}")
@@ -149,7 +172,7 @@ def check_field(name: str) -> None:
 
 def validate(cfg: Config) -> Config:
     """Cross-field checks; raises ConfigError with a one-line message."""
-    for name in ("width", "core_dim", "bg_dim", "input_dim", "n_train", "n_test", "steps", "log_every", "rep_dim",
+    for name in ("width", "depth", "core_dim", "bg_dim", "input_dim", "n_train", "n_test", "steps", "log_every", "rep_dim",
                  "teacher_steps"):
         if getattr(cfg, name) <= 0:
             raise ConfigError(f"{name}: must be a positive integer, got {getattr(cfg, name)}")
@@ -159,10 +182,20 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(
             f"input_dim: core_dim + bg_dim = {cfg.core_dim + cfg.bg_dim} exceeds input_dim = {cfg.input_dim}; "
             "need core_dim + bg_dim <= input_dim")
-    if cfg.n_train < 2 or cfg.n_test < 2:
-        raise ConfigError("n_train, n_test: need at least 2 points (one per class)")
+    if cfg.n_classes < 2:
+        raise ConfigError(f"n_classes: must be >= 2, got {cfg.n_classes}")
+    if cfg.n_classes > 2 and cfg.core_dim < cfg.n_classes:
+        raise ConfigError(f"core_dim: {cfg.core_dim} < n_classes = {cfg.n_classes}; each class needs a core "
+                          "feature of its own")
+    if cfg.n_train < cfg.n_classes or cfg.n_test < cfg.n_classes:
+        raise ConfigError(f"n_train, n_test: need at least {cfg.n_classes} points (one per class)")
+    if cfg.experiment == "distill" and (cfg.depth > 1 or cfg.n_classes > 2):
+        raise ConfigError("experiment: distill trains a one-hidden-layer student on a binary task; "
+                          "depth and n_classes must stay 1 and 2")
     if cfg.online and cfg.batch_size == 0:
         raise ConfigError("batch_size: online = true needs batch_size > 0 (a fresh batch each step)")
+    if cfg.online and cfg.batch_size < cfg.n_classes:
+        raise ConfigError(f"batch_size: online batches need at least one point per class ({cfg.n_classes})")
     if not cfg.online and cfg.batch_size > cfg.n_train:
         raise ConfigError(f"batch_size: {cfg.batch_size} exceeds n_train = {cfg.n_train}")
     if cfg.lr <= 0:
@@ -191,7 +224,18 @@ def from_dict(values: dict[str, Any], base: Config | None = None) -> Config:
         check_field(name)
         fields[name] = value
     coerced = {name: _coerce(name, value) for name, value in fields.items()}
-    return validate(Config(**coerced))
+    return validate(Config(**canonical_widths(coerced)))
+
+
+def canonical_widths(fields: dict[str, Any]) -> dict[str, Any]:
+    """`widths`, when given, sets `width` and `depth`; equal widths are stored as width x depth
+    (so `widths = [64]` is `width = 64`, the same run with the same id)."""
+    widths = fields.get("widths", ())
+    if not widths:
+        return fields
+    fields = {**fields, "width": widths[0], "depth": len(widths)}
+    fields["widths"] = () if len(set(widths)) == 1 else widths
+    return fields
 
 
 def parse_value(text: str) -> Any:

@@ -10,12 +10,24 @@ from .metrics import METRICS
 F32 = 4
 
 
+def deep_products(s: Static) -> tuple[int, int]:
+    """sum over layers 2..L of m_l m_(l-1), and the extra output units past one (K > 2 logits)."""
+    widths = (s.width, *s.hidden)
+    return sum(a * b for a, b in zip(widths[1:], widths[:-1])), (s.n_classes if s.n_classes > 2 else 1) - 1
+
+
 def step_flops(s: Static) -> float:
     """FLOPs of one classifier training step (checked against XLA's cost analysis in the tests)."""
     d0, d, m = s.core_dim + s.bg_dim, s.input_dim, s.width
     nb = s.batch_size or s.n_train
+    mm, extra_out = deep_products(s)
+    units = sum(s.hidden)
     # forward x W^T (2ndm) and the weight gradient dpre^T x (2ndm); no gradient flows to the data
     step = 4 * nb * d * m + 12 * nb * m + 10 * m * d
+    # deeper layers: forward, weight and input gradients (6 n m_l m_(l-1)), elementwise, updates
+    step += 6 * nb * mm + 12 * nb * units + 10 * mm
+    # K logits: the read-out's three products and the softmax
+    step += 6 * nb * s.width_last * extra_out + 10 * nb * (extra_out + 1) * (extra_out > 0)
     if s.online:
         step += 2 * nb * d0 * d  # a fresh batch each step
     return float(step)
@@ -27,7 +39,12 @@ def flops(s: Static) -> float:
     nb = s.batch_size or s.n_train
     n_eval = s.n_train + (1 + s.n_evals) * s.n_test  # the OOD set once per evaluation variant
     step = step_flops(s)
+    mm, extra_out = deep_products(s)
     log = 2 * n_eval * d * m + 2 * m * d * d0 + 8 * n_eval * m
+    # deeper layers and K logits on every set; the gradient balance backpropagates on the training set
+    log += 2 * n_eval * (mm + s.width_last * extra_out) + 8 * n_eval * sum(s.hidden)
+    if s.hidden or extra_out:
+        log += 4 * s.n_train * (mm + s.width_last * (extra_out + 1))
     setup = 2 * n_eval * d0 * d + 4 * d * d0 * d0
     if s.experiment == "distill":
         p = s.rep_dim
@@ -51,13 +68,17 @@ def memory_bytes(s: Static) -> int:
     sum of the step's and the metrics' tensors; with online batches they overlap less. Refitted
     with issue 11's metrics (gates and per-sample gradients on the training set).
     """
-    d0, d, m = s.core_dim + s.bg_dim, s.input_dim, s.width
+    d0, d = s.core_dim + s.bg_dim, s.input_dim
+    # deeper layers count as more units (their activations) and their weights as parameters
+    # (a deeper layer's activations weigh 0.4 of the first's: XLA frees them sooner; fitted)
+    m = s.width + 0.4 * sum(s.hidden)
+    mm, extra_out = deep_products(s)
     nb = s.batch_size or s.n_train
     full_batch = not s.online and not s.batch_size
     n_eval = s.n_train + (1 + s.n_evals) * s.n_test
     # the three sets and the dictionary; full batch: the training inputs transposed (train.py)
     data = n_eval * d + d0 * d + (s.n_train * d if full_batch else nb * d)
-    params = m * d + 3 * m + 1
+    params = s.width * d + 3 * (s.width + sum(s.hidden)) + 1 + mm + s.width_last * extra_out
     opt_copies = {"sgd": 1, "adam": 2, "adamw": 2}[s.optimizer]
     param_mem = params * (1 + opt_copies)
     minibatch = s.batch_size and not s.online
@@ -69,7 +90,9 @@ def memory_bytes(s: Static) -> int:
         acts = (1.5 + grad_balance) * n_eval * m
     else:
         acts = (1.8 if minibatch else 2.75) * n_eval * m + 2 * nb * m
-    n_metrics = len(METRICS)
+    if s.hidden or extra_out:  # the gradient balance by autodiff on the training set
+        acts += 2 * s.n_train * s.width
+    n_metrics = len(METRICS) + s.depth
     if s.experiment == "distill":
         p = s.rep_dim
         n_metrics = len(DISTILL_METRICS)

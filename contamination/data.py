@@ -32,7 +32,9 @@ class Sizes(NamedTuple):
 
 class Split(NamedTuple):
     x: jax.Array  # (n, d); padded rows and columns are zero
-    y: jax.Array  # (n,), +-1, first half of the true rows +1; 0 on padded rows
+    # (n,) labels. Two classes: +-1, first half of the true rows +1, 0 on padded rows.
+    # K > 2 classes: the class 0..K-1 (rows in K equal blocks), 0 on padded rows.
+    y: jax.Array
     mask: jax.Array  # (n,) 1.0 on true rows
 
 
@@ -107,14 +109,39 @@ def balanced_labels(n: int, true_n: jax.Array | int | None = None) -> jax.Array:
     return jnp.where(i < true_n // 2, 1.0, jnp.where(i < true_n, -1.0, 0.0))
 
 
+def class_labels(n: int, true_n: jax.Array | int | None, n_classes: int) -> jax.Array:
+    """Labels of n rows: `balanced_labels` for two classes; for K > 2, row i < true_n is class
+    floor(i K / true_n) (K blocks of equal size, up to one), padded rows 0."""
+    if n_classes == 2:
+        return balanced_labels(n, true_n)
+    true_n = n if true_n is None else true_n
+    i = jnp.arange(n)
+    return jnp.where(i < true_n, (i * n_classes) // true_n, 0).astype(jnp.float32)
+
+
+def owned_features(y: jax.Array, core_dim: int, n_classes: int) -> jax.Array:
+    """(n, core_dim): 1 where core feature j belongs to the row's class (j mod K = y), K > 2."""
+    return (jnp.arange(core_dim)[None, :] % n_classes == y[:, None].astype(jnp.int32)).astype(jnp.float32)
+
+
 def uniform_rows(key: jax.Array, n: int, k: int, true_k: jax.Array) -> jax.Array:
     """U[0, 1] per row and column, the columns past `true_k` zero."""
     return per_row(key, n, lambda kk: jax.random.uniform(kk, (k,))) * first(k, true_k)
 
 
-def core_coefficients(key: jax.Array, y: jax.Array, core_dim: int, true_core: jax.Array, core: str) -> jax.Array:
-    """`linear`: y * U[0,1] per coordinate. `nonlinear`: a uniform direction of radius 1 (y=+1) or 2 (y=-1)."""
+def core_coefficients(key: jax.Array, y: jax.Array, core_dim: int, true_core: jax.Array, core: str,
+                      n_classes: int = 2) -> jax.Array:
+    """Two classes: `linear`: y * U[0,1] per coordinate; `nonlinear`: a uniform direction of
+    radius 1 (y=+1) or 2 (y=-1). K > 2 classes: the class's own features only (j mod K = y):
+    `linear`: U[0,1] on each; `nonlinear`: a uniform direction of radius 1 in their span (the
+    class is which subspace the point lies in, not a sign: no linear read-out separates it)."""
     n = y.shape[0]
+    if n_classes > 2:
+        own = owned_features(y, core_dim, n_classes)
+        if core == "linear":
+            return uniform_rows(key, n, core_dim, true_core) * own
+        g = per_row(key, n, lambda k: jax.random.normal(k, (core_dim,))) * first(core_dim, true_core) * own
+        return g / jnp.linalg.norm(g, axis=1, keepdims=True)
     if core == "linear":
         return y[:, None] * uniform_rows(key, n, core_dim, true_core)
     g = per_row(key, n, lambda k: jax.random.normal(k, (core_dim,))) * first(core_dim, true_core)
@@ -128,7 +155,7 @@ def background(u: jax.Array, rng: jax.Array, bg_mask: jax.Array) -> jax.Array:
 
 
 def sample(key: jax.Array, M: jax.Array, y: jax.Array, mask: jax.Array, core_dim: int, core: str,
-           sizes: Sizes, bg_range: jax.Array, with_ood: bool = False):
+           sizes: Sizes, bg_range: jax.Array, with_ood: bool = False, n_classes: int = 2):
     """A split of inputs for labels `y` (rows where `mask` is 0 are zero).
 
     With `with_ood`, also the split's core part and the base uniforms of its OOD background
@@ -137,7 +164,7 @@ def sample(key: jax.Array, M: jax.Array, y: jax.Array, mask: jax.Array, core_dim
     k_core, k_bg, k_ood = jax.random.split(key, 3)
     n, bg_dim = y.shape[0], M.shape[0] - core_dim
     bg_mask = first(bg_dim, sizes.bg)
-    x_core = core_coefficients(k_core, y, core_dim, sizes.core, core) @ M[:core_dim] * mask[:, None]
+    x_core = core_coefficients(k_core, y, core_dim, sizes.core, core, n_classes) @ M[:core_dim] * mask[:, None]
     zb = background(uniform_rows(k_bg, n, bg_dim, sizes.bg), bg_range, bg_mask)
     split = Split(x_core + zb @ M[core_dim:] * mask[:, None], y, mask)
     if not with_ood:
@@ -146,14 +173,16 @@ def sample(key: jax.Array, M: jax.Array, y: jax.Array, mask: jax.Array, core_dim
 
 
 def make_data(key: jax.Array, core_dim: int, bg_dim: int, input_dim: int, core: str,
-              n_train: int, n_test: int, sizes: Sizes, bg_train: jax.Array) -> Data:
+              n_train: int, n_test: int, sizes: Sizes, bg_train: jax.Array, n_classes: int = 2) -> Data:
     check_prefix_stable_draws()
     k_dict, k_train, k_test = jax.random.split(key, 3)
     M = dictionary(k_dict, core_dim, bg_dim, input_dim, sizes)
-    y_train, y_test = balanced_labels(n_train, sizes.n_train), balanced_labels(n_test, sizes.n_test)
-    train = sample(k_train, M, y_train, first(n_train, sizes.n_train), core_dim, core, sizes, bg_train)
+    y_train = class_labels(n_train, sizes.n_train, n_classes)
+    y_test = class_labels(n_test, sizes.n_test, n_classes)
+    train = sample(k_train, M, y_train, first(n_train, sizes.n_train), core_dim, core, sizes, bg_train,
+                   n_classes=n_classes)
     test, test_core, ood_u = sample(k_test, M, y_test, first(n_test, sizes.n_test), core_dim, core, sizes,
-                                    bg_train, with_ood=True)
+                                    bg_train, with_ood=True, n_classes=n_classes)
     return Data(M, train, test, test_core, ood_u)
 
 
@@ -166,10 +195,11 @@ def ood_split(data: Data, core_dim: int, sizes: Sizes, ood_range: jax.Array) -> 
 
 
 def online_batch(key: jax.Array, step: jax.Array, M: jax.Array, batch_size: int, core_dim: int,
-                 core: str, sizes: Sizes, bg_train: jax.Array) -> Split:
+                 core: str, sizes: Sizes, bg_train: jax.Array, n_classes: int = 2) -> Split:
     """A fresh balanced batch from the training distribution for step `step` (theory's online SGD)."""
-    y = balanced_labels(batch_size)
-    return sample(jax.random.fold_in(key, step), M, y, jnp.ones((batch_size,)), core_dim, core, sizes, bg_train)
+    y = class_labels(batch_size, None, n_classes)
+    return sample(jax.random.fold_in(key, step), M, y, jnp.ones((batch_size,)), core_dim, core, sizes, bg_train,
+                  n_classes=n_classes)
 
 
 def minibatch(key: jax.Array, step: jax.Array, train: Split, batch_size: int) -> Split:

@@ -38,6 +38,11 @@ class Experiment(NamedTuple):
     name: str
     metrics: tuple[str, ...]  # the metric names of its curves and final values, in order
     training: Callable  # (static, traced) -> loop.Training
+    # (static) -> further metric names that depend on the program (e.g. one per hidden layer)
+    spec_metrics: Callable | None = None
+
+    def metric_names(self, static) -> tuple[str, ...]:
+        return self.metrics + (self.spec_metrics(static) if self.spec_metrics else ())
 
 
 def get(name: str) -> Experiment:

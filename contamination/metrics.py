@@ -11,13 +11,23 @@ import jax
 import jax.numpy as jnp
 
 from .data import Data, Sizes, Split, ood_split
-from .model import Params, activate, forward, loss_values
+from .model import Deep, Params, activate, loss_values, margins, representations
 
 METRICS = (
     "train_loss", "id_loss", "id_acc", "ood_loss", "ood_acc", "id_margin", "ood_margin",
     "core_norm", "bg_norm", "bg_signed", "act_asym", "bg_mean_proj", "bg_shift_rms", "contaminated_frac",
     "bg_grad_balance",
 )
+# Per hidden layer l = 1..L, the OOD shift of its representation relative to its class
+# separation (`layer_metrics`): NaN for layers a run does not have (a shallower run in a deeper program).
+REP_SHIFT = "rep_shift_{}"
+
+
+def layer_metrics(static) -> tuple[str, ...]:
+    """The per-layer metric names of a program of `static.depth` hidden layers."""
+    return tuple(REP_SHIFT.format(l) for l in range(1, static.depth + 1))
+
+
 # Above this many times its own spread over neurons at step 0, a neuron's projection on the
 # training background's mean direction counts as contaminated (`contaminated_frac`).
 CONTAMINATED_SPREADS = 3.0
@@ -49,8 +59,16 @@ def activation_derivative(pre: jax.Array, activation: str, slope: jax.Array) -> 
     return jax.jvp(lambda p: activate(p, activation, slope), (pre,), (jnp.ones_like(pre),))[1]
 
 
+def class_onehot(y: jax.Array, n_classes: int, rows: jax.Array) -> jax.Array:
+    """(n, K) membership of each true row (`rows` = 1) in classes 0..K-1; for two classes,
+    column 0 is y = +1 and column 1 is y = -1."""
+    if n_classes == 2:
+        return jnp.stack([(y > 0), (y < 0)], axis=1).astype(jnp.float32) * rows[:, None]
+    return jax.nn.one_hot(y.astype(jnp.int32), n_classes) * rows[:, None]
+
+
 def activation_asymmetry(pre: jax.Array, y: jax.Array, mask: jax.Array, activation: str,
-                         slope: jax.Array) -> jax.Array:
+                         slope: jax.Array, n_classes: int = 2, rows: jax.Array | None = None) -> jax.Array:
     """Mean over neurons of |E[act'(pre) | y=+1] - E[act'(pre) | y=-1]| (PAPER.md section 4.1).
 
     For ReLU this is |P(active | +) - P(active | -)|; for a linear network 0 (nothing is
@@ -58,6 +76,10 @@ def activation_asymmetry(pre: jax.Array, y: jax.Array, mask: jax.Array, activati
     count in neither class.
     """
     gate = activation_derivative(pre, activation, slope)
+    if n_classes > 2:  # the spread (max - min over classes) of the class-conditional gate means
+        onehot = class_onehot(y, n_classes, rows)
+        means = (onehot.T @ gate) / jnp.sum(onehot, axis=0)[:, None]
+        return masked_mean(jnp.max(means, axis=0) - jnp.min(means, axis=0), mask)
     pos, neg = (y > 0).astype(jnp.float32), (y < 0).astype(jnp.float32)
     n_pos, n_neg = jnp.sum(pos), jnp.sum(neg)
     # over a common denominator, so that a constant gate (linear network) gives exactly 0
@@ -126,37 +148,89 @@ def gradient_balance(f: jax.Array, pre: jax.Array, split: Split, a: jax.Array, u
     return jnp.where(den > 0, num / jnp.where(den > 0, den, 1.0), jnp.nan)
 
 
-def split_metrics(params, split: Split, activation, slope, mask, loss):
-    """Mean loss, accuracy and margin y f over the split's true samples; the outputs and pre-activations."""
-    f, pre = forward(params, split.x, activation, slope, mask)
-    yf = split.y * f
+def gradient_balance_general(params: Params, pre: jax.Array, split: Split, u: jax.Array, activation: str,
+                             slope: jax.Array, loss: str, mask: jax.Array, deep: Deep, n_classes: int) -> jax.Array:
+    """`gradient_balance` for any depth and K classes: the per-sample gradient on the first-layer
+    pre-activations by autodiff through the layers above, projected on `u` and summed per class:
+    sum_k |sum_c g_ck| / sum_k sum_c |g_ck| (the two-class formula at K = 2)."""
+
+    def total_loss(pre1):
+        h = activate(pre1, activation, slope) * mask
+        for (w, b), m, active in zip(params.deep, deep.masks, deep.active):
+            new = activate(h @ w.T + b, activation, slope) * m
+            h = jnp.where(active, new, h) if new.shape == h.shape else new
+        return jnp.sum(loss_values(h @ params.a + params.c, split.y, loss) * split.mask)
+
+    delta = jax.grad(total_loss)(pre)  # (n, m): d l_i / d pre_ik
+    per_class = class_onehot(split.y, n_classes, split.mask).T @ (delta * (split.x @ u)[:, None])  # (K, m)
+    num = jnp.sum(jnp.abs(jnp.sum(per_class, axis=0)) * mask)
+    den = jnp.sum(jnp.sum(jnp.abs(per_class), axis=0) * mask)
+    return jnp.where(den > 0, num / jnp.where(den > 0, den, 1.0), jnp.nan)
+
+
+def split_metrics(params, split: Split, activation, slope, mask, loss, deep: Deep = Deep()):
+    """Mean loss, accuracy and margin (y f, or the true logit's lead for K classes) over the split's
+    true samples; the outputs, first-layer pre-activations and every layer's representation."""
+    hs, pre = representations(params, split.x, activation, slope, mask, deep=deep)
+    f = hs[-1] @ params.a + params.c  # `model.forward`, keeping the representations
+    yf = margins(f, split.y)
     return (masked_mean(loss_values(f, split.y, loss), split.mask), masked_mean(yf > 0, split.mask),
-            masked_mean(yf, split.mask), f, pre)
+            masked_mean(yf, split.mask), f, pre, hs)
+
+
+def rep_shifts(hs_id, y, rows, ood_means, n_classes: int, deep: Deep) -> dict[str, jax.Array]:
+    """Per layer l: |mean OOD rep - mean ID rep| / class separation, where the separation is the
+    RMS distance between class means of the ID reps (|mu_+ - mu_-| for two classes), each
+    (n_evals,); NaN for layers the run does not have, and where the classes' means coincide."""
+    onehot = class_onehot(y, n_classes, rows)
+    k = onehot.shape[1]
+    active = (True,) + tuple(deep.active)
+    out = {}
+    for l, (h, mu_ood) in enumerate(zip(hs_id, ood_means)):
+        mu_id = rows @ h / jnp.sum(rows)
+        class_means = (onehot.T @ h) / jnp.sum(onehot, axis=0)[:, None]  # (K, m)
+        centred = class_means - jnp.mean(class_means, axis=0)
+        sep = jnp.sqrt(2.0 * jnp.sum(centred ** 2) / (k - 1))
+        # NaN where the layer does not separate the classes at all (e.g. every unit dead)
+        shift = jnp.linalg.norm(mu_ood - mu_id, axis=-1) / jnp.where(sep > 0, sep, 1.0)
+        out[REP_SHIFT.format(l + 1)] = jnp.where(active[l] & (sep > 0), shift, jnp.nan)
+    return out
 
 
 def evaluate(params: Params, data: Data, *, core_dim: int, sizes: Sizes, bg_train: jax.Array, bg_ood: jax.Array,
              u: jax.Array, spread0: jax.Array, activation: str, loss: str, slope: jax.Array,
-             mask: jax.Array) -> dict[str, jax.Array]:
-    """All of METRICS for one network on one dataset, each (n_evals,): one per OOD range of `bg_ood`.
+             mask: jax.Array, deep: Deep = Deep(), n_classes: int = 2) -> dict[str, jax.Array]:
+    """All of METRICS and the per-layer metrics for one network on one dataset, each (n_evals,):
+    one per OOD range of `bg_ood`.
 
     `u` is `bg_direction` of the run and `spread0` `init_spread` of its step-0 weights along it
-    (both fixed for the run: computed once, not at every measurement).
+    (both fixed for the run: computed once, not at every measurement). `deep` holds the true
+    sizes of layers 2..L.
     """
-    train_loss, _, _, f_train, pre_train = split_metrics(params, data.train, activation, slope, mask, loss)
-    id_loss, id_acc, id_margin, _, pre = split_metrics(params, data.test, activation, slope, mask, loss)
+    general = bool(params.deep) or n_classes > 2
+    train_loss, _, _, f_train, pre_train, _ = split_metrics(params, data.train, activation, slope, mask, loss, deep)
+    id_loss, id_acc, id_margin, _, pre, hs = split_metrics(params, data.test, activation, slope, mask, loss, deep)
 
     def ood(rng):
-        return split_metrics(params, ood_split(data, core_dim, sizes, rng), activation, slope, mask, loss)[:3]
+        split = ood_split(data, core_dim, sizes, rng)
+        loss_, acc, margin, _, _, hs_ood = split_metrics(params, split, activation, slope, mask, loss, deep)
+        return loss_, acc, margin, [split.mask @ h / jnp.sum(split.mask) for h in hs_ood]
 
-    ood_loss, ood_acc, ood_margin = jax.vmap(ood)(bg_ood)
+    ood_loss, ood_acc, ood_margin, ood_means = jax.vmap(ood)(bg_ood)
+    if general:
+        balance = gradient_balance_general(params, pre_train, data.train, u, activation, slope, loss, mask, deep,
+                                           n_classes)
+    else:
+        balance = gradient_balance(f_train, pre_train, data.train, params.a, u, activation, slope, loss, mask)
     out = {
         "train_loss": train_loss, "id_loss": id_loss, "id_acc": id_acc, "ood_loss": ood_loss,
         "ood_acc": ood_acc, "id_margin": id_margin, "ood_margin": ood_margin,
-        "act_asym": activation_asymmetry(pre, data.test.y, mask, activation, slope),
+        "act_asym": activation_asymmetry(pre, data.test.y, mask, activation, slope, n_classes, data.test.mask),
         **projection_metrics(params.w, data.M, core_dim, mask, sizes.bg),
         **mean_direction_metrics(params.w, u, spread0, mask, sizes.bg, bg_train, bg_ood),
-        "bg_grad_balance": gradient_balance(f_train, pre_train, data.train, params.a, u, activation, slope, loss,
-                                            mask),
+        "bg_grad_balance": balance,
+        **rep_shifts(hs, data.test.y, data.test.mask, ood_means, n_classes, deep),
     }
     n_evals = bg_ood.shape[0]
-    return {k: jnp.broadcast_to(out[k], (n_evals,)) for k in METRICS}
+    names = list(METRICS) + [k for k in out if k not in METRICS]
+    return {k: jnp.broadcast_to(out[k], (n_evals,)) for k in names}

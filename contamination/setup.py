@@ -8,7 +8,7 @@ from typing import Callable, NamedTuple
 import jax
 
 from .data import Data, Sizes, Split, first, make_data, minibatch, online_batch
-from .model import Params, init_params, trainable_mask
+from .model import Deep, Params, init_params, trainable_mask
 from .spec import Static
 
 
@@ -16,9 +16,10 @@ class Setup(NamedTuple):
     data: Data
     params: Params
     trainable: Params
-    mask: jax.Array  # the true neurons
+    mask: jax.Array  # the true neurons of the first layer
     batch_key: jax.Array
     sizes: Sizes  # the run's true sizes
+    deep: Deep = Deep()  # the true sizes of layers 2..L
 
 
 def sizes_of(traced: dict) -> Sizes:
@@ -33,11 +34,14 @@ def prepare(s: Static, traced: dict) -> Setup:
     k_data, k_batch = jax.random.split(data_key)
     true_width, sizes = traced["true_width"], sizes_of(traced)
     data = make_data(k_data, s.core_dim, s.bg_dim, s.input_dim, s.core, s.n_train, s.n_test, sizes,
-                     traced["bg_train"])
+                     traced["bg_train"], s.n_classes)
+    true_hidden, true_depth = traced.get("true_hidden"), traced.get("true_depth")
     params = init_params(init_key, s.width, s.input_dim, true_width, sizes.d, init=s.init, output=s.output,
-                         bias=s.bias, init_scale=traced["init_scale"])
-    trainable = trainable_mask(s.width, true_width, output=s.output, bias=s.bias)
-    return Setup(data, params, trainable, first(s.width, true_width), k_batch, sizes)
+                         bias=s.bias, init_scale=traced["init_scale"], hidden=s.hidden, true_hidden=true_hidden,
+                         true_depth=true_depth, n_classes=s.n_classes)
+    deep = Deep.of(s.hidden, true_width, true_hidden, true_depth)
+    trainable = trainable_mask(s.width, true_width, output=s.output, bias=s.bias, deep=deep, n_classes=s.n_classes)
+    return Setup(data, params, trainable, first(s.width, true_width), k_batch, sizes, deep)
 
 
 def make_get_batch(s: Static, setup: Setup, bg_train: jax.Array) -> Callable[[jax.Array], Split]:
@@ -46,7 +50,8 @@ def make_get_batch(s: Static, setup: Setup, bg_train: jax.Array) -> Callable[[ja
 
     def get_batch(t):
         if s.online:
-            return online_batch(k_batch, t, data.M, s.batch_size, s.core_dim, s.core, setup.sizes, bg_train)
+            return online_batch(k_batch, t, data.M, s.batch_size, s.core_dim, s.core, setup.sizes, bg_train,
+                                s.n_classes)
         if s.batch_size:
             return minibatch(k_batch, t, data.train, s.batch_size)
         return data.train

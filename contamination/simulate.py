@@ -33,6 +33,6 @@ def simulate_batch(cfgs: list[Config], **pad) -> dict:
     static field."""
     spec = padded_spec([static_spec(c) for c in cfgs])
     spec = spec._replace(**{k: max(v, getattr(spec, k)) for k, v in pad.items()})
-    out = _one_variant(_to_numpy(compiled_batch_run(spec)(stack_traced(cfgs))))
+    out = _one_variant(_to_numpy(compiled_batch_run(spec)(stack_traced(cfgs, depth=spec.depth))))
     out["steps"] = np.array(log_steps(cfgs[0].steps, cfgs[0].log_every, cfgs[0].log_schedule))
     return out

@@ -37,18 +37,30 @@ class Static(NamedTuple):
     teacher_steps: int
     log_schedule: str = "linear"
     n_evals: int = 1  # evaluation variants per trained network (EVAL_ONLY_FIELDS), padded
+    hidden: tuple[int, ...] = ()  # widths of hidden layers 2..L (`width` is the first's), padded
+    n_classes: int = 2
+
+    @property
+    def depth(self) -> int:
+        return 1 + len(self.hidden)
+
+    @property
+    def width_last(self) -> int:
+        """The (padded) width of the last hidden layer, which the output layer reads."""
+        return self.hidden[-1] if self.hidden else self.width
 
 
-STATIC_FIELDS = tuple(f for f in Static._fields if f != "n_evals")
+DERIVED_FIELDS = ("n_evals", "hidden")  # not config fields: from the runs and from `widths`/`depth`
+STATIC_FIELDS = tuple(f for f in Static._fields if f not in DERIVED_FIELDS)
 TRACED_FIELDS = ("lr", "weight_decay", "momentum", "leaky_slope", "init_scale", "bg_train", "bg_ood", "seed",
                  "teacher_bias", "teacher_lr", "probe_ridge")
-assert set(STATIC_FIELDS) | set(TRACED_FIELDS) == set(FIELDS)
+assert set(STATIC_FIELDS) | set(TRACED_FIELDS) | {"depth", "widths"} == set(FIELDS)
 
 # Shape fields a program may pad (exactly: masks, true sizes traced; model.py, data.py). A run's
 # own sizes travel as traced `true_*` values. n_train is padded only where the training set is
 # used whole (full batch) or only for evaluation (online); epoch-wise minibatch shuffling
 # permutes the training set, and a permutation of a padded set is not the unpadded one.
-PAD_FIELDS = ("width", "core_dim", "bg_dim", "input_dim", "n_train", "n_test", "n_evals")
+PAD_FIELDS = ("width", "core_dim", "bg_dim", "input_dim", "n_train", "n_test", "n_evals", "hidden")
 
 
 def pad_fields(spec: "Static") -> tuple[str, ...]:
@@ -74,13 +86,26 @@ def effective_slope(cfg: Config) -> float:
 
 def static_spec(cfg: Config, n_evals: int = 1) -> Static:
     """The compile-time description of `cfg` alone (its own sizes; `padded_spec` pads several)."""
-    spec = Static(**{n: getattr(cfg, n) for n in STATIC_FIELDS}, n_evals=n_evals)
+    spec = Static(**{n: getattr(cfg, n) for n in STATIC_FIELDS}, n_evals=n_evals,
+                  hidden=cfg.hidden_widths[1:])
     return spec._replace(activation=compiled_activation(cfg.activation))
 
 
 def pad_key(spec: Static) -> Static:
-    """What a program must share with `spec` to hold it: `spec` with its paddable sizes zeroed."""
-    return spec._replace(**{f: 0 for f in pad_fields(spec)})
+    """What a program must share with `spec` to hold it: `spec` with its paddable sizes zeroed
+    (depth included: a shallower network rides in a deeper program, its extra layers skipped)."""
+    return spec._replace(**{f: () if f == "hidden" else 0 for f in pad_fields(spec)})
+
+
+def padded_widths(specs: list[Static]) -> tuple[int, tuple[int, ...]]:
+    """The first layer's and the deeper layers' padded widths. Equal depths pad layer by layer;
+    mixed depths give every layer the largest width of any, so that a shallower run's last layer
+    passes unchanged through the layers it skips (`model.forward`)."""
+    depth = max(s.depth for s in specs)
+    if all(s.depth == depth for s in specs):
+        return max(s.width for s in specs), tuple(max(s.hidden[i] for s in specs) for i in range(depth - 1))
+    m = max(max((s.width, *s.hidden)) for s in specs)
+    return m, (m,) * (depth - 1)
 
 
 def padded_spec(specs) -> Static:
@@ -88,14 +113,19 @@ def padded_spec(specs) -> Static:
     specs = list(specs)
     key = pad_key(specs[0])
     assert all(pad_key(s) == key for s in specs), "specs differ in more than their paddable sizes"
-    return specs[0]._replace(**{f: max(getattr(s, f) for s in specs) for f in pad_fields(specs[0])})
+    fields = [f for f in pad_fields(specs[0]) if f not in ("width", "hidden")]
+    width, hidden = padded_widths(specs)
+    return specs[0]._replace(width=width, hidden=hidden, **{f: max(getattr(s, f) for s in specs) for f in fields})
 
 
-def traced_values(cfgs: Config | list[Config], n_evals: int | None = None) -> dict[str, np.ndarray]:
+def traced_values(cfgs: Config | list[Config], n_evals: int | None = None,
+                  depth: int | None = None) -> dict[str, np.ndarray]:
     """The traced inputs of one trained network: key words, true sizes, numeric hyperparameters.
 
     `cfgs` are its runs (equal `training_key`); their EVAL_ONLY_FIELDS stack along a leading
     axis of `n_evals` evaluation variants (default: one per run), the last repeated to pad.
+    A program of `depth` > 1 hidden layers (default: the run's own) also takes the run's depth
+    and the true widths of layers 2..depth (0 past the run's depth).
     """
     cfgs = [cfgs] if isinstance(cfgs, Config) else list(cfgs)
     cfg = cfgs[0]
@@ -123,13 +153,26 @@ def traced_values(cfgs: Config | list[Config], n_evals: int | None = None) -> di
         "teacher_bias": f32(cfg.teacher_bias),
         "teacher_lr": f32(cfg.teacher_lr),
         "probe_ridge": np.array([c.probe_ridge for c in evals], dtype=f32),
+        **deep_sizes(cfg, depth or cfg.depth),
     }
 
 
-def stack_traced(networks: list, n_evals: int | None = None) -> dict[str, np.ndarray]:
+def deep_sizes(cfg: Config, depth: int) -> dict[str, np.ndarray]:
+    """The true sizes of a run's deeper layers in a program of `depth` layers (none for depth 1)."""
+    if depth < cfg.depth:
+        raise ValueError(f"a run of depth {cfg.depth} does not fit a program of depth {depth}")
+    if depth == 1:
+        return {}
+    hidden = list(cfg.hidden_widths[1:]) + [0] * (depth - cfg.depth)
+    return {"true_depth": np.int32(cfg.depth), "true_hidden": np.array(hidden, dtype=np.int32)}
+
+
+def stack_traced(networks: list, n_evals: int | None = None, depth: int | None = None) -> dict[str, np.ndarray]:
     """Stack the traced values of several networks (each a Config or a list of its runs) along a
-    leading axis; every network gets `n_evals` variants (default: the most any has)."""
+    leading axis; every network gets `n_evals` variants (default: the most any has) and the
+    sizes of a program of `depth` layers (default: the deepest)."""
     nets = [[n] if isinstance(n, Config) else list(n) for n in networks]
     n_evals = n_evals or max(len(n) for n in nets)
-    rows = [traced_values(n, n_evals) for n in nets]
+    depth = depth or max(n[0].depth for n in nets)
+    rows = [traced_values(n, n_evals, depth) for n in nets]
     return {k: np.stack([r[k] for r in rows]) for k in rows[0]}

@@ -30,7 +30,7 @@ def make_run(static: Static) -> Callable[[dict], dict]:
 
 def metric_names(static: Static) -> tuple[str, ...]:
     """The metric names a run of this static spec logs (its curves' and final keys, in order)."""
-    return experiments.get(static.experiment).metrics
+    return experiments.get(static.experiment).metric_names(static)
 
 
 @functools.lru_cache(maxsize=None)

@@ -173,7 +173,7 @@ def _run_grid(grid: Grid, out: storage.Location, stop: StopFlag, *, memory_budge
             extra = {"bucket": bucket.id, "padded_width": s.width, "chunk": name, "chunk_size": size,
                      "chunk_s": chunk_s, "run_s": chunk_s / n_runs, "device_kind": dev["device_kind"],
                      "process_index": process[0]}
-            runs_df, curves_df = results.build_tables(grid, chunk, host, extra)
+            runs_df, curves_df = results.build_tables(grid, chunk, host, extra, provenance["metrics"])
             results.write_chunk(out, name, runs_df, curves_df, provenance)
             written[0] += n_runs
             if bar:

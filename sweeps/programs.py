@@ -30,7 +30,7 @@ def abstract_inputs(static: Static, chunk_size: int, sharding=None) -> dict:
 
     from contamination.config import Config
 
-    one = stack_traced([[Config()]], n_evals=static.n_evals)
+    one = stack_traced([[Config()]], n_evals=static.n_evals, depth=static.depth)
     return {k: jax.ShapeDtypeStruct((chunk_size,) + v.shape[1:], v.dtype, sharding=sharding) for k, v in one.items()}
 
 
@@ -85,7 +85,7 @@ def chunk_inputs(static: Static, chunk_size: int, chunk: list, sharding):
 
     nets = [[r.config for r in n.runs] for n in chunk]
     nets += [nets[-1]] * (chunk_size - len(nets))
-    return jax.device_put(stack_traced(nets, n_evals=static.n_evals), sharding)
+    return jax.device_put(stack_traced(nets, n_evals=static.n_evals, depth=static.depth), sharding)
 
 
 class Compiler:

@@ -115,11 +115,20 @@ def done_run_ids(out: Location) -> set[str]:
     return ids
 
 
+def widths_label(widths) -> str:
+    """A network's hidden widths as a table value: "64" (one layer), "64,32" (two), ..."""
+    return ",".join(str(int(w)) for w in widths)
+
+
 def config_columns(config) -> dict:
+    """A run's config as table columns: ranges as low/high columns, `widths` as `widths_label`
+    of every hidden layer (so one column tells every network's shape, whatever set it)."""
     row = {}
     for k, v in config.to_dict().items():
         if k in RANGE_COLUMNS:
             row[RANGE_COLUMNS[k][0]], row[RANGE_COLUMNS[k][1]] = float(v[0]), float(v[1])
+        elif k == "widths":
+            row[k] = widths_label(config.hidden_widths)
         else:
             row[k] = v
     return row
@@ -133,12 +142,23 @@ def axis_columns(grid: Grid) -> list[str]:
     return cols + grid.label_axes
 
 
-def build_tables(grid: Grid, networks: list, out: dict, extra: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+def build_tables(grid: Grid, networks: list, out: dict, extra: dict,
+                 metrics: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The runs rows and the long-format curves rows of one chunk of trained networks.
 
     `out` is the program's output for the chunk: metrics (chunk, [n_logs,] n_evals); run `e`
-    of network `i` is variant `e` (padded networks and variants are dropped).
+    of network `i` is variant `e` (padded networks and variants are dropped). `metrics` are the
+    grid's metric columns: those this program does not measure (another experiment's, a deeper
+    layer's) are NaN, so every file of a grid has the same columns.
     """
+    missing = [m for m in (metrics or []) if m not in out["curves"]]
+    if missing:
+        n_chunk, n_logs, n_evals = next(iter(out["curves"].values())).shape
+        nan = np.full((n_chunk, n_logs, n_evals), np.nan)
+        out = {"curves": {**out["curves"], **{m: nan for m in missing}},
+               "final": {**out["final"], **{m: nan[:, -1] for m in missing}}}
+        order = [m for m in metrics if m in out["curves"]] + [m for m in out["curves"] if m not in metrics]
+        out["curves"] = {m: out["curves"][m] for m in order}
     rows, curve_index = [], []
     for i, net in enumerate(networks):
         for e, r in enumerate(net.runs):

@@ -45,3 +45,29 @@ def test_memory_estimate_within_25_percent_of_xla_buffers(name, kw):
     ma = compiled.memory_analysis()
     measured = (ma.temp_size_in_bytes + ma.argument_size_in_bytes + ma.output_size_in_bytes) / 4
     assert memory_bytes(static_spec(cfg)) == pytest.approx(measured, rel=0.25)
+
+
+@pytest.mark.parametrize("kw", [
+    dict(depth=3, width=64, input_dim=64, core_dim=8, bg_dim=8, n_train=256),
+    dict(widths=[128, 32], batch_size=100, optimizer="adam"),
+    dict(n_classes=5, width=64, input_dim=64, core_dim=10, bg_dim=8, n_train=256),
+    dict(n_classes=4, depth=2, width=96, n_train=512),
+])
+def test_step_flops_of_deeper_and_k_class_networks_match_xla(kw):
+    cfg = preset("toy", steps=1, log_every=1, **kw)
+    assert _xla_step_flops(cfg) == pytest.approx(step_flops(static_spec(cfg)), rel=0.05)
+
+
+@pytest.mark.parametrize("kw", [
+    dict(depth=3, width=128),
+    dict(widths=[256, 64], n_classes=4),
+    dict(n_classes=8, width=128, batch_size=100),
+])
+def test_memory_estimate_of_deeper_and_k_class_networks_within_25_percent(kw):
+    from sweeps.programs import compile_bucket
+
+    cfg = preset("toy", steps=20, log_every=10, **kw)
+    compiled = compile_bucket(static_spec(cfg), 4, Mesh(np.array(jax.local_devices()[:1]), ("cfg",))).compiled
+    ma = compiled.memory_analysis()
+    measured = (ma.temp_size_in_bytes + ma.argument_size_in_bytes + ma.output_size_in_bytes) / 4
+    assert memory_bytes(static_spec(cfg)) == pytest.approx(measured, rel=0.25)

@@ -82,7 +82,9 @@ def test_padding_amount_does_not_change_a_run(name, extra, runs):
     for k in little["curves"]:
         np.testing.assert_allclose(np.asarray(little["curves"][k]), np.asarray(lots["curves"][k]),
                                    rtol=RTOL, atol=ATOL, err_msg=k)
-        if k != "bg_grad_balance":  # NaN where the loss has no gradient at all (e.g. a dead width-1 ReLU)
+        # NaN where the loss has no gradient at all, or a layer does not separate the classes (e.g. a
+        # dead width-1 ReLU)
+        if k != "bg_grad_balance" and not k.startswith("rep_shift"):
             assert np.isfinite(np.asarray(lots["curves"][k])).all(), k
 
 
