@@ -27,7 +27,9 @@ DEFAULT_METRICS = ("train_loss", "id_loss", "id_acc", "ood_loss", "ood_acc", "id
                    "core_norm", "bg_norm", "bg_signed", "act_asym", "bg_mean_proj", "bg_shift_rms",
                    "contaminated_frac", "bg_grad_balance")
 # Metrics computed here from logged ones: name -> (inputs, function of the frame).
-DERIVED = {"ood_minus_id_loss": (("ood_loss", "id_loss"), lambda df: df["ood_loss"] - df["id_loss"])}
+DERIVED = {"ood_minus_id_loss": (("ood_loss", "id_loss"), lambda df: df["ood_loss"] - df["id_loss"]),
+           # the share of the ID margin a network keeps OOD (1: none lost)
+           "margin_kept": (("ood_margin", "id_margin"), lambda df: df["ood_margin"] / df["id_margin"])}
 
 
 class AnalysisError(ValueError):

@@ -72,6 +72,7 @@ def build_figures(results: Results) -> list[Panel]:
                          line_figure(runs, axes[0])))
     if "student_probe_ood_acc" in runs:
         out += distill_panels(results, axes)
+    out += depth_class_panels(results, axes)
     if len(curves) and "step" in curves:
         hue = axes[0] if axes else None
         row = axes[1] if len(axes) >= 2 and curves[axes[1]].nunique() <= MAX_ROWS else None
@@ -99,6 +100,29 @@ def build_figures(results: Results) -> list[Panel]:
                              "scales are linear in m / η, so the right-hand curves should collapse",
                              collapse_figure(c, collapse, averaged=_rest(axes, "lr", "width")),
                              collapse_note(c, collapse)))
+    return out
+
+
+def depth_class_panels(results: Results, axes: list[str]) -> list[Panel]:
+    """Grids over depth or the number of classes: contamination against each, a line per activation
+    (or the next axis); with depth, every layer's rep_shift."""
+    from .layers import contamination_figure, layer_figure, rep_shift_columns
+
+    runs, out = results.runs, []
+    for x in [a for a in ("depth", "n_classes") if a in axes]:
+        others = _rest(axes, x)
+        hue = "activation" if "activation" in others else (others[0] if others else None)
+        averaged = _rest(others, hue)
+        out.append(Panel(f"contamination_vs_{x}", "Depth and classes",
+                         f"OOD loss gap, drift along the background mean, contaminated share and OOD margin kept "
+                         f"against {x}" + (f", by {hue}" if hue else ""),
+                         contamination_figure(runs, x, hue, averaged=averaged)))
+    if "depth" in runs and len(rep_shift_columns(runs)) > 1:
+        facet = "activation" if "activation" in axes else None
+        out.append(Panel("rep_shift_by_layer", "Depth and classes",
+                         "the OOD shift of each hidden layer's representation relative to its class separation, "
+                         "a line per depth" + (f", by {facet}" if facet else ""),
+                         layer_figure(runs, "depth", facet, averaged=_rest(axes, "depth", facet))))
     return out
 
 

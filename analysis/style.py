@@ -22,7 +22,8 @@ LABELS = {
     "bg_signed": "signed background projection", "act_asym": "activation asymmetry",
     "bg_mean_proj": "projection on the background mean", "bg_shift_rms": "RMS pre-activation shift OOD",
     "contaminated_frac": "contaminated neurons (share)", "bg_grad_balance": "class gradient imbalance",
-    "ood_minus_id_loss": "OOD loss − ID loss",
+    "ood_minus_id_loss": "OOD loss − ID loss", "margin_kept": "OOD margin / ID margin",
+    **{f"rep_shift_{l}": f"layer {l}: OOD shift / class separation" for l in range(1, 33)},
     "step": "step",
 }
 # Metrics whose sign matters: a diverging colour map centred on zero when the data cross it.

@@ -284,7 +284,9 @@ def describe_plan(grid: Grid, out, *, memory_budget: int | None, min_efficiency:
     for b in p.buckets:
         s = b.static
         acts = "/".join(dict.fromkeys(r.config.activation for r in b.runs))
-        shape = (f"m={s.width} d0={s.core_dim}+{s.bg_dim} d={s.input_dim} n={s.n_train}/{s.n_test} "
+        widths = "x".join(str(w) for w in (s.width, *s.hidden))
+        shape = (f"m={widths} d0={s.core_dim}+{s.bg_dim} d={s.input_dim} n={s.n_train}/{s.n_test} "
+                 + (f"K={s.n_classes} " if s.n_classes > 2 else "") +
                  f"evals={s.n_evals} steps={s.steps} {acts} {s.optimizer} {s.loss}")
         lines.append(f"  {b.id:8} {len(b.shapes):>6} {len(b.networks):>5} {len(b.runs):>5} {b.chunk_size:>5} "
                      f"{b.n_chunks:>6} {b.efficiency:5.2f} {fmt_bytes(b.run_memory):>10} "
