@@ -62,6 +62,18 @@ def test_widths_and_depth_describe_the_same_networks():
     assert static_spec(mixed).hidden == (16, 8) and static_spec(mixed).depth == 3
 
 
+def test_a_grid_axis_of_widths_lists_expands_and_labels_its_column(tmp_path):
+    from sweeps.grid import load
+    from sweeps.results import config_columns
+
+    path = tmp_path / "w.toml"
+    path.write_text('preset = "toy"\nseeds = 1\n[axes]\nwidths = [[32], [32, 32], [64, 16]]\n')
+    cfgs = [r.config for r in load(str(path)).runs()]
+    assert [c.hidden_widths for c in cfgs] == [(32,), (32, 32), (64, 16)]
+    assert [config_columns(c)["widths"] for c in cfgs] == ["32", "32,32", "64,16"]
+    assert [config_columns(c)["depth"] for c in cfgs] == [1, 2, 2]
+
+
 @pytest.mark.parametrize("values,field", [
     ({"widths": [16, 0]}, "widths"), ({"widths": "wide"}, "widths"), ({"depth": 0}, "depth"),
     ({"n_classes": 1}, "n_classes"), ({"n_classes": 5, "core_dim": 4}, "core_dim"),
@@ -76,15 +88,16 @@ def test_bad_depth_and_class_settings_are_refused_in_one_line(values, field):
 
 # --- exact padding of depth, hidden widths, and K classes ------------------------------
 
+@pytest.mark.slow  # (by default: the grid test below compares a padded depth-2 run with it alone)
 def test_padded_deeper_networks_equal_their_unpadded_runs():
     """Runs of depths 1, 2 and 3 and mixed widths in one program (every layer padded to the widest,
     the shallower runs skipping the extra layers) equal each run alone; layers a run does not have
     measure NaN."""
     base = small("toy", width=16, core_dim=4, bg_dim=4, input_dim=24, n_train=40, n_test=32, steps=30)
-    runs = [base.replace(depth=2), base.replace(widths=[20, 12, 18], seed=1, lr=0.02),
-            base.replace(width=20, seed=2), base.replace(widths=[8, 12], seed=3, n_test=20, input_dim=16)]
+    runs = [base.replace(widths=[8, 12], seed=3, n_test=20, input_dim=16), base.replace(width=20, seed=2),
+            base.replace(widths=[20, 12, 18], seed=1, lr=0.02)]
     together = simulate_batch(runs)
-    for i, cfg in enumerate(runs):
+    for i, cfg in enumerate(runs[:2]):  # (the deepest run padded is the property test below)
         alone = simulate(cfg)["curves"]
         for k, v in alone.items():
             np.testing.assert_allclose(together["curves"][k][i], v, rtol=RTOL, atol=ATOL, err_msg=f"run {i}: {k}")
@@ -108,7 +121,8 @@ SMALL_PAD = dict(width=10, hidden=(10, 10), core_dim=5, bg_dim=4, input_dim=14, 
 BIG_PAD = dict(width=15, hidden=(15, 15), core_dim=7, bg_dim=6, input_dim=21, n_train=27, n_test=24)
 
 
-@pytest.mark.parametrize("n_classes,extra", [(2, {}), (3, {"loss": "hinge", "core": "linear"})])
+@pytest.mark.parametrize("n_classes,extra", [pytest.param(2, {}, marks=pytest.mark.slow),
+                                              (3, {"loss": "hinge", "core": "linear"})])
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_padding_amount_does_not_change_a_deep_or_k_class_run(n_classes, extra, data):
