@@ -31,6 +31,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "experiment": tuple(EXPERIMENTS),  # the registry of experiments.py
     "teacher": ("core", "trained", "linear", "standard"),
     "log_schedule": ("linear", "geometric"),
+    "data": ("synthetic", "digits"),
 }
 
 
@@ -50,6 +51,13 @@ class Config:
     # K classes: 2 is the binary model (labels +-1, one output); K > 2 gives each class its own
     # core features (feature j belongs to class j mod K) and the network K logits.
     n_classes: int = 2
+    # The data: `synthetic` (the feature model above) or `digits` (scikit-learn's 8x8 digits framed
+    # by a label-independent border of `border` pixels whose intensity is U[bg_train], OOD U[bg_ood];
+    # contamination/digits.py). `digit_classes` picks classes (empty: all ten; two: a binary pair).
+    # With `digits`, core_dim = 64 digit pixels, bg_dim = border pixels, input_dim = their sum.
+    data: str = "synthetic"
+    border: int = 2
+    digit_classes: tuple[int, ...] = ()
     bg_train: tuple[float, float] = (0.0, 1.0)
     bg_ood: tuple[float, float] = (-1.0, 0.0)
     n_train: int = 1000
@@ -92,6 +100,7 @@ class Config:
         d["bg_train"] = list(self.bg_train)
         d["bg_ood"] = list(self.bg_ood)
         d["widths"] = list(self.widths)
+        d["digit_classes"] = list(self.digit_classes)
         return d
 
     @property
@@ -145,6 +154,14 @@ def _coerce(name: str, value: Any) -> Any:
         if lo > hi:
             raise ConfigError(f"{name}: range low {lo} > high {hi}; expected [low, high] with low <= high")
         return (lo, hi)
+    if name == "digit_classes":
+        if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+            value = [value]
+        ok = isinstance(value, (list, tuple)) and all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool) and 0 <= v <= 9 for v in value)
+        if not ok or len(set(value)) != len(value) or len(value) == 1:
+            raise ConfigError(f"{name}: expected two or more distinct digits 0-9 (empty: all ten), got {value!r}")
+        return tuple(int(v) for v in value)
     if name in LIST_FIELDS:
         if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
             value = [value]
@@ -172,6 +189,10 @@ def check_field(name: str) -> None:
 
 def validate(cfg: Config) -> Config:
     """Cross-field checks; raises ConfigError with a one-line message."""
+    if cfg.data == "digits":
+        check_digits(cfg)
+    elif cfg.digit_classes:
+        raise ConfigError("digit_classes: only for data = \"digits\"")
     for name in ("width", "depth", "core_dim", "bg_dim", "input_dim", "n_train", "n_test", "steps", "log_every", "rep_dim",
                  "teacher_steps"):
         if getattr(cfg, name) <= 0:
@@ -217,6 +238,25 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
+def check_digits(cfg: Config) -> None:
+    from .digits import DataError, available
+
+    if cfg.border < 1:
+        raise ConfigError(f"border: must be at least 1 pixel with data = \"digits\", got {cfg.border}")
+    k = len(cfg.digit_classes) or 10
+    if cfg.n_classes != k:
+        raise ConfigError(f"n_classes: {cfg.n_classes} does not match the {k} digit classes "
+                          f"({'all ten' if not cfg.digit_classes else list(cfg.digit_classes)})")
+    if cfg.online:
+        raise ConfigError("online: the digits are a finite data set; use full batches or minibatches")
+    try:
+        n = available(cfg.digit_classes)
+    except DataError as e:
+        raise ConfigError(f"data: {e}") from None
+    if cfg.n_train + cfg.n_test > n:
+        raise ConfigError(f"n_train, n_test: {cfg.n_train} + {cfg.n_test} exceeds the {n} digits of these classes")
+
+
 def from_dict(values: dict[str, Any], base: Config | None = None) -> Config:
     """Build a validated Config from field values over `base` (default: `Config()`)."""
     fields = (base or Config()).to_dict()
@@ -224,7 +264,17 @@ def from_dict(values: dict[str, Any], base: Config | None = None) -> Config:
         check_field(name)
         fields[name] = value
     coerced = {name: _coerce(name, value) for name, value in fields.items()}
-    return validate(Config(**canonical_widths(coerced)))
+    return validate(Config(**canonical_data(canonical_widths(coerced))))
+
+
+def canonical_data(fields: dict[str, Any]) -> dict[str, Any]:
+    """With `data = "digits"` the sizes are the images': 64 digit pixels (the core), the border's
+    pixels (the background), and d their sum."""
+    if fields.get("data") != "digits":
+        return fields
+    border = fields.get("border", 2)
+    side = 8 + 2 * max(border, 0)
+    return {**fields, "core_dim": 64, "bg_dim": side * side - 64, "input_dim": side * side}
 
 
 def canonical_widths(fields: dict[str, Any]) -> dict[str, Any]:

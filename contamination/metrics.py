@@ -24,8 +24,26 @@ REP_SHIFT = "rep_shift_{}"
 
 
 def layer_metrics(static) -> tuple[str, ...]:
-    """The per-layer metric names of a program of `static.depth` hidden layers."""
-    return tuple(REP_SHIFT.format(l) for l in range(1, static.depth + 1))
+    """The per-layer metric names of a program of `static.depth` hidden layers (and, on real data,
+    the input gradient's share on the background pixels)."""
+    extra = ("bg_grad_share",) if static.data != "synthetic" else ()
+    return tuple(REP_SHIFT.format(l) for l in range(1, static.depth + 1)) + extra
+
+
+def input_gradient_share(params: Params, split: Split, activation: str, slope: jax.Array, loss: str,
+                         mask: jax.Array, deep: Deep, M: jax.Array, core_dim: int) -> jax.Array:
+    """The share of the input gradient's mass on the background coordinates, mean over the split's
+    samples: |P_bg grad_x l|^2 / |grad_x l|^2 (the stand-in for the paper's Grad-CAM pictures)."""
+
+    def total(x):
+        hs, _ = representations(params, x, activation, slope, mask, deep=deep)
+        return jnp.sum(loss_values(hs[-1] @ params.a + params.c, split.y, loss) * split.mask)
+
+    g = jax.grad(total)(split.x)  # (n, d): each sample's own gradient
+    bg = jnp.sum((g @ M[core_dim:].T) ** 2, axis=1)
+    tot = jnp.sum(g ** 2, axis=1)
+    share = jnp.where(tot > 0, bg / jnp.where(tot > 0, tot, 1.0), jnp.nan)
+    return jnp.nansum(share * split.mask) / jnp.sum(split.mask * (tot > 0))
 
 
 # Above this many times its own spread over neurons at step 0, a neuron's projection on the
@@ -199,7 +217,8 @@ def rep_shifts(hs_id, y, rows, ood_means, n_classes: int, deep: Deep) -> dict[st
 
 def evaluate(params: Params, data: Data, *, core_dim: int, sizes: Sizes, bg_train: jax.Array, bg_ood: jax.Array,
              u: jax.Array, spread0: jax.Array, activation: str, loss: str, slope: jax.Array,
-             mask: jax.Array, deep: Deep = Deep(), n_classes: int = 2) -> dict[str, jax.Array]:
+             mask: jax.Array, deep: Deep = Deep(), n_classes: int = 2,
+             input_grad: bool = False) -> dict[str, jax.Array]:
     """All of METRICS and the per-layer metrics for one network on one dataset, each (n_evals,):
     one per OOD range of `bg_ood`.
 
@@ -231,6 +250,9 @@ def evaluate(params: Params, data: Data, *, core_dim: int, sizes: Sizes, bg_trai
         "bg_grad_balance": balance,
         **rep_shifts(hs, data.test.y, data.test.mask, ood_means, n_classes, deep),
     }
+    if input_grad:
+        out["bg_grad_share"] = input_gradient_share(params, data.test, activation, slope, loss, mask, deep,
+                                                    data.M, core_dim)
     n_evals = bg_ood.shape[0]
     names = list(METRICS) + [k for k in out if k not in METRICS]
     return {k: jnp.broadcast_to(out[k], (n_evals,)) for k in names}

@@ -48,6 +48,15 @@ PRESETS: dict[str, dict[str, Any]] = {
         "experiment": "distill", "optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0,
         "online": True, "batch_size": 512, "steps": 5000, "log_every": 500,
     },
+    # Real digits (contamination/digits.py): scikit-learn's 1,797 8x8 digits, 10 classes, each
+    # framed by a 2-pixel border whose intensity is drawn per image from U[0, 1] (mean 0.5,
+    # independent of the label); OOD borders U[-1, 0]. A stratified split of 1,200 training and
+    # 597 test digits per seed; the `toy` network and optimizer (width 128, AdamW lr 1e-3, full
+    # batch), 2000 steps.
+    "digits": {
+        "data": "digits", "n_classes": 10, "border": 2, "width": 128, "n_train": 1200, "n_test": 597,
+        "steps": 2000, "log_every": 100,
+    },
 }
 
 

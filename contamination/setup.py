@@ -33,8 +33,14 @@ def prepare(s: Static, traced: dict) -> Setup:
     init_key = jax.random.wrap_key_data(traced["init_key"], impl="threefry2x32")
     k_data, k_batch = jax.random.split(data_key)
     true_width, sizes = traced["true_width"], sizes_of(traced)
-    data = make_data(k_data, s.core_dim, s.bg_dim, s.input_dim, s.core, s.n_train, s.n_test, sizes,
-                     traced["bg_train"], s.n_classes)
+    if s.data == "digits":
+        from .digits import make_digits_data
+
+        data = make_digits_data(k_data, s.digit_classes, s.border, s.n_train, s.n_test, s.n_classes, sizes,
+                                traced["bg_train"])
+    else:
+        data = make_data(k_data, s.core_dim, s.bg_dim, s.input_dim, s.core, s.n_train, s.n_test, sizes,
+                         traced["bg_train"], s.n_classes)
     true_hidden, true_depth = traced.get("true_hidden"), traced.get("true_depth")
     params = init_params(init_key, s.width, s.input_dim, true_width, sizes.d, init=s.init, output=s.output,
                          bias=s.bias, init_scale=traced["init_scale"], hidden=s.hidden, true_hidden=true_hidden,

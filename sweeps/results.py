@@ -129,6 +129,8 @@ def config_columns(config) -> dict:
             row[RANGE_COLUMNS[k][0]], row[RANGE_COLUMNS[k][1]] = float(v[0]), float(v[1])
         elif k == "widths":
             row[k] = widths_label(config.hidden_widths)
+        elif k == "digit_classes":  # "" (all ten) or e.g. "3,8"
+            row[k] = widths_label(v)
         else:
             row[k] = v
     return row
