@@ -73,12 +73,12 @@ def build_figures(results: Results) -> list[Panel]:
     if "student_probe_ood_acc" in runs:
         out += distill_panels(results, axes)
     out += depth_class_panels(results, axes)
-    if "data" in runs and (runs["data"] == "digits").any():
+    if "dataset" in runs and (runs["dataset"] == "digits").any():
         from .images import examples_figure
 
         out.append(Panel("digits_examples", "Data", "bordered digits as the runs drew them: training images, "
                          "and the same test digits ID and OOD (the border redrawn; blue negative, red positive)",
-                         examples_figure(runs[runs["data"] == "digits"])))
+                         examples_figure(runs[runs["dataset"] == "digits"])))
     if len(curves) and "step" in curves:
         hue = axes[0] if axes else None
         row = axes[1] if len(axes) >= 2 and curves[axes[1]].nunique() <= MAX_ROWS else None

@@ -29,7 +29,7 @@ def make_training(s: Static, traced: dict):
                                     bg_train=traced["bg_train"], bg_ood=traced["bg_ood"], u=u,
                                     spread0=init_spread(params.w, u, mask), activation=s.activation, loss=s.loss,
                                     slope=slope, mask=mask, deep=setup.deep, n_classes=s.n_classes,
-                                    input_grad=s.data != "synthetic")
+                                    input_grad=s.dataset != "synthetic")
 
     def measure(p_dm):
         return evaluate_md(to_dm(p_dm))

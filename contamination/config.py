@@ -31,7 +31,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "experiment": tuple(EXPERIMENTS),  # the registry of experiments.py
     "teacher": ("core", "trained", "linear", "standard"),
     "log_schedule": ("linear", "geometric"),
-    "data": ("synthetic", "digits"),
+    "dataset": ("synthetic", "digits"),
 }
 
 
@@ -51,11 +51,11 @@ class Config:
     # K classes: 2 is the binary model (labels +-1, one output); K > 2 gives each class its own
     # core features (feature j belongs to class j mod K) and the network K logits.
     n_classes: int = 2
-    # The data: `synthetic` (the feature model above) or `digits` (scikit-learn's 8x8 digits framed
+    # The dataset: `synthetic` (the feature model above) or `digits` (scikit-learn's 8x8 digits framed
     # by a label-independent border of `border` pixels whose intensity is U[bg_train], OOD U[bg_ood];
     # contamination/digits.py). `digit_classes` picks classes (empty: all ten; two: a binary pair).
     # With `digits`, core_dim = 64 digit pixels, bg_dim = border pixels, input_dim = their sum.
-    data: str = "synthetic"
+    dataset: str = "synthetic"
     border: int = 2
     digit_classes: tuple[int, ...] = ()
     bg_train: tuple[float, float] = (0.0, 1.0)
@@ -189,10 +189,10 @@ def check_field(name: str) -> None:
 
 def validate(cfg: Config) -> Config:
     """Cross-field checks; raises ConfigError with a one-line message."""
-    if cfg.data == "digits":
+    if cfg.dataset == "digits":
         check_digits(cfg)
     elif cfg.digit_classes:
-        raise ConfigError("digit_classes: only for data = \"digits\"")
+        raise ConfigError("digit_classes: only for dataset = \"digits\"")
     for name in ("width", "depth", "core_dim", "bg_dim", "input_dim", "n_train", "n_test", "steps", "log_every", "rep_dim",
                  "teacher_steps"):
         if getattr(cfg, name) <= 0:
@@ -242,7 +242,7 @@ def check_digits(cfg: Config) -> None:
     from .digits import DataError, available
 
     if cfg.border < 1:
-        raise ConfigError(f"border: must be at least 1 pixel with data = \"digits\", got {cfg.border}")
+        raise ConfigError(f"border: must be at least 1 pixel with dataset = \"digits\", got {cfg.border}")
     k = len(cfg.digit_classes) or 10
     if cfg.n_classes != k:
         raise ConfigError(f"n_classes: {cfg.n_classes} does not match the {k} digit classes "
@@ -252,7 +252,7 @@ def check_digits(cfg: Config) -> None:
     try:
         n = available(cfg.digit_classes)
     except DataError as e:
-        raise ConfigError(f"data: {e}") from None
+        raise ConfigError(f"dataset: {e}") from None
     if cfg.n_train + cfg.n_test > n:
         raise ConfigError(f"n_train, n_test: {cfg.n_train} + {cfg.n_test} exceeds the {n} digits of these classes")
 
@@ -268,9 +268,9 @@ def from_dict(values: dict[str, Any], base: Config | None = None) -> Config:
 
 
 def canonical_data(fields: dict[str, Any]) -> dict[str, Any]:
-    """With `data = "digits"` the sizes are the images': 64 digit pixels (the core), the border's
+    """With `dataset = "digits"` the sizes are the images': 64 digit pixels (the core), the border's
     pixels (the background), and d their sum."""
-    if fields.get("data") != "digits":
+    if fields.get("dataset") != "digits":
         return fields
     border = fields.get("border", 2)
     side = 8 + 2 * max(border, 0)

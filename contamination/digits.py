@@ -51,7 +51,7 @@ def load_arrays() -> tuple[np.ndarray, np.ndarray]:
     """All 1,797 digits, pixels scaled to [0, 1] (float32, (1797, 64)), and their labels 0-9."""
     spec = importlib.util.find_spec("sklearn")
     if spec is None or not spec.submodule_search_locations:
-        raise DataError("data = \"digits\" needs scikit-learn, whose wheel ships the data set: "
+        raise DataError("dataset = \"digits\" needs scikit-learn, whose wheel ships the data set: "
                         "pip install scikit-learn (or make install EXTRAS=test)")
     path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz"
     if not path.exists():

@@ -26,7 +26,7 @@ REP_SHIFT = "rep_shift_{}"
 def layer_metrics(static) -> tuple[str, ...]:
     """The per-layer metric names of a program of `static.depth` hidden layers (and, on real data,
     the input gradient's share on the background pixels)."""
-    extra = ("bg_grad_share",) if static.data != "synthetic" else ()
+    extra = ("bg_grad_share",) if static.dataset != "synthetic" else ()
     return tuple(REP_SHIFT.format(l) for l in range(1, static.depth + 1)) + extra
 
 

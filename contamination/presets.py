@@ -54,7 +54,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # 597 test digits per seed; the `toy` network and optimizer (width 128, AdamW lr 1e-3, full
     # batch), 2000 steps.
     "digits": {
-        "data": "digits", "n_classes": 10, "border": 2, "width": 128, "n_train": 1200, "n_test": 597,
+        "dataset": "digits", "n_classes": 10, "border": 2, "width": 128, "n_train": 1200, "n_test": 597,
         "steps": 2000, "log_every": 100,
     },
 }

@@ -33,7 +33,7 @@ def prepare(s: Static, traced: dict) -> Setup:
     init_key = jax.random.wrap_key_data(traced["init_key"], impl="threefry2x32")
     k_data, k_batch = jax.random.split(data_key)
     true_width, sizes = traced["true_width"], sizes_of(traced)
-    if s.data == "digits":
+    if s.dataset == "digits":
         from .digits import make_digits_data
 
         data = make_digits_data(k_data, s.digit_classes, s.border, s.n_train, s.n_test, s.n_classes, sizes,

@@ -39,7 +39,7 @@ class Static(NamedTuple):
     n_evals: int = 1  # evaluation variants per trained network (EVAL_ONLY_FIELDS), padded
     hidden: tuple[int, ...] = ()  # widths of hidden layers 2..L (`width` is the first's), padded
     n_classes: int = 2
-    data: str = "synthetic"
+    dataset: str = "synthetic"
     border: int = 2
     digit_classes: tuple[int, ...] = ()
 
@@ -69,7 +69,7 @@ PAD_FIELDS = ("width", "core_dim", "bg_dim", "input_dim", "n_train", "n_test", "
 def pad_fields(spec: "Static") -> tuple[str, ...]:
     """The shape fields of `spec` that may be padded (n_train is static with minibatches)."""
     minibatches = spec.batch_size > 0 and not spec.online
-    if spec.data != "synthetic":  # a real data set's sizes are its own (the split is static)
+    if spec.dataset != "synthetic":  # a real data set's sizes are its own (the split is static)
         return ("width", "n_evals", "hidden")
     return tuple(f for f in PAD_FIELDS if not (f == "n_train" and minibatches))
 

@@ -91,12 +91,12 @@ def test_border_is_per_image_label_independent_and_redrawn_ood():
 
 
 @pytest.mark.parametrize("values,field", [
-    ({"data": "digits", "n_classes": 2}, "n_classes"),
-    ({"data": "digits", "n_classes": 10, "n_train": 1500, "n_test": 500}, "n_train"),
-    ({"data": "digits", "n_classes": 10, "border": 0}, "border"),
-    ({"data": "digits", "n_classes": 10, "online": True, "batch_size": 64}, "online"),
+    ({"dataset": "digits", "n_classes": 2}, "n_classes"),
+    ({"dataset": "digits", "n_classes": 10, "n_train": 1500, "n_test": 500}, "n_train"),
+    ({"dataset": "digits", "n_classes": 10, "border": 0}, "border"),
+    ({"dataset": "digits", "n_classes": 10, "online": True, "batch_size": 64}, "online"),
     ({"digit_classes": [3, 8]}, "digit_classes"),
-    ({"data": "digits", "digit_classes": [3, 3], "n_classes": 2}, "digit_classes"),
+    ({"dataset": "digits", "digit_classes": [3, 3], "n_classes": 2}, "digit_classes"),
 ])
 def test_bad_digits_settings_are_refused_in_one_line(values, field):
     with pytest.raises(ConfigError, match=f"^{field}"):
@@ -104,7 +104,7 @@ def test_bad_digits_settings_are_refused_in_one_line(values, field):
 
 
 def test_sizes_follow_the_border():
-    cfg = from_dict({"data": "digits", "n_classes": 10, "border": 3, "core_dim": 5, "n_train": 1200, "n_test": 597})
+    cfg = from_dict({"dataset": "digits", "n_classes": 10, "border": 3, "core_dim": 5, "n_train": 1200, "n_test": 597})
     assert (cfg.core_dim, cfg.bg_dim, cfg.input_dim) == (64, 14 * 14 - 64, 14 * 14)
 
 
