@@ -16,9 +16,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-## Fast test suite (what CI runs).
+## Fast test suite (what CI runs): two workers (pytest-xdist), each test file in one worker.
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 ## Everything, slow tests included.
 test-all: $(STAMP)

@@ -199,7 +199,7 @@ def split_metrics(params, split: Split, activation, slope, mask, loss, deep: Dee
 def rep_shifts(hs_id, y, rows, ood_means, n_classes: int, deep: Deep) -> dict[str, jax.Array]:
     """Per layer l: |mean OOD rep - mean ID rep| / class separation, where the separation is the
     RMS distance between class means of the ID reps (|mu_+ - mu_-| for two classes), each
-    (n_evals,); NaN for layers the run does not have, and where the classes' means coincide."""
+    (n_evals,); NaN for layers the run does not have, and where the classes' means (nearly) coincide."""
     onehot = class_onehot(y, n_classes, rows)
     k = onehot.shape[1]
     active = (True,) + tuple(deep.active)
@@ -209,9 +209,12 @@ def rep_shifts(hs_id, y, rows, ood_means, n_classes: int, deep: Deep) -> dict[st
         class_means = (onehot.T @ h) / jnp.sum(onehot, axis=0)[:, None]  # (K, m)
         centred = class_means - jnp.mean(class_means, axis=0)
         sep = jnp.sqrt(2.0 * jnp.sum(centred ** 2) / (k - 1))
-        # NaN where the layer does not separate the classes at all (e.g. every unit dead)
-        shift = jnp.linalg.norm(mu_ood - mu_id, axis=-1) / jnp.where(sep > 0, sep, 1.0)
-        out[REP_SHIFT.format(l + 1)] = jnp.where(active[l] & (sep > 0), shift, jnp.nan)
+        # NaN where the layer (nearly) does not separate the classes: every unit dead, or class means
+        # within 1e-3 of their size of each other, where the ratio is float rounding over a tiny gap
+        scale = jnp.sqrt(jnp.mean(jnp.sum(class_means ** 2, axis=1)))
+        separated = sep > 1e-3 * scale
+        shift = jnp.linalg.norm(mu_ood - mu_id, axis=-1) / jnp.where(separated, sep, 1.0)
+        out[REP_SHIFT.format(l + 1)] = jnp.where(active[l] & separated, shift, jnp.nan)
     return out
 
 

@@ -86,29 +86,20 @@ def init_params(key: jax.Array, width: int, input_dim: int, true_width: jax.Arra
                              n_classes=n_classes)
     k_w, k_b, k_a, k_c = jax.random.split(key, 4)
     m_true = true_width.astype(jnp.float32)
-    d_true = jnp.asarray(true_d).astype(jnp.float32)
     mask = first(width, true_width)
+    w, b = _first_layer(k_w, k_b, width, input_dim, true_width, true_d, init, bias, init_scale)
     if init == "torch":
-        bound = 1.0 / jnp.sqrt(d_true)
-        w = per_row(k_w, width, lambda k: jax.random.uniform(k, (input_dim,), minval=-bound, maxval=bound))
-        b = per_row(k_b, width, lambda k: jax.random.uniform(k, (), minval=-bound, maxval=bound))
         out_bound = 1.0 / jnp.sqrt(m_true)
         a = per_row(k_a, width, lambda k: jax.random.uniform(k, (), minval=-1.0, maxval=1.0)) * out_bound
         c = jax.random.uniform(k_c, (), minval=-1.0, maxval=1.0) * out_bound
-    elif init == "theory":
-        w = per_row(k_w, width, lambda k: jax.random.normal(k, (input_dim,))) / jnp.sqrt(d_true)
-        b = jnp.zeros((width,))
+    else:
         a = per_row(k_a, width, lambda k: jax.random.rademacher(k, (), dtype=jnp.float32)) / m_true
         c = jnp.zeros(())
-    else:
-        raise ValueError(f"unknown init {init!r}")
     idx = jnp.arange(width)
     if output == "frozen_half":
         a = jnp.where(idx < true_width // 2, 1.0, -1.0) / m_true
     elif output == "frozen_random":
         a = per_row(k_a, width, lambda k: jax.random.rademacher(k, (), dtype=jnp.float32)) / m_true
-    w = w * init_scale * mask[:, None] * first(input_dim, true_d)
-    b = b * init_scale * mask if bias else jnp.zeros((width,))
     c = c if bias else jnp.zeros(())
     return Params(w, b, a * mask, c)
 
@@ -117,16 +108,22 @@ def rademacher(key, shape):
     return jax.random.rademacher(key, shape, dtype=jnp.float32)
 
 
-def _first_layer(k_w, k_b, width, input_dim, true_width, true_d, init, bias, init_scale):
-    d_true = jnp.asarray(true_d).astype(jnp.float32)
-    mask = first(width, true_width)
+def _draw_layer(k_w, k_b, m, n_in, fan_in, init):
+    """A layer's weights (m, n_in) and biases (m,), one draw per unit: U(+-1/sqrt(fan_in)) for
+    `torch`, N(0, 1/fan_in) weights and zero biases for `theory`."""
     if init == "torch":
-        bound = 1.0 / jnp.sqrt(d_true)
-        w = per_row(k_w, width, lambda k: jax.random.uniform(k, (input_dim,), minval=-bound, maxval=bound))
-        b = per_row(k_b, width, lambda k: jax.random.uniform(k, (), minval=-bound, maxval=bound))
-    else:
-        w = per_row(k_w, width, lambda k: jax.random.normal(k, (input_dim,))) / jnp.sqrt(d_true)
-        b = jnp.zeros((width,))
+        bound = 1.0 / jnp.sqrt(fan_in)
+        w = per_row(k_w, m, lambda k: jax.random.uniform(k, (n_in,), minval=-bound, maxval=bound))
+        b = per_row(k_b, m, lambda k: jax.random.uniform(k, (), minval=-bound, maxval=bound))
+        return w, b
+    if init == "theory":
+        return per_row(k_w, m, lambda k: jax.random.normal(k, (n_in,))) / jnp.sqrt(fan_in), jnp.zeros((m,))
+    raise ValueError(f"unknown init {init!r}")
+
+
+def _first_layer(k_w, k_b, width, input_dim, true_width, true_d, init, bias, init_scale):
+    mask = first(width, true_width)
+    w, b = _draw_layer(k_w, k_b, width, input_dim, jnp.asarray(true_d).astype(jnp.float32), init)
     w = w * init_scale * mask[:, None] * first(input_dim, true_d)
     b = b * init_scale * mask if bias else jnp.zeros((width,))
     return w, b
@@ -134,15 +131,8 @@ def _first_layer(k_w, k_b, width, input_dim, true_width, true_d, init, bias, ini
 
 def _deep_layer(key, m, m_prev, mask, mask_prev, true_prev, init, bias):
     """Layer l >= 2 of (padded) width m over a layer of width m_prev: per-unit draws, true fan-in."""
-    k_w, k_b = jax.random.split(key)
     fan_in = jnp.maximum(true_prev, 1).astype(jnp.float32)  # a layer past the run's depth has none
-    if init == "torch":
-        bound = 1.0 / jnp.sqrt(fan_in)
-        w = per_row(k_w, m, lambda k: jax.random.uniform(k, (m_prev,), minval=-bound, maxval=bound))
-        b = per_row(k_b, m, lambda k: jax.random.uniform(k, (), minval=-bound, maxval=bound))
-    else:
-        w = per_row(k_w, m, lambda k: jax.random.normal(k, (m_prev,))) / jnp.sqrt(fan_in)
-        b = jnp.zeros((m,))
+    w, b = _draw_layer(*jax.random.split(key), m, m_prev, fan_in, init)
     return w * mask[:, None] * mask_prev[None, :], (b * mask if bias else jnp.zeros((m,)))
 
 
@@ -152,8 +142,6 @@ def _init_general(key, width, input_dim, true_width, true_d, *, init, output, bi
     two-layer network's, layer l >= 2 draws from `fold_in(key, l)`."""
     k_w, k_b, k_a, k_c = jax.random.split(key, 4)
     w, b = _first_layer(k_w, k_b, width, input_dim, true_width, true_d, init, bias, init_scale)
-    if init not in ("torch", "theory"):
-        raise ValueError(f"unknown init {init!r}")
     widths = (width,) + tuple(hidden)
     deep_sizes = Deep.of(tuple(hidden), true_width, true_hidden, true_depth)
     masks = (first(width, true_width),) + deep_sizes.masks

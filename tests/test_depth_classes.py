@@ -123,7 +123,7 @@ BIG_PAD = dict(width=15, hidden=(15, 15), core_dim=7, bg_dim=6, input_dim=21, n_
 
 @pytest.mark.parametrize("n_classes,extra", [pytest.param(2, {}, marks=pytest.mark.slow),
                                               (3, {"loss": "hinge", "core": "linear"})])
-@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_padding_amount_does_not_change_a_deep_or_k_class_run(n_classes, extra, data):
     """Property: for random depths (1-3), per-layer widths and sizes, a run padded a little equals

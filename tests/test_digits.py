@@ -48,8 +48,6 @@ def test_digits_load_offline_and_equal_scikit_learns(no_network):
 
 
 def _data(cfg):
-    import jax
-
     from contamination.setup import prepare
     from contamination.spec import static_spec, traced_values
 

@@ -113,6 +113,7 @@ def reference(tmp_path_factory):
     return out, summary
 
 
+@pytest.mark.slow  # (by default: test_planner.py's one program against one per shape, test_batching.py)
 def test_chunking_and_bucketing_do_not_change_results(reference, tmp_path):
     ref_out, ref_summary = reference
     grid = load(str(write_grid(tmp_path)))
@@ -175,6 +176,7 @@ def test_four_devices_equal_one_device(reference, tmp_path):
     assert manifest["local_device_count"] == 4
 
 
+@pytest.mark.slow  # a guard for the CPU deadlock of LAPACK custom calls; it compiles every preset's program
 def test_programs_hold_no_custom_calls():
     """No LAPACK (or other) custom calls in any preset's compiled program: a vmapped QR in the
     data deadlocked on a 2-core CPU when two forced host devices ran it at once."""

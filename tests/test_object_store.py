@@ -104,7 +104,8 @@ def new_prefix(request, monkeypatch, scheme: str) -> str:
     return f"{scheme}://{BUCKET}/{uuid.uuid4().hex[:8]}"
 
 
-@pytest.fixture(params=["gs", "s3"])
+# Both servers under `make test-all`; by default S3 is exercised by the SIGTERM test below.
+@pytest.fixture(params=["gs", pytest.param("s3", marks=pytest.mark.slow)])
 def store(request, monkeypatch):
     return new_prefix(request, monkeypatch, request.param)
 

@@ -34,8 +34,10 @@ def row(out, i):
 @pytest.mark.parametrize("name,extra", [
     # (toy_theory, the linear core with hinge, SGD and a frozen output, is covered below)
     ("toy", {"activation": "sigmoid"}),  # non-linear core, logistic, AdamW, trained output; f(0) != 0
-    ("theory", {"batch_size": 8}),  # online batches, no biases, N(0, 1/d) init
-    ("toy", {"batch_size": 16, "optimizer": "adam", "activation": "gelu"}),  # minibatches: n_train static
+    # (under `make test-all`; by default the property tests below cover these choices)
+    pytest.param("theory", {"batch_size": 8}, marks=pytest.mark.slow),  # online batches, no biases, N(0, 1/d) init
+    pytest.param("toy", {"batch_size": 16, "optimizer": "adam", "activation": "gelu"},
+                 marks=pytest.mark.slow),  # minibatches: n_train static
 ])
 def test_every_axis_padded_equals_alone(name, extra):
     """A small run padded on every axis at once, beside a larger one, equals the small run alone.
@@ -115,7 +117,8 @@ def test_padded_entries_are_exact_zeros():
 
 @pytest.mark.parametrize("name,extra", [
     ("toy", {}),
-    ("distill", {"rep_dim": 8, "teacher": "trained", "teacher_steps": 10}),
+    # (under `make test-all`; by default test_distill.py checks padded distill runs)
+    pytest.param("distill", {"rep_dim": 8, "teacher": "trained", "teacher_steps": 10}, marks=pytest.mark.slow),
 ])
 def test_evaluation_variants_equal_separate_runs(name, extra):
     """Runs that differ only in bg_ood (and probe_ridge) share one trained network: each variant's

@@ -86,6 +86,7 @@ def test_shipped_activation_vs_shift_trains_48_networks_for_288_runs():
     assert (len(runs), len(nets)) == (288, 48) and all(len(n.runs) == 6 for n in nets)
 
 
+@pytest.mark.slow  # (by default: test_padding.py::test_evaluation_variants_equal_separate_runs)
 def test_shift_runs_share_a_network_and_equal_runs_alone(tmp_path):
     grid = load(str(write(tmp_path, SHIFTS)))
     s = run_grid(grid, tmp_path / "out", progress=False)
