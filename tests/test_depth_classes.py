@@ -134,8 +134,10 @@ def test_padding_amount_does_not_change_a_deep_or_k_class_run(n_classes, extra, 
     outs = [compiled_batch_run(static_spec(base)._replace(**pad))(stack_traced(cfgs, depth=3))
             for pad in (SMALL_PAD, BIG_PAD)]
     for k in outs[0]["curves"]:
+        # (rep_shift: a ratio over a class separation that can be 1e-2 of the means; test_padding.py)
+        rtol = 1e-3 if k.startswith("rep_shift") else RTOL
         np.testing.assert_allclose(np.asarray(outs[0]["curves"][k]), np.asarray(outs[1]["curves"][k]),
-                                   rtol=RTOL, atol=ATOL, err_msg=k)
+                                   rtol=rtol, atol=ATOL, err_msg=k)
 
 
 def test_depth_by_width_grid_is_one_program_with_min_efficiency_0(tmp_path):

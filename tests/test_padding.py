@@ -82,8 +82,11 @@ def test_padding_amount_does_not_change_a_run(name, extra, runs):
     traced = stack_traced(cfgs)
     little, lots = (program(traced) for program in programs(name, **extra))
     for k in little["curves"]:
+        # rep_shift is a ratio over the distance between class means, which for these tiny networks can
+        # be 1e-2 of the means: float rounding of the means (summed over padded rows) shows at 1e-5
+        rtol = 1e-3 if k.startswith("rep_shift") else RTOL
         np.testing.assert_allclose(np.asarray(little["curves"][k]), np.asarray(lots["curves"][k]),
-                                   rtol=RTOL, atol=ATOL, err_msg=k)
+                                   rtol=rtol, atol=ATOL, err_msg=k)
         # NaN where the loss has no gradient at all, or a layer does not separate the classes (e.g. a
         # dead width-1 ReLU)
         if k != "bg_grad_balance" and not k.startswith("rep_shift"):
