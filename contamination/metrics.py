@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from .data import Data, Sizes, Split, ood_split
-from .model import Deep, Params, activate, loss_values, margins, representations
+from .model import Deep, Params, activate, deeper_layers, loss_values, margins, representations
 
 METRICS = (
     "train_loss", "id_loss", "id_acc", "ood_loss", "ood_acc", "id_margin", "ood_margin",
@@ -174,9 +174,7 @@ def gradient_balance_general(params: Params, pre: jax.Array, split: Split, u: ja
 
     def total_loss(pre1):
         h = activate(pre1, activation, slope) * mask
-        for (w, b), m, active in zip(params.deep, deep.masks, deep.active):
-            new = activate(h @ w.T + b, activation, slope) * m
-            h = jnp.where(active, new, h) if new.shape == h.shape else new
+        h = ([h] + deeper_layers(params, h, activation, slope, deep))[-1]
         return jnp.sum(loss_values(h @ params.a + params.c, split.y, loss) * split.mask)
 
     delta = jax.grad(total_loss)(pre)  # (n, m): d l_i / d pre_ik

@@ -243,12 +243,18 @@ def representations(params: Params, x: jax.Array, activation: str, slope: jax.Ar
     a program holding several depths every layer has the same padded width (`spec.padded_widths`).
     """
     h, pre = hidden(params, x, activation, slope, mask, xT)
-    hs = [h]
+    return [h] + deeper_layers(params, h, activation, slope, deep), pre
+
+
+def deeper_layers(params: Params, h: jax.Array, activation: str, slope: jax.Array, deep: Deep) -> list:
+    """Layers 2..L from the first layer's activations `h`: [h_2, ..., h_L] (a skipped layer passes
+    its input through)."""
+    hs = []
     for (w, b), m, active in zip(params.deep, deep.masks, deep.active):
         new = activate(h @ w.T + b, activation, slope) * m
         h = jnp.where(active, new, h) if new.shape == h.shape else new
         hs.append(h)
-    return hs, pre
+    return hs
 
 
 def forward(params: Params, x: jax.Array, activation: str, slope: jax.Array, mask: jax.Array,
