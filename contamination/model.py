@@ -80,28 +80,17 @@ def init_params(key: jax.Array, width: int, input_dim: int, true_width: jax.Arra
     `hidden` are the padded widths of layers 2..L; the run's own are `true_hidden` (0 past its
     `true_depth`).
     """
-    if hidden or n_classes > 2:
-        return _init_general(key, width, input_dim, true_width, true_d, init=init, output=output, bias=bias,
-                             init_scale=init_scale, hidden=hidden, true_hidden=true_hidden, true_depth=true_depth,
-                             n_classes=n_classes)
     k_w, k_b, k_a, k_c = jax.random.split(key, 4)
-    m_true = true_width.astype(jnp.float32)
-    mask = first(width, true_width)
     w, b = _first_layer(k_w, k_b, width, input_dim, true_width, true_d, init, bias, init_scale)
-    if init == "torch":
-        out_bound = 1.0 / jnp.sqrt(m_true)
-        a = per_row(k_a, width, lambda k: jax.random.uniform(k, (), minval=-1.0, maxval=1.0)) * out_bound
-        c = jax.random.uniform(k_c, (), minval=-1.0, maxval=1.0) * out_bound
-    else:
-        a = per_row(k_a, width, lambda k: jax.random.rademacher(k, (), dtype=jnp.float32)) / m_true
-        c = jnp.zeros(())
-    idx = jnp.arange(width)
-    if output == "frozen_half":
-        a = jnp.where(idx < true_width // 2, 1.0, -1.0) / m_true
-    elif output == "frozen_random":
-        a = per_row(k_a, width, lambda k: jax.random.rademacher(k, (), dtype=jnp.float32)) / m_true
-    c = c if bias else jnp.zeros(())
-    return Params(w, b, a * mask, c)
+    widths = (width,) + tuple(hidden)
+    deep_sizes = Deep.of(tuple(hidden), true_width, true_hidden, true_depth)
+    masks = (first(width, true_width),) + deep_sizes.masks
+    trues = (true_width,) + tuple(true_hidden[i] for i in range(len(hidden)))
+    deep = tuple(_deep_layer(jax.random.fold_in(key, l + 1), widths[l], widths[l - 1], masks[l], masks[l - 1],
+                             trues[l - 1], init, bias) for l in range(1, len(widths)))
+    a, c = _output_layer(k_a, k_c, widths[-1], deep_sizes.last if hidden else masks[0], init=init, output=output,
+                         bias=bias, n_classes=n_classes)
+    return Params(w, b, a, c, deep)
 
 
 def rademacher(key, shape):
@@ -136,23 +125,12 @@ def _deep_layer(key, m, m_prev, mask, mask_prev, true_prev, init, bias):
     return w * mask[:, None] * mask_prev[None, :], (b * mask if bias else jnp.zeros((m,)))
 
 
-def _init_general(key, width, input_dim, true_width, true_d, *, init, output, bias, init_scale, hidden,
-                  true_hidden, true_depth, n_classes):
-    """Any depth and any number of classes (`init_params`); the first layer's draws are the
-    two-layer network's, layer l >= 2 draws from `fold_in(key, l)`."""
-    k_w, k_b, k_a, k_c = jax.random.split(key, 4)
-    w, b = _first_layer(k_w, k_b, width, input_dim, true_width, true_d, init, bias, init_scale)
-    widths = (width,) + tuple(hidden)
-    deep_sizes = Deep.of(tuple(hidden), true_width, true_hidden, true_depth)
-    masks = (first(width, true_width),) + deep_sizes.masks
-    trues = (true_width,) + tuple(true_hidden[i] for i in range(len(hidden)))
-    deep = tuple(_deep_layer(jax.random.fold_in(key, l + 1), widths[l], widths[l - 1], masks[l], masks[l - 1],
-                             trues[l - 1], init, bias) for l in range(1, len(widths)))
-    m_last = widths[-1]
-    last = deep_sizes.last if hidden else masks[0]
+def _output_layer(k_a, k_c, m_last, last, *, init, output, bias, n_classes):
+    """The output weights (m_last,) or (m_last, K) and bias over the last hidden layer, whose true
+    units are `last`: drawn per unit, fan-in the true width."""
     true_last = jnp.sum(last)
     k = 1 if n_classes == 2 else n_classes
-    shape = () if n_classes == 2 else (k,)  # two classes: the two-layer network's draws exactly
+    shape = () if n_classes == 2 else (k,)  # two classes: one scalar draw per unit
 
     def out_draw(kk, draw):
         return draw(kk, shape).reshape(k)
@@ -176,9 +154,7 @@ def _init_general(key, width, input_dim, true_width, true_d, *, init, output, bi
         a = per_row(k_a, m_last, lambda kk: out_draw(kk, rademacher)) / true_last
     a = a * last[:, None]
     c = c if bias else jnp.zeros((k,))
-    if n_classes == 2:
-        a, c = a[:, 0], c[0]
-    return Params(w, b, a, c, deep)
+    return (a[:, 0], c[0]) if n_classes == 2 else (a, c)
 
 
 def trainable_mask(width: int, true_width: jax.Array, *, output: str, bias: bool, deep: Deep = Deep(),
