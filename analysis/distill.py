@@ -27,9 +27,11 @@ PROBE = ("teacher_probe_id_acc", "teacher_probe_ood_acc", "student_probe_id_acc"
 GAP = "student_ood_gap"
 STANDARD = "standard"
 BASELINE_GRID = "distill_baseline"
+# The baseline grid of runs on another data set than the synthetic one.
+BASELINE_GRIDS = {"digits": "digits_distill_baseline"}
 BACKGROUND = ("bg_train_low", "bg_train_high")
 # The data a baseline must share with the runs it is a baseline for.
-DATA_COLUMNS = ("core_dim", "bg_dim", "input_dim", "n_train", "core")
+DATA_COLUMNS = ("dataset", "digit_classes", "border", "core_dim", "bg_dim", "input_dim", "n_train", "core")
 # Always kept by `robustness_kept` (where present), after the caller's axes.
 KEPT_COLUMNS = ("teacher", "teacher_bias", "activation", *BACKGROUND)
 MIN_ADVANTAGE = 0.01  # a teacher this close to the line has no advantage to keep
@@ -174,9 +176,13 @@ def robustness_kept(runs: pd.DataFrame, line: dict, axes: list[str] | None = Non
 
 
 def baseline_name(results: Results) -> str:
-    """The baseline's results directory name for `results`' scale: distill_baseline[-SCALE]."""
+    """The baseline's results directory name for `results`' data set and scale:
+    distill_baseline[-SCALE] for the synthetic data, digits_distill_baseline[-SCALE] for digits."""
     scale = results.manifest.get("scale")
-    return BASELINE_GRID + (f"-{scale}" if scale not in (None, "default") else "")
+    runs = results.runs
+    datasets = set(runs["dataset"].astype(str)) if "dataset" in runs else set()
+    grid = BASELINE_GRIDS.get(datasets.pop(), BASELINE_GRID) if len(datasets) == 1 else BASELINE_GRID
+    return grid + (f"-{scale}" if scale not in (None, "default") else "")
 
 
 def _data_key(df: pd.DataFrame, cols: list[str]) -> pd.Series:
@@ -186,9 +192,9 @@ def _data_key(df: pd.DataFrame, cols: list[str]) -> pd.Series:
 
 
 def load_baseline(results: Results) -> pd.DataFrame | None:
-    """The standard networks' runs next to `results` (results/distill_baseline[-SCALE]) on the same data.
+    """The standard networks' runs next to `results` (`baseline_name`) on the same data.
 
-    Rows whose (core_dim, bg_dim, input_dim, n_train, core) match those of a run in `results`
+    Rows whose DATA_COLUMNS (data set, digit classes, border, sizes, core) match those of a run in `results`
     (columns absent from either table are not compared); None when the directory is absent or
     holds no matching run.
     """

@@ -74,11 +74,16 @@ def build_figures(results: Results) -> list[Panel]:
         out += distill_panels(results, axes)
     out += depth_class_panels(results, axes)
     if "dataset" in runs and (runs["dataset"] == "digits").any():
-        from .images import examples_figure
+        from .images import examples_figure, weights_figure
 
         out.append(Panel("digits_examples", "Data", "bordered digits as the runs drew them: training images, "
                          "and the same test digits ID and OOD (the border redrawn; blue negative, red positive)",
                          examples_figure(runs[runs["dataset"] == "digits"])))
+        weights = weights_figure(runs[runs["dataset"] == "digits"])
+        if weights is not None:
+            out.append(Panel("digits_weights", "Data", "first-layer weights as images, retrained from the table's "
+                             "configs (lowest seed): the unit average and the units with the largest border "
+                             "weight", weights))
     if len(curves) and "step" in curves:
         hue = axes[0] if axes else None
         row = axes[1] if len(axes) >= 2 and curves[axes[1]].nunique() <= MAX_ROWS else None
@@ -185,8 +190,12 @@ def distill_panels(results: Results, axes: list[str]) -> list[Panel]:
     return out
 
 
-NO_BASELINE = ("No effective-robustness baseline found: run `make sweep GRID=distill_baseline` (same scale) "
-               "and report again.")
+def no_baseline(results: Results) -> str:
+    from .distill import baseline_name
+
+    grid = baseline_name(results).split("-")[0]
+    return (f"No effective-robustness baseline found: run `make sweep GRID={grid}` (same scale) "
+            "and report again.")
 
 
 def robustness_note(results: Results, baseline: pd.DataFrame | None) -> str:
@@ -195,7 +204,7 @@ def robustness_note(results: Results, baseline: pd.DataFrame | None) -> str:
     from .distill import baseline_line, baseline_name, baseline_points, robustness_kept
 
     if baseline is None:
-        return NO_BASELINE
+        return no_baseline(results)
     n_cfg = len(baseline_points(baseline))
     head = (f"Effective robustness: OOD probe accuracy above the line that standard networks "
             f"({baseline_name(results)}, {n_cfg} configs) follow; `kept` is the share of the teacher's "

@@ -14,6 +14,14 @@ from .spec import Static
 
 
 def make_training(s: Static, traced: dict):
+    if s.model == "cnn":
+        from .cnn import cnn_training
+
+        return cnn_training(s, traced)
+    return mlp_training(s, traced)
+
+
+def mlp_training(s: Static, traced: dict):
     """One classifier run as a `Training`: its step function, initial carry and metrics.
 
     `loop.run_training` scans them; the benchmarks call the same step from a Python loop. The carry
@@ -48,4 +56,16 @@ def make_training(s: Static, traced: dict):
     return Training(step, init_carry(to_dm(params), tx), measure)
 
 
-EXPERIMENT = Experiment("classify", METRICS, make_training, layer_metrics)
+def spec_metrics(s: Static) -> tuple[str, ...]:
+    return () if s.model == "cnn" else layer_metrics(s)
+
+
+def metrics_of(s: Static) -> tuple[str, ...]:
+    if s.model == "cnn":
+        from .cnn import CNN_METRICS
+
+        return CNN_METRICS
+    return METRICS
+
+
+EXPERIMENT = Experiment("classify", METRICS, make_training, spec_metrics, metrics_of)

@@ -32,6 +32,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "teacher": ("core", "trained", "linear", "standard"),
     "log_schedule": ("linear", "geometric"),
     "dataset": ("synthetic", "digits"),
+    "model": ("mlp", "cnn"),
 }
 
 
@@ -58,6 +59,9 @@ class Config:
     dataset: str = "synthetic"
     border: int = 2
     digit_classes: tuple[int, ...] = ()
+    # The network: `mlp` (the fully connected network above) or `cnn` (image data only: `width`
+    # 3x3 filters, 2x2 average pooling, a linear read-out; contamination/cnn.py).
+    model: str = "mlp"
     bg_train: tuple[float, float] = (0.0, 1.0)
     bg_ood: tuple[float, float] = (-1.0, 0.0)
     n_train: int = 1000
@@ -210,6 +214,8 @@ def validate(cfg: Config) -> Config:
                           "feature of its own")
     if cfg.n_train < cfg.n_classes or cfg.n_test < cfg.n_classes:
         raise ConfigError(f"n_train, n_test: need at least {cfg.n_classes} points (one per class)")
+    if cfg.model == "cnn":
+        check_cnn(cfg)
     if cfg.experiment == "distill" and (cfg.depth > 1 or cfg.n_classes > 2):
         raise ConfigError("experiment: distill trains a one-hidden-layer student on a binary task; "
                           "depth and n_classes must stay 1 and 2")
@@ -236,6 +242,17 @@ def validate(cfg: Config) -> Config:
     if cfg.seed < 0 or cfg.seed >= 2**63:
         raise ConfigError(f"seed: must be in [0, 2^63), got {cfg.seed}")
     return cfg
+
+
+def check_cnn(cfg: Config) -> None:
+    if cfg.dataset == "synthetic":
+        raise ConfigError("model: cnn needs image data (dataset = \"digits\"); the synthetic inputs have no pixels")
+    if cfg.experiment != "classify":
+        raise ConfigError("model: cnn is trained on labels only (experiment = \"classify\")")
+    for name, allowed in (("depth", 1), ("output", "train"), ("init", "torch")):
+        if getattr(cfg, name) != allowed:
+            raise ConfigError(f"{name}: the cnn has one convolutional layer, a trained read-out and PyTorch's "
+                              f"init; {name} must be {allowed!r}, got {getattr(cfg, name)!r}")
 
 
 def check_digits(cfg: Config) -> None:

@@ -40,9 +40,12 @@ class Experiment(NamedTuple):
     training: Callable  # (static, traced) -> loop.Training
     # (static) -> further metric names that depend on the program (e.g. one per hidden layer)
     spec_metrics: Callable | None = None
+    # (static) -> the metric names in place of `metrics` for some programs (e.g. another model's)
+    metrics_of: Callable | None = None
 
     def metric_names(self, static) -> tuple[str, ...]:
-        return self.metrics + (self.spec_metrics(static) if self.spec_metrics else ())
+        base = self.metrics_of(static) if self.metrics_of else self.metrics
+        return base + (self.spec_metrics(static) if self.spec_metrics else ())
 
 
 def get(name: str) -> Experiment:

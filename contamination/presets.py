@@ -57,6 +57,19 @@ PRESETS: dict[str, dict[str, Any]] = {
         "dataset": "digits", "n_classes": 10, "border": 2, "width": 128, "n_train": 1200, "n_test": 597,
         "steps": 2000, "log_every": 100,
     },
+    # Distillation on real digits (contamination/distill.py with dataset = "digits"): the binary
+    # pair 3 vs 8 (357 digits: 250 train, 107 test per seed), each framed by a 2-pixel border of
+    # intensity U[0, 1] per image (OOD U[-1, 0]). The teacher (`trained`) is a ReLU network of
+    # width rep_dim = 64 trained on the labels from the 64 digit pixels only, so the border cannot
+    # move it; the student (width 128) sees the bordered image and is trained by Adam (lr 1e-3, no
+    # weight decay, full batch on the training digits) on the MSE to the teacher's representation.
+    # The digits are a finite set, so there are no fresh batches: the zero-mean border moved by
+    # the same OOD shift is the control for over-fitting (grid digits_distill).
+    "digits_distill": {
+        "experiment": "distill", "dataset": "digits", "digit_classes": [3, 8], "n_classes": 2, "border": 2,
+        "teacher": "trained", "rep_dim": 64, "width": 128, "n_train": 250, "n_test": 107,
+        "optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "steps": 2000, "log_every": 200,
+    },
 }
 
 

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import numpy as np
 
 from .config import Config, log_steps
+from . import experiments
+from .loop import train_for
+from .model import Params
 from .spec import padded_spec, stack_traced, static_spec, traced_values
 from .train import compiled_batch_run, compiled_single_run
 
@@ -36,3 +41,27 @@ def simulate_batch(cfgs: list[Config], **pad) -> dict:
     out = _one_variant(_to_numpy(compiled_batch_run(spec)(stack_traced(cfgs, depth=spec.depth))))
     out["steps"] = np.array(log_steps(cfgs[0].steps, cfgs[0].log_every, cfgs[0].log_schedule))
     return out
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_trainer(s):
+    """`jit` of one run's training to its last step: (final params, final metrics, diverged)."""
+
+    @jax.jit
+    def train(traced):
+        training = experiments.get(s.experiment).training(s, traced)
+        carry = train_for(training.step, training.carry, s.steps)
+        final = {k: v[0] for k, v in training.measure(carry[0]).items()}
+        return carry[0], {**final, "diverged": carry[3]}
+
+    return train
+
+
+def trained_first_layer(cfg: Config) -> tuple[np.ndarray, dict]:
+    """Train one config for its `steps` and return its first layer's weights (width, input_dim),
+    one row per hidden unit, with its final metrics (first evaluation variant) and `diverged`:
+    the run the sweep trained, weights included (for pictures of what the network learned)."""
+    params, final = _to_numpy(_compiled_trainer(static_spec(cfg))(traced_values(cfg)))
+    # The classifier trains in the (d, m) layout (`model.to_dm`); the distillation student does not.
+    w = params.w.T if isinstance(params, Params) else params.w
+    return w, final

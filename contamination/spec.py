@@ -42,6 +42,7 @@ class Static(NamedTuple):
     dataset: str = "synthetic"
     border: int = 2
     digit_classes: tuple[int, ...] = ()
+    model: str = "mlp"
 
     @property
     def depth(self) -> int:

@@ -28,6 +28,21 @@ def make_run(static: Static) -> Callable[[dict], dict]:
     return run
 
 
+def sequential(static: Static) -> bool:
+    """Whether a program runs its networks one after another (`lax.map`) rather than vmapped: the
+    CNN on a CPU, where `benchmarks/cnn_batching.py` measured `lax.map` 1.25x (8 runs) to 2.8x
+    (32 runs) faster than `vmap` (BENCHMARKS.md). Everything else, and the CNN elsewhere, is vmapped."""
+    return static.model == "cnn" and jax.default_backend() == "cpu"
+
+
+def batched(static: Static) -> Callable[[dict], dict]:
+    """The run of every network of a stacked batch: `vmap(run)`, or `lax.map(run)` (`sequential`)."""
+    run = make_run(static)
+    if sequential(static):
+        return lambda traced: jax.lax.map(run, traced)
+    return jax.vmap(run)
+
+
 def metric_names(static: Static) -> tuple[str, ...]:
     """The metric names a run of this static spec logs (its curves' and final keys, in order)."""
     return experiments.get(static.experiment).metric_names(static)
@@ -35,8 +50,8 @@ def metric_names(static: Static) -> tuple[str, ...]:
 
 @functools.lru_cache(maxsize=None)
 def compiled_batch_run(static: Static):
-    """`jit(vmap(run))` for one static spec, cached so each spec compiles once per process."""
-    return jax.jit(jax.vmap(make_run(static)))
+    """`jit(batched(static))` for one static spec, cached so each spec compiles once per process."""
+    return jax.jit(batched(static))
 
 
 @functools.lru_cache(maxsize=None)

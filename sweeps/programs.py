@@ -58,7 +58,7 @@ def compile_bucket(static: Static, chunk_size: int, mesh, store: Path | None = N
     import jax
     from jax.sharding import NamedSharding, PartitionSpec as P
 
-    from contamination.train import make_run
+    from contamination.train import batched, sequential
 
     t0 = time.perf_counter()
     sharding = NamedSharding(mesh, P("cfg"))
@@ -68,7 +68,11 @@ def compile_bucket(static: Static, chunk_size: int, mesh, store: Path | None = N
         compiled = executables.load(store, key, list(mesh.devices.flat))
         if compiled is not None:
             return Program(compiled, sharding, time.perf_counter() - t0, "store", key)
-    fn = jax.jit(jax.vmap(make_run(static)), in_shardings=(sharding,), out_shardings=sharding)
+    if sequential(static):  # one network after another on each device, over its own shard
+        fn = jax.jit(jax.shard_map(batched(static), mesh=mesh, in_specs=P("cfg"), out_specs=P("cfg"),
+                                   check_vma=False))  # the run mixes per-network and constant values
+    else:
+        fn = jax.jit(batched(static), in_shardings=(sharding,), out_shardings=sharding)
     abstract = abstract_inputs(static, chunk_size, sharding)
     with _compile_lock, (executables.fresh_compile() if key else contextlib.nullcontext()):
         compiled = fn.lower(abstract).compile()

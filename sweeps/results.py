@@ -136,6 +136,25 @@ def config_columns(config) -> dict:
     return row
 
 
+def config_from_row(row) -> "Config":
+    """The Config of a runs-table row (a `pd.Series` or dict): the inverse of `config_columns`."""
+    from contamination.config import FIELDS, from_dict
+
+    def plain(v):
+        return v.item() if isinstance(v, np.generic) else v
+
+    values = {}
+    for name in FIELDS:
+        if name in RANGE_COLUMNS:
+            lo, hi = RANGE_COLUMNS[name]
+            values[name] = [float(row[lo]), float(row[hi])]
+        elif name in ("widths", "digit_classes"):
+            values[name] = [int(w) for w in str(row[name] or "").split(",") if w]
+        else:
+            values[name] = plain(row[name])
+    return from_dict(values)
+
+
 def axis_columns(grid: Grid) -> list[str]:
     """Config columns that vary across the grid (ranges expanded), then label columns."""
     cols = []

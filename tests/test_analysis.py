@@ -451,11 +451,18 @@ BASELINE_AXES = {"rep_dim": [16, 64, 256], "teacher_steps": [50, 300, 2000], "ba
 
 
 def test_distill_report_states_effective_robustness_against_the_baseline(tmp_path):
-    from analysis.distill import load_baseline
-    from analysis.report import NO_BASELINE
+    from analysis.distill import baseline_name, load_baseline
+    from analysis.report import no_baseline
 
     root = tmp_path / "results"
     controls = load(_write_results(root / "distill_controls", _controls_runs(), "distill_controls", CONTROL_AXES))
+    NO_BASELINE = no_baseline(controls)
+    assert "make sweep GRID=distill_baseline" in NO_BASELINE
+    # Runs on real digits look for the digits baseline, at their scale.
+    digits = dataclasses.replace(controls, runs=controls.runs.assign(dataset="digits"),
+                                 manifest={**controls.manifest, "scale": "full"})
+    assert baseline_name(digits) == "digits_distill_baseline-full"
+    assert "make sweep GRID=digits_distill_baseline" in no_baseline(digits)
     # Without the sibling baseline: the figure and a line saying how to get one.
     assert load_baseline(controls) is None
     text = write_report(controls, tmp_path / "alone", formats=("png",)).read_text()

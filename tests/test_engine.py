@@ -225,6 +225,7 @@ def test_two_host_devices_do_not_deadlock(tmp_path):
     assert json.loads((tmp_path / "out" / "manifest.json").read_text())["local_device_count"] == 2
 
 
+@pytest.mark.slow  # six `plan` processes, each calibrating its device count; multi-device runs are tested above
 def test_host_devices_default_one_per_core_capped_by_runs(tmp_path):
     from sweeps.environment import usable_cores
 

@@ -1,0 +1,202 @@
+"""A small convolutional network for image data (`model = "cnn"`, `dataset = "digits"`).
+
+    f(x) = <a, pool(act(conv(img(x); K) + b))> + c
+
+- `img(x)`: the input vector laid out as its S x S picture (`digits.layout`), one channel;
+- `conv`: `width` filters of 3 x 3, stride 1, zero padding ("SAME"), a bias per filter;
+- `pool`: 2 x 2 average pooling (S = 8 + 2 border is even), flattened to width x (S/2)^2 features;
+- the output: one logit (two classes, labels +-1) or K logits, trained with the config's loss.
+
+Init as PyTorch's `Conv2d(1, width, 3)` and `Linear`: kernels and biases U(+-1/3) (fan-in 9, the
+kernels times `init_scale`), output weights and bias U(+-1/sqrt(fan-in)) with fan-in the true
+width x (S/2)^2. Every draw is per filter (`data.per_row`), so a run padded with extra filters
+(masked, never trained) is the same run.
+
+Metrics (`CNN_METRICS`): the classifier's losses, accuracies and margins, and the filters'
+analogues of the MLP's border metrics. A border region of intensity z gives a filter's
+pre-activation z sum(K_c) + b_c, so a filter's weight on the border's mean direction is its
+projection on the uniform patch, <K_c, 1/3> (times the sign of the training mean): `bg_mean_proj`
+is its mean over filters, `contaminated_frac` the share of filters above 3 times the step-0
+spread, `bg_shift_rms` the RMS change of that pre-activation from the training to the OOD mean.
+`bg_grad_share` is the input gradient's squared mass on border pixels.
+
+Batching: runs are vmapped as every other program. A `vmap` of `lax.conv` over per-run filters
+becomes a grouped convolution; `benchmarks/cnn_batching.py` measures it, and the patch form, against
+`lax.map` (BENCHMARKS.md); `CONV` holds the faster convolution.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .data import first, ood_split, per_row
+from .loop import Training, init_carry, make_optimizer, make_step
+from .metrics import masked_mean, mean_sign, range_mean, CONTAMINATED_SPREADS
+from .model import activate, loss_values, margins
+from .setup import make_get_batch, prepare
+from .spec import Static
+
+CNN_METRICS = ("train_loss", "id_loss", "id_acc", "ood_loss", "ood_acc", "id_margin", "ood_margin",
+               "bg_mean_proj", "bg_shift_rms", "contaminated_frac", "bg_grad_share")
+KERNEL = 3
+# How the convolution is computed: "lax" (`lax.conv_general_dilated`) or "patches" (one matrix
+# product of the 3 x 3 patches, gathered once, with the filters): the faster under the engine's
+# `vmap` in benchmarks/cnn_batching.py (BENCHMARKS.md).
+CONV = "patches"
+
+
+class ConvParams(NamedTuple):
+    k: jax.Array  # (C, 3, 3) filters
+    b: jax.Array  # (C,)
+    a: jax.Array  # (C, P) output weights, (C, P, K) for K classes; P = (S/2)^2 pooled positions
+    c: jax.Array  # () or (K,)
+
+
+def side_of(d: int) -> int:
+    """The side S of an S x S picture of d pixels."""
+    return int(round(np.sqrt(d)))
+
+
+def raster(border: int) -> np.ndarray:
+    """The input index of each pixel of the S x S picture, row-major: `x[..., raster]` is the image."""
+    from .digits import layout
+
+    core, bg = layout(border)
+    order = np.empty(len(core) + len(bg), dtype=np.int32)
+    order[core] = np.arange(len(core))
+    order[bg] = len(core) + np.arange(len(bg))
+    return order
+
+
+def init_conv(key: jax.Array, s: Static, true_width: jax.Array, init_scale: jax.Array) -> ConvParams:
+    c, side = s.width, side_of(s.input_dim)
+    p = (side // 2) ** 2
+    k_k, k_b, k_a, k_c = jax.random.split(key, 4)
+    mask = first(c, true_width)
+    bound = 1.0 / KERNEL  # 1 / sqrt(fan-in 9)
+    kern = per_row(k_k, c, lambda k: jax.random.uniform(k, (KERNEL, KERNEL), minval=-bound, maxval=bound))
+    bias = per_row(k_b, c, lambda k: jax.random.uniform(k, (), minval=-bound, maxval=bound))
+    out_shape = (p,) if s.n_classes == 2 else (p, s.n_classes)
+    bound_out = 1.0 / jnp.sqrt(true_width.astype(jnp.float32) * p)
+    a = per_row(k_a, c, lambda k: jax.random.uniform(k, out_shape, minval=-1.0, maxval=1.0)) * bound_out
+    c_out = jax.random.uniform(k_c, out_shape[1:], minval=-1.0, maxval=1.0) * bound_out
+    expand = (slice(None),) + (None,) * len(out_shape)
+    return ConvParams(kern * init_scale * mask[:, None, None], bias * mask * float(s.bias), a * mask[expand],
+                      c_out * float(s.bias))
+
+
+def trainable(s: Static, mask: jax.Array) -> ConvParams:
+    expand = (slice(None), None) if s.n_classes == 2 else (slice(None), None, None)
+    return ConvParams(mask[:, None, None], mask * float(s.bias), mask[expand],
+                      jnp.asarray(float(s.bias)) if s.n_classes == 2 else jnp.full((s.n_classes,), float(s.bias)))
+
+
+def patch_index(border: int) -> np.ndarray:
+    """(S^2, 9): for each pixel of the S x S picture (row-major), the input index of each of its 3 x 3
+    neighbours (row-major, as the kernel), or d (a zero appended to the input) outside the picture."""
+    order = raster(border)
+    side = side_of(len(order))
+    img = np.full((side + 2, side + 2), len(order), dtype=np.int32)
+    img[1:-1, 1:-1] = order.reshape(side, side)
+    return np.stack([img[i:i + side, j:j + side].reshape(-1) for i in range(KERNEL) for j in range(KERNEL)],
+                    axis=1)
+
+
+def patches(x: jax.Array, border: int) -> jax.Array:
+    """Every pixel's 3 x 3 neighbourhood, (n, S^2, 9) (zero padding): one static gather of the input."""
+    x_ext = jnp.concatenate([x, jnp.zeros((x.shape[0], 1), x.dtype)], axis=1)
+    return x_ext[:, patch_index(border)]
+
+
+def pre_activations(p: ConvParams, x: jax.Array, border: int, conv: str | None = None,
+                    x_patches: jax.Array | None = None) -> jax.Array:
+    """The filters' pre-activations (n, S, S, C) on inputs `x` (n, d): a "SAME" 3 x 3
+    cross-correlation, as `lax.conv_general_dilated` (`conv = "lax"`) or as one matrix product of
+    the input's patches with the flattened filters (`"patches"`; `x_patches` if precomputed)."""
+    conv = conv or CONV
+    n, side = x.shape[0], side_of(x.shape[1])
+    if conv == "lax":
+        img = x[:, raster(border)].reshape(n, 1, side, side)
+        out = jax.lax.conv_general_dilated(img, p.k[:, None], (1, 1), "SAME",
+                                           dimension_numbers=("NCHW", "OIHW", "NHWC"))
+    else:
+        xp = patches(x, border) if x_patches is None else x_patches
+        out = (xp @ p.k.reshape(p.k.shape[0], -1).T).reshape(n, side, side, -1)
+    return out + p.b
+
+
+def logits(p: ConvParams, x: jax.Array, activation: str, slope: jax.Array, mask: jax.Array, border: int,
+           conv: str | None = None, x_patches: jax.Array | None = None):
+    """The network's output: (n,) for two classes, (n, K) for K."""
+    pre = pre_activations(p, x, border, conv, x_patches)
+    n, side, _, c = pre.shape
+    h = activate(pre, activation, slope) * mask
+    pooled = h.reshape(n, side // 2, 2, side // 2, 2, c).mean(axis=(2, 4)).reshape(n, -1, c)
+    if p.a.ndim == 2:
+        return jnp.einsum("npc,cp->n", pooled, p.a) + p.c
+    return jnp.einsum("npc,cpk->nk", pooled, p.a) + p.c
+
+
+def patch_projections(k: jax.Array, bg_train: jax.Array) -> jax.Array:
+    """Each filter's projection on the unit uniform patch, signed as the training border's mean, (C,)."""
+    return mean_sign(bg_train) * jnp.sum(k, axis=(1, 2)) / KERNEL
+
+
+def cnn_training(s: Static, traced: dict) -> Training:
+    """One CNN classifier run as a `Training` (step, initial carry, measure)."""
+    setup = prepare(s, traced)
+    data, mask, sizes = setup.data, setup.mask, setup.sizes
+    init_key = jax.random.wrap_key_data(traced["init_key"], impl="threefry2x32")
+    params = init_conv(init_key, s, traced["true_width"], traced["init_scale"])
+    slope, bg_train, bg_ood = traced["leaky_slope"], traced["bg_train"], traced["bg_ood"]
+    act = s.activation
+
+    def f(p, x, x_patches=None):
+        return logits(p, x, act, slope, mask, s.border, x_patches=x_patches)
+
+    p0 = patch_projections(params.k, bg_train)
+    spread0 = jnp.sqrt(masked_mean((p0 - masked_mean(p0, mask)) ** 2, mask))
+    border_coords = (jnp.arange(s.input_dim) >= s.core_dim).astype(jnp.float32)
+
+    def split_metrics(p, split):
+        out = f(p, split.x)
+        ym = margins(out, split.y)
+        return (masked_mean(loss_values(out, split.y, s.loss), split.mask), masked_mean(ym > 0, split.mask),
+                masked_mean(ym, split.mask))
+
+    def grad_share(p):
+        test = data.test
+        g = jax.grad(lambda x: jnp.sum(loss_values(f(p, x), test.y, s.loss) * test.mask))(test.x)
+        bg, tot = jnp.sum(g ** 2 * border_coords, axis=1), jnp.sum(g ** 2, axis=1)
+        share = jnp.where(tot > 0, bg / jnp.where(tot > 0, tot, 1.0), jnp.nan)
+        return jnp.nansum(share * test.mask) / jnp.sum(test.mask * (tot > 0))
+
+    def measure(p: ConvParams) -> dict:
+        train_loss, _, _ = split_metrics(p, data.train)
+        id_loss, id_acc, id_margin = split_metrics(p, data.test)
+        ood_loss, ood_acc, ood_margin = jax.vmap(lambda rng: split_metrics(p, ood_split(data, s.core_dim, sizes,
+                                                                                        rng)))(bg_ood)
+        proj = patch_projections(p.k, bg_train)
+        delta = (range_mean(bg_ood) - range_mean(bg_train)) * KERNEL * mean_sign(bg_train)
+        out = {"train_loss": train_loss, "id_loss": id_loss, "id_acc": id_acc, "ood_loss": ood_loss,
+               "ood_acc": ood_acc, "id_margin": id_margin, "ood_margin": ood_margin,
+               "bg_mean_proj": masked_mean(proj, mask),
+               "bg_shift_rms": jax.vmap(lambda dl: jnp.sqrt(masked_mean((proj * dl) ** 2, mask)))(delta),
+               "contaminated_frac": masked_mean((proj > CONTAMINATED_SPREADS * spread0).astype(jnp.float32), mask),
+               "bg_grad_share": grad_share(p)}
+        return {k: jnp.broadcast_to(out[k], (s.n_evals,)) for k in CNN_METRICS}
+
+    full_batch = not s.batch_size
+    # The full training set is the batch of every step: its patches are gathered once, outside the loop.
+    train_patches = patches(data.train.x, s.border) if full_batch and CONV == "patches" else None
+
+    def objective(p, batch):
+        return masked_mean(loss_values(f(p, batch.x, train_patches), batch.y, s.loss), batch.mask)
+
+    tx = make_optimizer(s.optimizer, traced["lr"], traced["weight_decay"], traced["momentum"])
+    step = make_step(objective, tx, trainable(s, mask), make_get_batch(s, setup, bg_train))
+    return Training(step, init_carry(params, tx), measure)
