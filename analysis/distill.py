@@ -35,6 +35,7 @@ DATA_COLUMNS = ("dataset", "digit_classes", "border", "core_dim", "bg_dim", "inp
 # Always kept by `robustness_kept` (where present), after the caller's axes.
 KEPT_COLUMNS = ("teacher", "teacher_bias", "activation", *BACKGROUND)
 MIN_ADVANTAGE = 0.01  # a teacher this close to the line has no advantage to keep
+MIN_ID_SPREAD = 0.05  # standard networks whose ID accuracies span less get a flat line (`baseline_line`)
 POOLABLE = ("activation", "teacher", "teacher_bias", "rep_dim", "width", "core_dim", "bg_dim", "input_dim", "core",
             "features", "lr", "steps")
 
@@ -117,17 +118,25 @@ def baseline_line(baseline_runs: pd.DataFrame) -> dict:
     fitted to accuracies, not to logit-transformed accuracies as in the effective-robustness
     literature: the probe accuracies here stay well inside (0.5, 1), where the two agree closely.
 
+    Where the standard networks' ID accuracies span less than MIN_ID_SPREAD (an easy task: they all
+    fit), a least-squares slope is noise over a sliver of ID accuracy, so the line is flat at their
+    mean OOD accuracy (slope 0): the OOD accuracy standard training reaches at that ID accuracy.
+
     Returns {(bg_train_low, bg_train_high): (slope, intercept, n_points)}; a background with
-    fewer than two points (or a single ID accuracy) has no line and is left out.
+    fewer than two points has no line and is left out.
     """
     pts = baseline_points(baseline_runs)
     out = {}
     if pts.empty or not all(c in pts for c in BACKGROUND):
         return out
     for (lo, hi), g in pts.groupby(list(BACKGROUND), sort=True):
-        if len(g) < 2 or g["id"].nunique() < 2:
+        if len(g) < 2:
             continue
-        slope, intercept = np.polyfit(g["id"].to_numpy(float), g["ood"].to_numpy(float), 1)
+        ids, oods = g["id"].to_numpy(float), g["ood"].to_numpy(float)
+        if ids.max() - ids.min() < MIN_ID_SPREAD:
+            slope, intercept = 0.0, float(oods.mean())
+        else:
+            slope, intercept = np.polyfit(ids, oods, 1)
         out[_bg_key(lo, hi)] = (float(slope), float(intercept), len(g))
     return out
 

@@ -143,6 +143,11 @@ def _varies(results: Results, col: str, axes: list[str]) -> bool:
     return named and col in results.runs and results.runs[col].nunique(dropna=True) > 1
 
 
+def _synthetic(runs: pd.DataFrame) -> bool:
+    """Runs on the synthetic feature model only (real digits have no core type)."""
+    return "dataset" not in runs or bool((runs["dataset"].astype(str) == "synthetic").all())
+
+
 def distill_panels(results: Results, axes: list[str]) -> list[Panel]:
     """The distillation figures: effective robustness (against the distill_baseline line when its
     results lie next to these) and phase diagrams of the student's OOD gap over the axes present."""
@@ -156,11 +161,13 @@ def distill_panels(results: Results, axes: list[str]) -> list[Panel]:
                       "least-squares line per training background: the effective-robustness baseline of "
                       "the distillation grids", effective_robustness_figure(runs))]
     baseline = load_baseline(results)
+    facet = "core" if _synthetic(runs) else None  # real digits have no core type
     out = [Panel("effective_robustness", "Distillation",
                  "OOD against ID probe accuracy for the teacher and the distilled students "
                  "(the paper's effective-robustness view)"
                  + ("; grey: standard networks trained on the labels and their line" if baseline is not None else ""),
-                 effective_robustness_figure(runs, baseline=baseline), robustness_note(results, baseline))]
+                 effective_robustness_figure(runs, facet=facet, baseline=baseline),
+                 robustness_note(results, baseline))]
     if len(axes) >= 2:
         from .distill import signature_figures
 
@@ -208,12 +215,14 @@ def robustness_note(results: Results, baseline: pd.DataFrame | None) -> str:
     n_cfg = len(baseline_points(baseline))
     head = (f"Effective robustness: OOD probe accuracy above the line that standard networks "
             f"({baseline_name(results)}, {n_cfg} configs) follow; `kept` is the share of the teacher's "
-            "advantage the student keeps. Lines are fitted per core type and training background; `–` "
+            "advantage the student keeps. Lines are fitted per core type and training background (flat at "
+            "the mean OOD accuracy where the standard networks' ID accuracies span under 0.05); `–` "
             "where a probe's ID accuracy lies more than 0.02 below the standard networks' ID range (no "
             "extrapolation) or the teacher is not above the line.")
     labels = varying_axes(results) or [c for c in ("teacher", "teacher_bias", "activation") if c in results.runs]
     runs = results.runs
-    cores = (list(dict.fromkeys(runs["core"].astype(str))) if "core" in runs and "core" in baseline else [None])
+    cores = (list(dict.fromkeys(runs["core"].astype(str))) if _synthetic(runs) and "core" in runs and "core" in baseline
+             else [None])
     fits, parts = [], []
     for core in cores:
         base = baseline if core is None else baseline[baseline["core"].astype(str) == core]

@@ -24,6 +24,10 @@
 - Probes: closed-form ridge regression on +-1 ID training labels (with intercept) on top of
   each representation, evaluated by accuracy on the ID test set and the paired OOD set.
 
+On real digits (`dataset = "digits"`, a digit pair) the dictionary is the standard basis with the
+64 digit pixels as the core: a `core` or `trained` teacher sees the digit only, the student the
+bordered image, and the OOD sets redraw the border (docs/real-data.md).
+
 `distill_training(static, traced)` builds one run as a `loop.Training` (the `distill`
 entry of `experiments.py`); a teacher that diverged voids the run. Padding is exact as the classifier's: padded neurons have zero first-layer
 rows and read-out columns, are masked and never train; padded samples and features are

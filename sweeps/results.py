@@ -136,7 +136,7 @@ def config_columns(config) -> dict:
     return row
 
 
-def config_from_row(row) -> "Config":
+def config_from_row(row):
     """The Config of a runs-table row (a `pd.Series` or dict): the inverse of `config_columns`."""
     from contamination.config import FIELDS, from_dict
 

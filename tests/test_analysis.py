@@ -416,6 +416,15 @@ def test_baseline_line_recovers_each_backgrounds_line():
     # One background with a single config has no line.
     one = runs[(runs["bg_train_low"] == 0.0) | (runs["config_id"] == runs["config_id"].iloc[-1])]
     assert set(baseline_line(one)) == {(0.0, 1.0)}
+    # Standard networks that all fit (ID accuracies within MIN_ID_SPREAD): a flat line at their mean
+    # OOD accuracy, not a slope fitted to a sliver of ID accuracy.
+    easy = runs[runs["bg_train_low"] == 0.0].copy()
+    rng = np.random.default_rng(0)
+    per_config = {c: (0.97 + 0.02 * rng.random(), rng.random()) for c in easy["config_id"].unique()}
+    easy["teacher_probe_id_acc"] = [per_config[c][0] for c in easy["config_id"]]
+    easy["teacher_probe_ood_acc"] = [per_config[c][1] for c in easy["config_id"]]
+    slope, intercept, n = baseline_line(easy)[(0.0, 1.0)]
+    assert slope == 0.0 and intercept == pytest.approx(np.mean([v[1] for v in per_config.values()]))
 
 
 def test_robustness_kept_is_the_students_share_of_the_teachers_advantage():

@@ -205,3 +205,46 @@ def test_cnn_convolution_forms_agree_and_padding_is_exact():
     for name in cnn.CNN_METRICS:
         np.testing.assert_allclose(batch["curves"][name][0], alone["curves"][name], rtol=1e-5, atol=1e-6, err_msg=name)
     assert np.all(np.isfinite(alone["curves"]["ood_acc"])) and alone["final"]["id_acc"] > 0.8
+
+
+CNN_GRID = """
+description = "a tiny CNN grid on two host devices"
+preset = "digits"
+seeds = 2
+[fixed]
+model = "cnn"
+digit_classes = [3, 8]
+n_classes = 2
+n_train = 250
+n_test = 100
+steps = 20
+log_every = 10
+[axes]
+width = [4, 6]
+"""
+
+
+def test_cnn_grid_on_two_host_devices_equals_the_runs_batched_alone(tmp_path):
+    """The engine runs CNN programs one network after another on each device (`lax.map` under
+    `shard_map`): on two host devices every run equals the same runs in one unsharded program."""
+    import os
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    from sweeps.results import config_from_row
+
+    (tmp_path / "cnn.toml").write_text(CNN_GRID)
+    res = subprocess.run([sys.executable, "-m", "sweeps", "run", str(tmp_path / "cnn.toml"), "--out",
+                          str(tmp_path / "out"), "--host-devices", "2"], capture_output=True, text=True,
+                         env={**os.environ, "JAX_PLATFORMS": "cpu"}, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert res.returncode == 0, res.stderr[-3000:]
+    runs = pd.read_parquet(tmp_path / "out" / "runs").sort_values("run_id").reset_index(drop=True)
+    assert len(runs) == 4 and set(runs["model"]) == {"cnn"}
+    import json
+
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["local_device_count"] == 2
+    alone = simulate_batch([config_from_row(r) for _, r in runs.iterrows()])["final"]
+    for name in ("id_loss", "ood_acc", "bg_mean_proj", "bg_grad_share"):
+        np.testing.assert_allclose(runs[name].to_numpy(float), alone[name], rtol=1e-5, atol=1e-6, err_msg=name)
