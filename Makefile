@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 GRID   ?= quickstart
 EXTRAS ?= test
 
-.PHONY: install test test-all run sweep plan analyze demo bench clean
+.PHONY: install test test-all run sweep plan refine analyze demo bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,10 @@ sweep: $(STAMP)
 ## Dry run of a grid: configs, buckets, compiles, chunks, FLOPs, memory.
 plan: $(STAMP)
 	$(PY) -m sweeps plan $(GRID) $(if $(SCALE),--scale $(SCALE))
+
+## Adaptive phase diagram: train $(GRID), then ROUNDS (default 3) rounds of runs where METRIC crosses LEVEL.
+refine: $(STAMP)
+	$(PY) -m sweeps refine $(GRID) $(if $(SCALE),--scale $(SCALE)) --metric $(METRIC) --level $(LEVEL) $(if $(ROUNDS),--rounds $(ROUNDS))
 
 ## Figures and report for results/$(GRID): results/$(GRID)/figures/ and results/$(GRID)/report.md.
 analyze: $(STAMP)

@@ -1,4 +1,4 @@
-"""Command line: `python -m analysis report|phase|curves|table NAME_OR_DIR [options]`.
+"""Command line: `python -m analysis report|phase|curves|table|boundary NAME_OR_DIR [options]`.
 
 NAME means results/NAME; a path to an existing directory, or gs://BUCKET/PREFIX or
 s3://BUCKET/PREFIX (an object store, see sweeps/storage.py), is used as-is. User mistakes
@@ -48,6 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--band", choices=("std", "ci95"), default="std",
                     help="shading: ± 1 std over seeds (default) or the 95%% CI of the mean")
     sp.add_argument("--out", default=None, help="figure file; default DIR/figures/curves_<metrics>.png")
+
+    sp = sub.add_parser("boundary", help="print where a metric's seed mean crosses a level (a phase boundary)")
+    sp.add_argument("results", help="NAME (results/NAME), a results directory, or gs://... / s3://...")
+    sp.add_argument("--metric", default=None, help="metric (default: the one `sweeps refine` used)")
+    sp.add_argument("--level", type=float, default=None, help="level (default: the one `sweeps refine` used)")
+    sp.add_argument("--axes", default=None, help="comma-separated numeric axes (default: refine's, else every numeric axis)")
+    sp.add_argument("--csv", default=None, help="write the table here instead of printing it")
 
     sp = sub.add_parser("table", help="print (or --csv write) final metrics aggregated over seeds")
     sp.add_argument("results", help="NAME (results/NAME), a results directory, or gs://... / s3://...")
@@ -162,10 +169,36 @@ def _table(args) -> int:
     return 0
 
 
+def _boundary(args) -> int:
+    import pandas as pd
+
+    from .boundary import boundary_setting, boundary_table
+
+    res = load(args.results)
+    axes = [a.strip() for a in args.axes.split(",") if a.strip()] if args.axes else None
+    setting = boundary_setting(res, args.metric, args.level, axes)
+    if setting is None:
+        raise AnalysisError("--metric and --level: this directory was not refined; say which boundary")
+    ax, facets, metric, level = setting
+    check_metric(metric, res.metrics)
+    table = boundary_table(res.runs, ax, facets, metric, level)
+    if args.csv:
+        _write_csv(table, args.csv)
+        print(f"table: {args.csv}")
+    elif table.empty:
+        print(f"no crossing of {metric} = {level:g} between neighbouring points")
+    else:
+        with pd.option_context("display.width", 200, "display.max_columns", 50):
+            print(f"{metric} = {level:g}: {len(table)} crossings (95% interval low..high)")
+            print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"report": _report, "phase": _phase, "curves": _curves, "table": _table}[args.command](args)
+        return {"report": _report, "phase": _phase, "curves": _curves, "table": _table,
+                "boundary": _boundary}[args.command](args)
     except (AnalysisError, StorageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

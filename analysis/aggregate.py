@@ -55,7 +55,10 @@ def aggregate(df: pd.DataFrame, by: list[str], metrics: list[str]) -> pd.DataFra
 
 def long_stats(table: pd.DataFrame, metric: str) -> pd.DataFrame:
     """The columns of one metric from an `aggregate` table, renamed mean/std/ci95, with a `metric` column."""
-    keep = [c for c in table.columns if not any(c.endswith(f"_{s}") for s in STATS)]
+    # A metric's statistics are its full set of METRIC_STAT columns (an axis may be named like one: bg_mean).
+    metrics = {c[: -len(f"_{STATS[0]}")] for c in table.columns if c.endswith(f"_{STATS[0]}")}
+    stats_cols = {f"{m}_{s}" for m in metrics if all(f"{m}_{s}" in table for s in STATS) for s in STATS}
+    keep = [c for c in table.columns if c not in stats_cols]
     out = table[keep].copy()
     for s in STATS:
         out[s] = table[f"{metric}_{s}"]

@@ -150,6 +150,14 @@ def range_label(low: float, high: float) -> str:
     return f"[{float(low):g}, {float(high):g}]"
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
 def _typed(df: pd.DataFrame, manifest: dict) -> pd.DataFrame:
     """Range axes get a label column; string axes become ordered categoricals in grid order."""
     df = df.copy()
@@ -162,6 +170,9 @@ def _typed(df: pd.DataFrame, manifest: dict) -> pd.DataFrame:
         order = _axis_values(axis, values)
         if all(isinstance(v, str) for v in order):
             extra = [v for v in pd.unique(df[axis].astype(str)) if v not in order]
+            if extra and all(_is_number(v) for v in order + extra):  # refined labels: in numeric order
+                order = sorted(order + extra, key=float)
+                extra = []
             df[axis] = pd.Categorical(df[axis].astype(str), categories=order + extra, ordered=True)
     return df
 

@@ -57,6 +57,10 @@ def build_figures(results: Results) -> list[Panel]:
     """Phase diagrams (or metric lines for a single axis) and training curves suited to the grid's axes."""
     runs, curves, axes = results.runs, results.curves, varying_axes(results)
     out: list[Panel] = []
+    refined = "round" in runs and bool((runs["round"].fillna(0) > 0).any())
+    if refined:  # phase diagrams on the grid's own lattice; the boundary figure shows every point
+        out += boundary_panels(results)
+        runs = runs[runs["round"].fillna(0) == 0]
     if len(axes) >= 2:
         x, y = axes[0], axes[1]
         facet = axes[2] if len(axes) >= 3 else None
@@ -141,6 +145,29 @@ def _varies(results: Results, col: str, axes: list[str]) -> bool:
     """`col` is a varying grid axis or a varying config column (e.g. set through a label axis)."""
     named = col in axes or col in results.manifest.get("axis_columns", [])
     return named and col in results.runs and results.runs[col].nunique(dropna=True) > 1
+
+
+def boundary_panels(results: Results) -> list[Panel]:
+    """The phase boundary that `sweeps refine` located (its metric and level, from refine.json):
+    the figure over the first two refined axes and the crossings as a table."""
+    from .boundary import boundary_figure, boundary_setting, boundary_table
+
+    setting = boundary_setting(results)
+    if setting is None or len(setting[0]) < 2:
+        return []
+    ax, facets, metric, level = setting
+    table = boundary_table(results.runs, ax, facets, metric, level)
+    rounds = results.runs["round"].fillna(0).astype(int).value_counts().sort_index()
+    note = ("Runs per round: " + ", ".join(f"{r}: {n}" for r, n in rounds.items()) + f". {len(table)} crossings "
+            f"of {metric} = {level:g} between neighbouring points (`python -m analysis boundary` prints them).")
+    if len(table):
+        shown = table.copy()
+        for c in ("crossing", "low", "high", "from", "to"):
+            shown[c] = [fmt(v) for v in shown[c]]
+        note += "\n\n" + _md_table(shown.fillna("").astype(str))
+    return [Panel(f"boundary_{metric}", "Phase boundary", f"where {metric} crosses {level:g}, over "
+                  f"{ax[0].name} × {ax[1].name}: every point, the grid's and those refinement added",
+                  boundary_figure(results.runs, ax, facets, metric, level), note)]
 
 
 def _synthetic(runs: pd.DataFrame) -> bool:

@@ -1,4 +1,4 @@
-"""Command line: `python -m sweeps run|plan NAME_OR_PATH [options]`."""
+"""Command line: `python -m sweeps run|plan|refine NAME_OR_PATH [options]`."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m sweeps", description="Train every config of a grid file.")
     sub = p.add_subparsers(dest="command", required=True)
     for name, help_ in (("run", "train the grid and write Parquet tables"),
-                        ("plan", "dry run: configs, buckets, compiles, chunks, FLOPs, memory")):
+                        ("plan", "dry run: configs, buckets, compiles, chunks, FLOPs, memory"),
+                        ("refine", "train the grid, then add runs where METRIC crosses LEVEL (adaptive phase diagram)")):
         sp = sub.add_parser(name, help=help_)
         sp.add_argument("grid", help="a grid name in sweeps/grids/ or a path to a .toml file")
         sp.add_argument("--scale", default=None, help="a named scale of the grid ([scales.NAME]); default: the top level")
@@ -40,7 +41,18 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with --distributed, where no cluster is detected (e.g. GPU hosts): process 0's address")
         sp.add_argument("--num-processes", type=int, default=None, help="with --coordinator: how many processes")
         sp.add_argument("--process-id", type=int, default=None, help="with --coordinator: this process's index")
-        if name == "run":
+        if name == "refine":
+            sp.add_argument("--metric", required=True, help="a metric column of the runs table, e.g. ood_acc")
+            sp.add_argument("--level", required=True, type=float, help="the level whose crossing is the boundary")
+            sp.add_argument("--rounds", type=int, default=3, help="rounds after the grid's own points (default 3)")
+            sp.add_argument("--batch", type=int, default=None,
+                            help="runs per round (default: a quarter of the grid's runs)")
+            sp.add_argument("--seeds-per-point", type=int, default=None,
+                            help="seeds of each new point, and seeds added per point (default: 3/4 of the grid's, at least 1)")
+            sp.add_argument("--axes", default=None,
+                            help="comma-separated numeric axes to refine (default: every numeric axis)")
+            sp.add_argument("--max-depth", type=int, default=3, help="halvings of the grid's cells at most (default 3)")
+        if name in ("run", "refine"):
             sp.add_argument("--no-progress", action="store_true", help="no progress bar")
             sp.add_argument("--compile-ahead", type=int, default=1,
                             help="programs compiled in a background thread while a bucket trains (default 1; 0: none)")
@@ -82,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     from . import engine
     from .environment import use_host_devices
     from .preempt import Preempted
+    from .refine import RefineError
     from .results import ResultsError, check_version
     from .storage import StorageError, check_reachable, location
 
@@ -104,10 +117,23 @@ def main(argv: list[str] | None = None) -> int:
             print(engine.describe_plan(grid, out, memory_budget=budget, min_efficiency=min_efficiency,
                                        chunk_size=args.chunk_size))
             return 0
+        if args.command == "refine":
+            from .refine import refine
+
+            def train(g, o, note):
+                print(engine.run_grid(g, o, memory_budget=budget, min_efficiency=min_efficiency,
+                                      chunk_size=args.chunk_size, progress=not args.no_progress,
+                                      compile_ahead=args.compile_ahead, note=note).line(), flush=True)
+
+            axes = [a.strip() for a in args.axes.split(",")] if args.axes else None
+            done = refine(grid, out, metric=args.metric, level=args.level, rounds=args.rounds, batch=args.batch,
+                          seeds_per_point=args.seeds_per_point, axes=axes, max_depth=args.max_depth, train=train)
+            print(f"refine: {len(done['rounds'])} rounds recorded in {out.uri}/refine.json; stopped: {done['stopped']}")
+            return 0
         summary = engine.run_grid(grid, out, memory_budget=budget, min_efficiency=min_efficiency,
                                   chunk_size=args.chunk_size, progress=not args.no_progress,
                                   compile_ahead=args.compile_ahead)
-    except (PlanError, ResultsError, StorageError) as e:
+    except (PlanError, ResultsError, StorageError, RefineError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except Preempted as e:

@@ -107,12 +107,13 @@ def metric_names(runs: list[Run]) -> list[str]:
 
 def run_grid(grid: Grid, out, *, memory_budget: int | None = None, min_efficiency: float | None = None,
              chunk_size: int | None = None, progress: bool = True, cache_dir: str | None = None,
-             compile_ahead: int = 1, process: tuple[int, int] | None = None) -> Summary:
+             compile_ahead: int = 1, process: tuple[int, int] | None = None, note: dict | None = None) -> Summary:
     """Train every pending run of `grid` into `out` (a path, a URI or a `storage.Location`);
     `min_efficiency` None plans by predicted time.
 
     `compile_ahead` programs compile in a background thread while a bucket trains (0: none).
-    `process` (index, count) overrides JAX's, to run one host's share of a slice.
+    `process` (index, count) overrides JAX's, to run one host's share of a slice. `note` goes into
+    the invocation's manifest record (e.g. the refine round that asked for these runs).
     SIGTERM or Ctrl-C stops it between chunks with `preempt.Preempted`; what was written is
     complete, and running it again resumes.
     """
@@ -120,11 +121,12 @@ def run_grid(grid: Grid, out, *, memory_budget: int | None = None, min_efficienc
     with stop.installed():
         return _run_grid(grid, storage.location(out), stop, memory_budget=memory_budget,
                          min_efficiency=min_efficiency, chunk_size=chunk_size, progress=progress,
-                         cache_dir=cache_dir, compile_ahead=compile_ahead, process=process or this_process())
+                         cache_dir=cache_dir, compile_ahead=compile_ahead, process=process or this_process(),
+                         note=note or {})
 
 
 def _run_grid(grid: Grid, out: storage.Location, stop: StopFlag, *, memory_budget, min_efficiency, chunk_size,
-              progress, cache_dir, compile_ahead, process: tuple[int, int]) -> Summary:
+              progress, cache_dir, compile_ahead, process: tuple[int, int], note: dict) -> Summary:
     import jax
 
     storage.check_reachable(out)
@@ -146,7 +148,8 @@ def _run_grid(grid: Grid, out: storage.Location, stop: StopFlag, *, memory_budge
                   "planned": len(p.pending), "networks_trained": networks, "memory_budget_bytes": p.budget,
                   "min_efficiency": "auto" if min_efficiency is None else min_efficiency,
                   "compile_ahead": compile_ahead,
-                  "device_model": p.model.summary(), "plan_s": time.perf_counter() - t_start, "buckets": []}
+                  "device_model": p.model.summary(), "plan_s": time.perf_counter() - t_start, "buckets": [],
+                  **note}
     manifest_name = results.manifest_name(process[0])
     manifest = results.write_manifest(out, manifest_name, grid, provenance, invocation)
     for table in results.TABLES:

@@ -22,7 +22,7 @@ from contamination.presets import PRESETS, preset
 GRID_DIR = Path(__file__).parent / "grids"
 TOP_KEYS = ("description", "preset", "seeds", "fixed", "axes", "scales")
 SCALE_KEYS = ("description", "seeds", "fixed", "axes")
-RESERVED_COLUMNS = {"run_id", "config_id", "step", "grid", "scale", "bucket", "chunk"}
+RESERVED_COLUMNS = {"run_id", "config_id", "step", "grid", "scale", "bucket", "chunk", "round"}
 
 
 class GridError(ValueError):
@@ -35,10 +35,11 @@ class Run:
     labels: dict[str, str]  # label column -> value, for table-valued axes
     run_id: str
     config_id: str
+    round: int = 0  # the grid's own points: 0; a point `sweeps refine` added in round k: k
 
     @classmethod
-    def of(cls, config: Config, labels: dict[str, str]) -> "Run":
-        return cls(config, labels, run_id(config), config_id(config))
+    def of(cls, config: Config, labels: dict[str, str], round: int = 0) -> "Run":
+        return cls(config, labels, run_id(config), config_id(config), round)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +53,8 @@ class Grid:
     seeds: tuple[int, ...]
     fixed: dict[str, Any]
     axes: dict[str, list]  # axis name -> values (scalars, or tables of fields)
+    # Runs added by `sweeps refine` (rounds >= 1) on top of the axes' product: ordinary runs of the grid.
+    extra: tuple = ()
 
     @property
     def sha256(self) -> str:
@@ -85,7 +88,13 @@ class Grid:
     @functools.cached_property
     def _runs(self) -> tuple[Run, ...]:
         # Expanded once: `load` expands to validate, and the engine reuses the result.
-        return tuple(expand(self))
+        runs = expand(self)
+        seen = {r.run_id for r in runs}
+        for r in self.extra:  # a refined point that is already a grid point stays the grid's
+            if r.run_id not in seen:
+                seen.add(r.run_id)
+                runs.append(r)
+        return tuple(runs)
 
 
 def label_of(table: dict) -> str:

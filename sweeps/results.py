@@ -184,7 +184,7 @@ def build_tables(grid: Grid, networks: list, out: dict, extra: dict,
     for i, net in enumerate(networks):
         for e, r in enumerate(net.runs):
             row = {"run_id": r.run_id, "config_id": r.config_id, "network_id": net.id, "grid": grid.name,
-                   "scale": grid.scale, **config_columns(r.config), **r.labels}
+                   "scale": grid.scale, **config_columns(r.config), **r.labels, "round": r.round}
             for k in out["curves"]:
                 row[k] = float(out["final"][k][i, e])
             row["diverged"] = bool(out["final"]["diverged"][i])

@@ -19,7 +19,8 @@ def assert_same(a, b, rtol=RTOL):
     ("toy_theory", {}),
     ("toy", {"activation": "sigmoid"}),
     ("theory", {"input_dim": 64, "batch_size": 8}),
-    ("toy", {"optimizer": "adam", "batch_size": 16, "activation": "gelu"}),
+    pytest.param("toy", {"optimizer": "adam", "batch_size": 16, "activation": "gelu"},
+                 marks=pytest.mark.slow),  # minibatches stay tested by the `theory` case
 ])
 def test_batch_equals_alone(preset_name, extra):
     cfgs = [

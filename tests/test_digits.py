@@ -182,14 +182,11 @@ def test_weights_pictured_are_those_of_the_tables_run():
     assert f"ood_acc {float(ref['ood_acc']):.3f}" in " ".join(ax.get_ylabel() for ax in fig.axes)
 
 
-def test_cnn_convolution_forms_agree_and_padding_is_exact():
-    """The CNN's convolution as one product of gathered patches equals `lax.conv`'s; a CNN run padded
-    with extra filters, next to a linear run, equals the same run alone (rtol 1e-5), and logs the
-    CNN's metrics."""
+def test_cnn_convolution_forms_agree():
+    """The CNN's convolution as one product of gathered patches equals `lax.conv`'s."""
     import jax
 
     from contamination import cnn
-    from contamination.simulate import simulate
 
     k = jax.random.normal(jax.random.key(0), (5, 3, 3))
     p = cnn.ConvParams(k, jax.random.normal(jax.random.key(1), (5,)), None, None)
@@ -197,14 +194,6 @@ def test_cnn_convolution_forms_agree_and_padding_is_exact():
         x = jax.random.normal(jax.random.key(2), (7, (8 + 2 * border) ** 2))
         np.testing.assert_allclose(cnn.pre_activations(p, x, border, "lax"), cnn.pre_activations(p, x, border, "patches"),
                                    rtol=1e-5, atol=1e-5)
-    small = dict(PAIR, model="cnn", width=6, steps=40, log_every=20)
-    cfg = preset("digits", **small)
-    batch = simulate_batch([cfg, preset("digits", **small, activation="linear", seed=1)], width=9)
-    alone = simulate(cfg)
-    assert set(alone["final"]) == set(cnn.CNN_METRICS) | {"diverged", "diverged_step"}
-    for name in cnn.CNN_METRICS:
-        np.testing.assert_allclose(batch["curves"][name][0], alone["curves"][name], rtol=1e-5, atol=1e-6, err_msg=name)
-    assert np.all(np.isfinite(alone["curves"]["ood_acc"])) and alone["final"]["id_acc"] > 0.8
 
 
 CNN_GRID = """
@@ -224,9 +213,10 @@ width = [4, 6]
 """
 
 
-def test_cnn_grid_on_two_host_devices_equals_the_runs_batched_alone(tmp_path):
+def test_cnn_grid_on_two_host_devices_equals_each_run_alone(tmp_path):
     """The engine runs CNN programs one network after another on each device (`lax.map` under
-    `shard_map`): on two host devices every run equals the same runs in one unsharded program."""
+    `shard_map`), widths 4 and 6 padded into one program: on two host devices a width-4 run equals
+    the same run alone (rtol 1e-5), and every run logs the CNN's metrics."""
     import os
     import subprocess
     import sys
@@ -245,6 +235,11 @@ def test_cnn_grid_on_two_host_devices_equals_the_runs_batched_alone(tmp_path):
     import json
 
     assert json.loads((tmp_path / "out" / "manifest.json").read_text())["local_device_count"] == 2
-    alone = simulate_batch([config_from_row(r) for _, r in runs.iterrows()])["final"]
-    for name in ("id_loss", "ood_acc", "bg_mean_proj", "bg_grad_share"):
-        np.testing.assert_allclose(runs[name].to_numpy(float), alone[name], rtol=1e-5, atol=1e-6, err_msg=name)
+    from contamination.cnn import CNN_METRICS
+    from contamination.simulate import simulate
+
+    assert runs[list(CNN_METRICS)].notna().all().all()
+    row = runs[runs["width"] == 4].iloc[0]
+    alone = simulate(config_from_row(row))["final"]
+    for name in CNN_METRICS:
+        np.testing.assert_allclose(row[name], alone[name], rtol=1e-5, atol=1e-6, err_msg=name)

@@ -370,6 +370,7 @@ def test_program_key_covers_what_the_program_depends_on(tmp_path):
 
 # --- 4. crash safety ------------------------------------------------------------------
 
+@pytest.mark.slow  # the default suite kills mid-sweep in test_refine.py (local) and test_object_store.py (gs)
 def test_sigkill_then_resume_completes_without_duplicates(reference, tmp_path):
     ref_out, _ = reference
     grid = write_grid(tmp_path)
