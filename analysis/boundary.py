@@ -106,7 +106,7 @@ def boundary_setting(results, metric: str | None = None, level: float | None = N
     `refine.json` records, overridden by the arguments; None when neither says a metric and level."""
     import json
 
-    from sweeps.refine import STATE, RefineError, axes_of_values
+    from sweeps.refine import STATE, RefineError, axes_of_values, facet_columns
 
     state = json.loads(results.location.read_text(STATE)) if results.location.exists(STATE) else {}
     metric = metric or state.get("metric")
@@ -120,11 +120,6 @@ def boundary_setting(results, metric: str | None = None, level: float | None = N
         from .load import AnalysisError
 
         raise AnalysisError(f"--axes: {e}") from None
-    from sweeps.results import RANGE_COLUMNS
-
-    names = {a.name for a in ax}
-    facets = []
-    for name in values:  # the grid's other axes: one boundary per combination of their values
-        if name not in names:
-            facets += [c for c in RANGE_COLUMNS.get(name, (name,)) if c in results.runs]
+    # the grid's other axes: one boundary per combination of their values
+    facets = [c for c in facet_columns(values, ax) if c in results.runs]
     return ax, facets, metric, float(level)

@@ -68,7 +68,7 @@ def main() -> int:
 
     grid = load(args.grid)
     axes = refinable_axes(grid)[:2]
-    facets = facet_columns(grid, axes)
+    facets = facet_columns(grid.axes, axes)
     out = Path(args.out)
 
     def train(g, o, note=None):

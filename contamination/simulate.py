@@ -61,6 +61,9 @@ def trained_first_layer(cfg: Config) -> tuple[np.ndarray, dict]:
     """Train one config for its `steps` and return its first layer's weights (width, input_dim),
     one row per hidden unit, with its final metrics (first evaluation variant) and `diverged`:
     the run the sweep trained, weights included (for pictures of what the network learned)."""
+    if cfg.model != "mlp":
+        raise ValueError(f"trained_first_layer: the first layer of model = {cfg.model!r} is not a matrix of "
+                         "input weights")
     params, final = _to_numpy(_compiled_trainer(static_spec(cfg))(traced_values(cfg)))
     # The classifier trains in the (d, m) layout (`model.to_dm`); the distillation student does not.
     w = params.w.T if isinstance(params, Params) else params.w

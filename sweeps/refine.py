@@ -354,18 +354,11 @@ def select(stats: pd.DataFrame, axes: list[Axis], facets: list[str], level: floa
 
 # --- from candidates to runs, and the rounds' record ---------------------------------------------
 
-def facet_columns(grid: Grid, axes: list[Axis]) -> list[str]:
-    """The runs-table columns of the grid's other (categorical) axes."""
-    names = {a.name for a in axes}
-    cols = []
-    for name, vals in grid.axes.items():
-        if name in names:
-            continue
-        if isinstance(vals[0], dict):
-            cols.append(name)
-        else:
-            cols += list(RANGE_COLUMNS.get(name, (name,)))
-    return cols
+def facet_columns(axis_names, axes: list[Axis]) -> list[str]:
+    """The runs-table columns of the other (categorical) axes among `axis_names` (a grid's axes):
+    a table-valued axis's label column, a range field's low and high columns, else the field."""
+    refined = {a.name for a in axes}
+    return [c for name in axis_names if name not in refined for c in RANGE_COLUMNS.get(name, (name,))]
 
 
 def facet_fields(grid: Grid, axes: list[Axis], facet_cols: list[str], facet: tuple) -> tuple[dict, dict]:
@@ -453,7 +446,7 @@ def refine(grid: Grid, out, *, metric: str, level: float, rounds: int = 3, batch
 
     out = storage.location(out)
     ax = refinable_axes(grid, axes)
-    facets = facet_columns(grid, ax)
+    facets = facet_columns(grid.axes, ax)
     names = metric_names(grid.runs())
     if metric not in names:
         raise RefineError(f"--metric: {metric!r} is not a metric of {grid.name}; metrics: {', '.join(names)}")
@@ -507,8 +500,7 @@ def refine(grid: Grid, out, *, metric: str, level: float, rounds: int = 3, batch
                 by_point[(tuple(c.facet), p)] = c.reason
         records = []
         for r in new:
-            point = tuple(q(x) for x in _point_of(r, ax))
-            facet = tuple(_facet_value(r, col) for col in facets)
+            point, facet = _placed(r, ax, facets)
             records.append({"run_id": r.run_id, "config": r.config.to_dict(), "labels": r.labels,
                             "reason": by_point.get((facet, point), "")})
         state["rounds"].append({"round": k, "uncertainty": uncertainty, "reasons": reasons, "runs": records,
@@ -525,18 +517,12 @@ def refine(grid: Grid, out, *, metric: str, level: float, rounds: int = 3, batch
     return {"rounds": state["rounds"], "stopped": stopped}
 
 
-def _point_of(run: Run, axes: list[Axis]) -> tuple:
+def _placed(run: Run, axes: list[Axis], facets: list[str]) -> tuple[tuple, tuple]:
+    """A run's point (its refined axes' values) and facet (its other axes' columns)."""
     from .results import config_columns
 
     cols = {**config_columns(run.config), **run.labels}
-    return tuple(float(cols[a.column]) for a in axes)
-
-
-def _facet_value(run: Run, col: str):
-    from .results import config_columns
-
-    v = {**config_columns(run.config), **run.labels}[col]
-    return v
+    return tuple(q(float(cols[a.column])) for a in axes), tuple(cols[c] for c in facets)
 
 
 def _seeds_at(runs: pd.DataFrame, axes: list[Axis], facets: list[str]) -> dict:
