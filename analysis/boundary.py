@@ -44,17 +44,10 @@ def boundary_table(runs: pd.DataFrame, axes: list[Axis], facets: list[str], metr
                     lo_u, hi_u = max(ua, u - Z * su), min(ub, u + Z * su)
                     row = dict(zip(facets, facet))
                     row.update(dict(zip(others, key)))
-                    row.update({"along": a.name, "crossing": _value(a, u), "low": _value(a, lo_u),
-                                "high": _value(a, hi_u), "from": xa, "to": xb})
+                    row.update({"along": a.name, "crossing": float(a.value_at(u)), "low": float(a.value_at(lo_u)),
+                                "high": float(a.value_at(hi_u)), "from": xa, "to": xb})
                     rows.append(row)
     return pd.DataFrame(rows)
-
-
-def _value(a: Axis, u: float) -> float:
-    lo, hi = a.values[0], a.values[-1]
-    if a.geometric:
-        return float(np.exp(np.log(lo) + u * (np.log(hi) - np.log(lo))))
-    return float(lo + u * (hi - lo))
 
 
 def boundary_figure(runs: pd.DataFrame, axes: list[Axis], facets: list[str], metric: str, level: float):

@@ -30,11 +30,11 @@ def lattice_grid(grid, axes, n: int, seeds: int):
     """The grid with its refinable axes replaced by n evenly spaced values each (fields interpolated)."""
     import numpy as np
 
-    from sweeps.refine import _denormalise, q
+    from sweeps.refine import q
 
     new_axes = dict(grid.axes)
     for a in axes:
-        values = [q(v) for v in _denormalise(a, np.linspace(0, 1, n))]
+        values = [q(v) for v in a.value_at(np.linspace(0, 1, n))]
         if a.entries is None:
             new_axes[a.name] = [int(round(v)) if a.integer else v for v in values]
         else:

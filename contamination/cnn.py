@@ -35,8 +35,8 @@ import numpy as np
 
 from .data import first, ood_split, per_row
 from .loop import Training, init_carry, make_optimizer, make_step
-from .metrics import masked_mean, mean_sign, range_mean, CONTAMINATED_SPREADS
-from .model import activate, loss_values, margins
+from .metrics import CONTAMINATED_SPREADS, gradient_share, masked_mean, mean_sign, output_metrics, range_mean
+from .model import activate, loss_values
 from .setup import make_get_batch, prepare
 from .spec import Static
 
@@ -44,8 +44,8 @@ CNN_METRICS = ("train_loss", "id_loss", "id_acc", "ood_loss", "ood_acc", "id_mar
                "bg_mean_proj", "bg_shift_rms", "contaminated_frac", "bg_grad_share")
 KERNEL = 3
 # How the convolution is computed: "lax" (`lax.conv_general_dilated`) or "patches" (one matrix
-# product of the 3 x 3 patches, gathered once, with the filters): the faster under the engine's
-# `vmap` in benchmarks/cnn_batching.py (BENCHMARKS.md).
+# product of the 3 x 3 patches, gathered once, with the filters): the faster under both `vmap` and
+# `lax.map` in benchmarks/cnn_batching.py (BENCHMARKS.md).
 CONV = "patches"
 
 
@@ -160,20 +160,9 @@ def cnn_training(s: Static, traced: dict) -> Training:
 
     p0 = patch_projections(params.k, bg_train)
     spread0 = jnp.sqrt(masked_mean((p0 - masked_mean(p0, mask)) ** 2, mask))
-    border_coords = (jnp.arange(s.input_dim) >= s.core_dim).astype(jnp.float32)
 
     def split_metrics(p, split):
-        out = f(p, split.x)
-        ym = margins(out, split.y)
-        return (masked_mean(loss_values(out, split.y, s.loss), split.mask), masked_mean(ym > 0, split.mask),
-                masked_mean(ym, split.mask))
-
-    def grad_share(p):
-        test = data.test
-        g = jax.grad(lambda x: jnp.sum(loss_values(f(p, x), test.y, s.loss) * test.mask))(test.x)
-        bg, tot = jnp.sum(g ** 2 * border_coords, axis=1), jnp.sum(g ** 2, axis=1)
-        share = jnp.where(tot > 0, bg / jnp.where(tot > 0, tot, 1.0), jnp.nan)
-        return jnp.nansum(share * test.mask) / jnp.sum(test.mask * (tot > 0))
+        return output_metrics(f(p, split.x), split, s.loss)
 
     def measure(p: ConvParams) -> dict:
         train_loss, _, _ = split_metrics(p, data.train)
@@ -187,7 +176,7 @@ def cnn_training(s: Static, traced: dict) -> Training:
                "bg_mean_proj": masked_mean(proj, mask),
                "bg_shift_rms": jax.vmap(lambda dl: jnp.sqrt(masked_mean((proj * dl) ** 2, mask)))(delta),
                "contaminated_frac": masked_mean((proj > CONTAMINATED_SPREADS * spread0).astype(jnp.float32), mask),
-               "bg_grad_share": grad_share(p)}
+               "bg_grad_share": gradient_share(lambda x: f(p, x), data.test, s.loss, data.M[s.core_dim:])}
         return {k: jnp.broadcast_to(out[k], (s.n_evals,)) for k in CNN_METRICS}
 
     full_batch = not s.batch_size

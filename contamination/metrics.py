@@ -35,12 +35,18 @@ def input_gradient_share(params: Params, split: Split, activation: str, slope: j
     """The share of the input gradient's mass on the background coordinates, mean over the split's
     samples: |P_bg grad_x l|^2 / |grad_x l|^2 (the stand-in for the paper's Grad-CAM pictures)."""
 
-    def total(x):
+    def outputs(x):
         hs, _ = representations(params, x, activation, slope, mask, deep=deep)
-        return jnp.sum(loss_values(hs[-1] @ params.a + params.c, split.y, loss) * split.mask)
+        return hs[-1] @ params.a + params.c
 
-    g = jax.grad(total)(split.x)  # (n, d): each sample's own gradient
-    bg = jnp.sum((g @ M[core_dim:].T) ** 2, axis=1)
+    return gradient_share(outputs, split, loss, M[core_dim:])
+
+
+def gradient_share(outputs, split: Split, loss: str, M_bg: jax.Array) -> jax.Array:
+    """`input_gradient_share` for any network `outputs(x) -> f`: the mean over the split's samples
+    of the share of each sample's input gradient of its loss on the rows of `M_bg`."""
+    g = jax.grad(lambda x: jnp.sum(loss_values(outputs(x), split.y, loss) * split.mask))(split.x)  # (n, d)
+    bg = jnp.sum((g @ M_bg.T) ** 2, axis=1)
     tot = jnp.sum(g ** 2, axis=1)
     share = jnp.where(tot > 0, bg / jnp.where(tot > 0, tot, 1.0), jnp.nan)
     return jnp.nansum(share * split.mask) / jnp.sum(split.mask * (tot > 0))
@@ -189,9 +195,14 @@ def split_metrics(params, split: Split, activation, slope, mask, loss, deep: Dee
     true samples; the outputs, first-layer pre-activations and every layer's representation."""
     hs, pre = representations(params, split.x, activation, slope, mask, deep=deep)
     f = hs[-1] @ params.a + params.c  # `model.forward`, keeping the representations
+    return (*output_metrics(f, split, loss), f, pre, hs)
+
+
+def output_metrics(f: jax.Array, split: Split, loss: str):
+    """Mean loss, accuracy and margin over the split's true samples, from any network's outputs `f`."""
     yf = margins(f, split.y)
     return (masked_mean(loss_values(f, split.y, loss), split.mask), masked_mean(yf > 0, split.mask),
-            masked_mean(yf, split.mask), f, pre, hs)
+            masked_mean(yf, split.mask))
 
 
 def rep_shifts(hs_id, y, rows, ood_means, n_classes: int, deep: Deep) -> dict[str, jax.Array]:

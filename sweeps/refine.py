@@ -86,6 +86,13 @@ class Axis:
             return (np.log(x) - math.log(lo)) / (math.log(hi) - math.log(lo))
         return (np.asarray(x, dtype=float) - lo) / (hi - lo)
 
+    def value_at(self, u):
+        """The axis value at normalised position `u` (the inverse of `normalised`)."""
+        lo, hi = self.values[0], self.values[-1]
+        if self.geometric:
+            return np.exp(math.log(lo) + np.asarray(u, dtype=float) * (math.log(hi) - math.log(lo)))
+        return lo + np.asarray(u, dtype=float) * (hi - lo)
+
     def fields_at(self, x: float) -> tuple[dict[str, Any], dict[str, str]]:
         """Config fields and label columns of the axis at value `x`."""
         if self.entries is None:
@@ -173,6 +180,12 @@ def _axis(name: str, vals: list) -> Axis | None:
     nums = [_number(v) for v in vals]
     if any(x is None for x in nums) or name not in FIELDS:
         return None
+    return _numeric_axis(name, nums)
+
+
+def _numeric_axis(name: str, nums: list[float]) -> Axis:
+    """A scalar axis over numbers: sorted distinct values, integer midpoints on an integer field,
+    geometric ones on a geometric progression."""
     values = sorted({q(x) for x in nums})
     return Axis(name, tuple(values), None, integer=name in INT_FIELDS, geometric=_geometric(values))
 
@@ -555,16 +568,9 @@ def misclassified(stats: pd.DataFrame, axes: list[Axis], level: float, truth, n:
     u = np.linspace(0, 1, n)
     grids = np.meshgrid(*[u] * len(axes), indexing="ij")
     norm_pts = np.stack([g.ravel() for g in grids], axis=1)
-    at = np.stack([_denormalise(a, norm_pts[:, i]) for i, a in enumerate(axes)], axis=1)
+    at = np.stack([a.value_at(norm_pts[:, i]) for i, a in enumerate(axes)], axis=1)
     est = interpolated(stats, axes, at)
     return float(np.mean((est > level) != (truth(at) > level)))
-
-
-def _denormalise(a: Axis, u: np.ndarray) -> np.ndarray:
-    lo, hi = a.values[0], a.values[-1]
-    if a.geometric:
-        return np.exp(math.log(lo) + u * (math.log(hi) - math.log(lo)))
-    return lo + u * (hi - lo)
 
 
 def axes_of_values(axis_values: dict, names: list[str] | None = None) -> list[Axis]:
@@ -580,6 +586,5 @@ def axes_of_values(axis_values: dict, names: list[str] | None = None) -> list[Ax
             if names:
                 raise RefineError(f"{name} is not a numeric axis")
             continue
-        values = sorted({q(x) for x in nums})
-        out.append(Axis(name, tuple(values), None, integer=name in INT_FIELDS, geometric=_geometric(values)))
+        out.append(_numeric_axis(name, nums))
     return out
