@@ -10,10 +10,16 @@ cached in `calibration/` next to the program store (or in `$CONTAMINATION_DEVICE
   flop_rate` (FLOPs as `contamination.cost` counts them), the line through two points
   measured with a chunk sharded as the engine shards it: that small program (fixed costs
   dominate: loop, dispatch or kernel launches, small memory-bound ops) and the real training
-  step (forward, backward, AdamW) at reference sizes (FLOPs dominate).
+  step (forward, backward, AdamW) at reference sizes (FLOPs dominate);
+- `cache_bytes` and `flop_rate_large`: the same step timed again with four times the chunk.
+  Where the FLOP rate drops (a CPU whose caches no longer hold a device's share of the chunk:
+  on the project's 2-core machine 166 GFLOP/s at 8.8 MiB per device, 108 at 130 MiB), the
+  rate `flop_rate` holds up to the smaller chunk's bytes per device (`cost.memory_bytes`)
+  and `flop_rate_large` beyond; where it does not (an accelerator), `cache_bytes` is None.
+  The planner sizes chunks by it (`plan.choose_chunk`).
 
 A bucket's predicted time is `compile_s` (zero when the store has the program) plus, per
-chunk, `steps * step_s` plus its executed FLOPs over `flop_rate`. Every bucket trained
+chunk, `steps * step_s` plus its executed FLOPs over the rate at its bytes per device. Every bucket trained
 afterwards is recorded too (chunks, chunk-steps, executed FLOPs, seconds); from
 `MIN_RECORDED_RUNS` of them on, training seconds are predicted as seconds per chunk plus a
 multiple of the calibrated time, both fitted by non-negative least squares to the recorded
@@ -38,6 +44,9 @@ import numpy as np
 from contamination.spec import Static
 
 CALIBRATION_STEPS = 400
+MODEL_VERSION = 2  # part of a saved model's file name: a model of an older form is measured again
+LARGE_CHUNK = 4  # the rate is measured again with this many times the chunk
+CACHE_DROP = 0.85  # a rate this much below the small chunk's means the large chunk left the cache
 RECORDED = 32  # recorded compile times kept per experiment
 RECORDED_RUNS = 64  # recorded buckets kept
 MIN_RECORDED_RUNS = 4
@@ -64,6 +73,8 @@ class DeviceModel:
     flop_rate: float
     step_s: float
     calibration_compile_s: float
+    cache_bytes: float | None = None  # bytes per device up to which flop_rate holds (None: any)
+    flop_rate_large: float | None = None  # the rate beyond cache_bytes
     recorded_compile_s: dict[str, list[float]] = dataclasses.field(default_factory=dict)
     recorded_runs: list[list[float]] = dataclasses.field(default_factory=list)  # chunks, chunk-steps, FLOPs, s
     path: str | None = None
@@ -72,12 +83,19 @@ class DeviceModel:
         seen = self.recorded_compile_s.get(static.experiment)
         return statistics.median(seen) if seen else self.calibration_compile_s
 
-    @staticmethod
-    def features(bucket) -> list[float]:
-        """What a bucket's training seconds are predicted from: chunks, chunk-steps, executed FLOPs."""
+    def rate(self, bytes_per_device: float) -> float:
+        """FLOP/s of a chunk holding this many bytes per device."""
+        if self.cache_bytes is None or self.flop_rate_large is None or bytes_per_device <= self.cache_bytes:
+            return self.flop_rate
+        return self.flop_rate_large
+
+    def features(self, bucket) -> list[float]:
+        """What a bucket's training seconds are predicted from: chunks, chunk-steps, executed FLOPs
+        (counted at `flop_rate`: scaled by how much slower its chunks' bytes per device run)."""
         s = bucket.static
         steps = s.steps + (s.teacher_steps if s.experiment == "distill" and s.teacher == "trained" else 0)
-        return [float(bucket.n_chunks), float(bucket.n_chunks * steps), float(bucket.executed_flops)]
+        slowdown = 1.0 if self.cache_bytes is None else self.flop_rate / self.rate(bucket.chunk_bytes_per_device)
+        return [float(bucket.n_chunks), float(bucket.n_chunks * steps), float(bucket.executed_flops) * slowdown]
 
     @functools.cached_property
     def run_coefficients(self) -> tuple[float, float]:
@@ -125,6 +143,7 @@ class DeviceModel:
 
     def summary(self) -> dict:
         return {"device": self.device, "flop_rate": self.flop_rate, "step_s": self.step_s,
+                "cache_bytes": self.cache_bytes, "flop_rate_large": self.flop_rate_large,
                 "compile_s": self.calibration_compile_s,
                 "recorded_compile_s": {k: statistics.median(v) for k, v in self.recorded_compile_s.items() if v},
                 "recorded_runs": len(self.recorded_runs),
@@ -140,7 +159,7 @@ def device_key(mesh) -> tuple[str, str]:
     devices = list(mesh.devices.flat)
     client = devices[0].client
     desc = f"{client.platform} {devices[0].device_kind} x{len(devices)}"
-    digest = hashlib.sha256(json.dumps([desc, client.platform_version, sorted(versions().items()),
+    digest = hashlib.sha256(json.dumps([MODEL_VERSION, desc, client.platform_version, sorted(versions().items()),
                                         jax.config.jax_default_matmul_precision]).encode()).hexdigest()[:16]
     return desc, digest
 
@@ -185,7 +204,7 @@ def measure(mesh) -> DeviceModel:
 
     from contamination.presets import preset
     from contamination.spec import static_spec
-    from contamination.cost import step_flops
+    from contamination.cost import memory_bytes, step_flops
     from sweeps.grid import Run
     from sweeps.plan import networks_of
 
@@ -211,16 +230,27 @@ def measure(mesh) -> DeviceModel:
     mid, steps = preset("toy", width=256, core_dim=32, bg_dim=32, input_dim=256, n_train=256, n_test=16), 20
     fn = jax.jit(jax.vmap(functools.partial(_train_steps, mid, steps)), in_shardings=(sharding,) * 2,
                  out_shardings=sharding)
-    x = jax.device_put(jnp.ones((chunk, mid.n_train, mid.input_dim), jnp.float32) * 0.01, sharding)
-    w = jax.device_put(jnp.ones((chunk, mid.input_dim, mid.width), jnp.float32) * 0.01, sharding)
-    t_mid = _time(fn, x, w) / steps
+
+    def time_mid(n: int) -> float:
+        x = jax.device_put(jnp.ones((n, mid.n_train, mid.input_dim), jnp.float32) * 0.01, sharding)
+        w = jax.device_put(jnp.ones((n, mid.input_dim, mid.width), jnp.float32) * 0.01, sharding)
+        return _time(fn, x, w) / steps
+
+    t_mid = time_mid(chunk)
 
     # seconds per step = step_s + FLOPs / flop_rate, through both points (FLOPs as `cost` counts them)
     f_small, f_mid = (chunk * step_flops(static_spec(c)) for c in (small, mid))
     flop_rate = (f_mid - f_small) / (t_mid - t_small) if t_mid > t_small else f_mid / t_mid
     step_s = max(t_small - f_small / flop_rate, 0.0)
+
+    # The same step with LARGE_CHUNK times the networks: does the rate hold past the caches?
+    t_large = time_mid(LARGE_CHUNK * chunk)
+    rate_large = LARGE_CHUNK * f_mid / max(t_large - step_s, 1e-12)
+    cache_bytes = large = None
+    if rate_large < CACHE_DROP * flop_rate:
+        cache_bytes, large = float(memory_bytes(static_spec(mid)) * chunk / n_dev), rate_large
     desc, _ = device_key(mesh)
-    return DeviceModel(desc, flop_rate, step_s, compile_s)
+    return DeviceModel(desc, flop_rate, step_s, compile_s, cache_bytes, large)
 
 
 def model_dir(cache: Path | None) -> Path | None:

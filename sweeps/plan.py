@@ -11,7 +11,9 @@
   the constants measured on this device kind. A numeric `min_efficiency` instead merges while
   that share of the executed FLOPs stays useful: 1 gives one program per exact shape, 0 one
   program per set of categorical choices.
-- The planner alone sizes chunks: multiples of the device count that fit the memory budget.
+- The planner alone sizes chunks: multiples of the device count that fit the memory budget,
+  and, where the device model measured a FLOP rate that drops once a device's share of a chunk
+  leaves the caches (CPUs), smaller ones when they are predicted faster.
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ class Bucket:
     chunk_size: int = 0  # networks per compiled call
     predicted_compile_s: float = 0.0
     predicted_run_s: float = 0.0
+    n_devices: int = 1  # the chunk's networks are shared out over this many devices
 
     @property
     def id(self) -> str:
@@ -115,16 +118,29 @@ class Bucket:
         return memory_bytes(self.static)
 
     @property
+    def chunk_bytes_per_device(self) -> float:
+        """Estimated bytes a chunk works on at once on each device (one network where the program
+        runs them one after another)."""
+        from contamination.train import sequential
+
+        if sequential(self.static):
+            return float(self.run_memory)
+        return self.run_memory * self.chunk_size / self.n_devices
+
+    @property
     def predicted_s(self) -> float:
         return self.predicted_compile_s + self.predicted_run_s
 
 
 def choose_chunk(bucket: Bucket, memory_budget: int, n_devices: int, max_chunk: int = 4096,
-                 chunk_size: int | None = None) -> None:
+                 chunk_size: int | None = None, model=None) -> None:
     """The bucket's chunk size: a multiple of the device count that fits `memory_budget` per
     device (two chunks in flight when there are several), split so that chunks are as even as
-    possible (least padding); `chunk_size` forces it (rounded to the device count)."""
+    possible (least padding); `chunk_size` forces it (rounded to the device count). Where the
+    device model (`calibrate.DeviceModel`) says the FLOP rate drops past `cache_bytes` per
+    device, smaller chunks that stay within it are taken if they are predicted faster."""
     b = bucket
+    b.n_devices = n_devices
     per_device = memory_budget // b.run_memory
     if per_device < 1:
         raise PlanError(
@@ -139,9 +155,20 @@ def choose_chunk(bucket: Bucket, memory_budget: int, n_devices: int, max_chunk: 
         # writes the last, so two chunks are in flight and each gets half the budget.
         per_device = max(per_device // 2, 1)
     cap = min(per_device * n_devices, max(max_chunk // n_devices, 1) * n_devices)
-    n_chunks = math.ceil(len(b.networks) / cap)
-    even = math.ceil(len(b.networks) / n_chunks)
-    b.chunk_size = math.ceil(even / n_devices) * n_devices
+
+    def even(cap: int) -> int:
+        n_chunks = math.ceil(len(b.networks) / cap)
+        return math.ceil(math.ceil(len(b.networks) / n_chunks) / n_devices) * n_devices
+
+    b.chunk_size = even(cap)
+    cache = getattr(model, "cache_bytes", None)
+    if cache is not None and b.chunk_bytes_per_device > cache:
+        fits = min(cap, max(int(cache // b.run_memory), 1) * n_devices)
+        large, b.chunk_size = b.chunk_size, even(fits)
+        cached = model.run_s(b)
+        b.chunk_size = large
+        if cached < model.run_s(b):
+            b.chunk_size = even(fits)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,7 +186,7 @@ class Planning:
 def make_bucket(networks: list[Network], p: Planning) -> Bucket:
     """A bucket of `networks` padded to their largest sizes, chunked, with its predicted seconds."""
     b = Bucket(padded_spec(n.static for n in networks), sorted(networks, key=lambda n: n.runs[0].run_id))
-    choose_chunk(b, p.memory_budget, p.n_devices, chunk_size=p.chunk_size)
+    choose_chunk(b, p.memory_budget, p.n_devices, chunk_size=p.chunk_size, model=p.model)
     if p.model is not None:
         b.predicted_compile_s = 0.0 if p.in_store(b.static, b.chunk_size) else p.model.compile_s(b.static)
         b.predicted_run_s = p.model.run_s(b)

@@ -4,6 +4,7 @@ evaluate many, the device model, and the results-version guard."""
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +20,7 @@ from contamination.simulate import simulate
 from sweeps.__main__ import main as sweeps_main
 from sweeps.engine import describe_plan, run_grid
 from sweeps.grid import load
-from sweeps.plan import Planning, bucketize, networks_of
+from sweeps.plan import Bucket, Planning, bucketize, networks_of
 
 from conftest import TINY_FIXED
 
@@ -139,10 +140,11 @@ def test_results_of_another_simulator_version_are_refused(tmp_path, capsys, old)
 
 # --- the planner, with a device model of chosen constants --------------------------
 
-def Model(compile_s, flop_rate=1e11, step_s=1e-5):
+def Model(compile_s, flop_rate=1e11, step_s=1e-5, cache_bytes=None, flop_rate_large=None):
     """A device model of chosen constants (nothing recorded, so the constants are used)."""
     from sweeps.calibrate import DeviceModel
-    return DeviceModel("test", flop_rate=flop_rate, step_s=step_s, calibration_compile_s=compile_s)
+    return DeviceModel("test", flop_rate=flop_rate, step_s=step_s, calibration_compile_s=compile_s,
+                       cache_bytes=cache_bytes, flop_rate_large=flop_rate_large)
 
 
 GRID = SHAPES.replace("width = [6, 16]", "width = [8, 16, 32, 64]")  # 8 shapes
@@ -173,6 +175,29 @@ def test_planner_trades_compiles_for_padding(tmp_path):
         assert sorted(r.run_id for b in auto for r in b.runs) == sorted(r.run_id for r in load(str(tmp_path / "g.toml")).runs())
 
 
+def test_chunks_stay_within_the_cache_where_the_rate_drops_past_it(tmp_path):
+    """A CPU whose FLOP rate drops once a device's share of a chunk leaves its caches (measured:
+    166 GFLOP/s at 8.8 MiB per device, 108 at 130 MiB): the planner takes smaller chunks that stay
+    within `cache_bytes` when they are predicted faster, and the prediction charges the slow rate
+    to chunks that do not fit."""
+    flat = plan(tmp_path, Model(1.0), 0.0)
+    assert len(flat) == 1 and flat[0].n_chunks == 1  # the memory budget holds every network at once
+    per_run = flat[0].run_memory
+    cache = 4.5 * per_run  # four networks per device fit
+    dropping = Model(1.0, cache_bytes=cache, flop_rate_large=0.5e11)
+    cached = plan(tmp_path, dropping, 0.0)[0]
+    assert cached.chunk_size == 8 and cached.chunk_bytes_per_device <= cache
+    assert cached.n_chunks == math.ceil(len(cached.networks) / 8)
+    assert sorted(r.run_id for r in cached.runs) == sorted(r.run_id for r in flat[0].runs)
+    # predicted at the fast rate, and faster than the one large chunk at the slow rate
+    whole = Bucket(cached.static, cached.networks, chunk_size=flat[0].chunk_size, n_devices=2)
+    assert dropping.run_s(whole) - Model(1.0).run_s(whole) == pytest.approx(whole.executed_flops / 1e11)
+    assert cached.predicted_run_s < dropping.run_s(whole)
+    # no drop measured (an accelerator), or a per-chunk cost that outweighs it: one large chunk
+    assert plan(tmp_path, Model(1.0, cache_bytes=cache, flop_rate_large=1e11), 0.0)[0].n_chunks == 1
+    assert plan(tmp_path, Model(1.0, step_s=10.0, cache_bytes=cache, flop_rate_large=0.5e11), 0.0)[0].n_chunks == 1
+
+
 def test_min_efficiency_bounds_padding(tmp_path):
     for e in (0.3, 0.6, 0.9):
         assert all(b.efficiency >= e - 1e-9 for b in plan(tmp_path, Model(1.0), e))
@@ -191,6 +216,9 @@ def test_device_model_is_measured_once_and_cached(tmp_path, monkeypatch):
     assert calibrate.model_dir(tmp_path) == tmp_path / "calibration"  # next to the program store
     model = calibrate.load_or_measure(mesh, calibrate.model_dir(tmp_path))
     assert model.flop_rate > 1e8 and 0 <= model.step_s < 0.1 and 0 < model.calibration_compile_s < 120
+    # a rate measured past the caches only where it dropped there
+    assert (model.cache_bytes is None) == (model.flop_rate_large is None)
+    assert model.cache_bytes is None or (model.cache_bytes > 0 and model.flop_rate_large < model.flop_rate)
     files = list((tmp_path / "calibration").glob("*.json"))
     assert len(files) == 1
 
