@@ -11,7 +11,7 @@ cached in `calibration/` next to the program store (or in `$CONTAMINATION_DEVICE
   measured with a chunk sharded as the engine shards it: that small program (fixed costs
   dominate: loop, dispatch or kernel launches, small memory-bound ops) and the real training
   step (forward, backward, AdamW) at reference sizes (FLOPs dominate);
-- `cache_bytes` and `flop_rate_large`: the same step timed again with four times the chunk.
+- `cache_bytes` and `flop_rate_large`: the same step timed again with eight times the chunk.
   Where the FLOP rate drops (a CPU whose caches no longer hold a device's share of the chunk:
   on the project's 2-core machine 166 GFLOP/s at 8.8 MiB per device, 108 at 130 MiB), the
   rate `flop_rate` holds up to the smaller chunk's bytes per device (`cost.memory_bytes`)
@@ -45,7 +45,8 @@ from contamination.spec import Static
 
 CALIBRATION_STEPS = 400
 MODEL_VERSION = 2  # part of a saved model's file name: a model of an older form is measured again
-LARGE_CHUNK = 4  # the rate is measured again with this many times the chunk
+LARGE_CHUNK = 8  # the rate is measured again with this many times the chunk
+ROUNDS = 5  # timed calls per measurement (the least counts)
 CACHE_DROP = 0.85  # a rate this much below the small chunk's means the large chunk left the cache
 RECORDED = 32  # recorded compile times kept per experiment
 RECORDED_RUNS = 64  # recorded buckets kept
@@ -164,13 +165,23 @@ def device_key(mesh) -> tuple[str, str]:
     return desc, digest
 
 
-def _time(fn, *args) -> float:
+def _times(*calls, rounds: int = ROUNDS) -> list[float]:
+    """The least seconds of each zero-argument call over `rounds` rounds that call each in turn,
+    after a warm-up call each: what the device can do, less the interference of whatever else
+    the machine ran meanwhile, and the calls compared under the same conditions. (Timed once
+    each, one after the other, the rate measured on the shared 2-core machine varied from 92 to
+    147 GFLOP/s between cold runs, and one in three saw no drop past the caches.)"""
     import jax
 
-    jax.block_until_ready(fn(*args))  # warm
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    return time.perf_counter() - t0
+    for call in calls:
+        jax.block_until_ready(call())
+    best = [float("inf")] * len(calls)
+    for _ in range(rounds):
+        for i, call in enumerate(calls):
+            t0 = time.perf_counter()
+            jax.block_until_ready(call())
+            best[i] = min(best[i], time.perf_counter() - t0)
+    return best
 
 
 def _train_steps(cfg, steps: int, x, w_dm):
@@ -223,28 +234,33 @@ def measure(mesh) -> DeviceModel:
     with executables.fresh_compile():
         prog = compile_bucket(static_spec(small), chunk, mesh, store=None)
     compile_s = prog.seconds
-    t_small = _time(prog.compiled, chunk_inputs(static_spec(small), chunk, nets, prog.sharding)) / CALIBRATION_STEPS
+    small_inputs = chunk_inputs(static_spec(small), chunk, nets, prog.sharding)
 
     # The real training step (contamination.loop.make_step: forward, loss, backward, AdamW,
-    # divergence guard) at reference sizes, on synthetic data, in a scan.
-    mid, steps = preset("toy", width=256, core_dim=32, bg_dim=32, input_dim=256, n_train=256, n_test=16), 20
-    fn = jax.jit(jax.vmap(functools.partial(_train_steps, mid, steps)), in_shardings=(sharding,) * 2,
-                 out_shardings=sharding)
+    # divergence guard) at reference sizes, on synthetic data, in a scan; and the same step with
+    # LARGE_CHUNK times the networks: does the rate hold past the caches?
+    mid, steps, steps_large = preset("toy", width=256, core_dim=32, bg_dim=32, input_dim=256, n_train=256,
+                                     n_test=16), 10, 6
 
-    def time_mid(n: int) -> float:
-        x = jax.device_put(jnp.ones((n, mid.n_train, mid.input_dim), jnp.float32) * 0.01, sharding)
-        w = jax.device_put(jnp.ones((n, mid.input_dim, mid.width), jnp.float32) * 0.01, sharding)
-        return _time(fn, x, w) / steps
+    def fn(steps: int):
+        return jax.jit(jax.vmap(functools.partial(_train_steps, mid, steps)), in_shardings=(sharding,) * 2,
+                       out_shardings=sharding)
 
-    t_mid = time_mid(chunk)
+    def mid_inputs(n: int):
+        return [jax.device_put(jnp.ones((n, *shape), jnp.float32) * 0.01, sharding)
+                for shape in ((mid.n_train, mid.input_dim), (mid.input_dim, mid.width))]
+
+    x, w = mid_inputs(chunk)
+    x_large, w_large = mid_inputs(LARGE_CHUNK * chunk)
+    fn_mid, fn_large = fn(steps), fn(steps_large)
+    t_small, t_mid, t_large = _times(lambda: prog.compiled(small_inputs), lambda: fn_mid(x, w),
+                                     lambda: fn_large(x_large, w_large))
+    t_small, t_mid, t_large = t_small / CALIBRATION_STEPS, t_mid / steps, t_large / steps_large
 
     # seconds per step = step_s + FLOPs / flop_rate, through both points (FLOPs as `cost` counts them)
     f_small, f_mid = (chunk * step_flops(static_spec(c)) for c in (small, mid))
     flop_rate = (f_mid - f_small) / (t_mid - t_small) if t_mid > t_small else f_mid / t_mid
     step_s = max(t_small - f_small / flop_rate, 0.0)
-
-    # The same step with LARGE_CHUNK times the networks: does the rate hold past the caches?
-    t_large = time_mid(LARGE_CHUNK * chunk)
     rate_large = LARGE_CHUNK * f_mid / max(t_large - step_s, 1e-12)
     cache_bytes = large = None
     if rate_large < CACHE_DROP * flop_rate:
