@@ -16,10 +16,18 @@ def deep_products(s: Static) -> tuple[int, int]:
     return sum(a * b for a, b in zip(widths[1:], widths[:-1])), (s.n_classes if s.n_classes > 2 else 1) - 1
 
 
+def trains_teacher(s: Static) -> bool:
+    """Whether a run trains a distillation teacher first (`trained` on the core, `standard` on the
+    whole input: `distill.trained_teacher`), for `teacher_steps` steps."""
+    return s.experiment == "distill" and s.teacher in ("trained", "standard")
+
+
 def step_flops(s: Static) -> float:
     """FLOPs of one classifier training step (checked against XLA's cost analysis in the tests)."""
     d0, d, m = s.core_dim + s.bg_dim, s.input_dim, s.width
     nb = s.batch_size or s.n_train
+    if s.model == "cnn":
+        return cnn_step_flops(s, nb)
     mm, extra_out = deep_products(s)
     units = sum(s.hidden)
     # forward x W^T (2ndm) and the weight gradient dpre^T x (2ndm); no gradient flows to the data
@@ -31,6 +39,17 @@ def step_flops(s: Static) -> float:
     if s.online:
         step += 2 * nb * d0 * d  # a fresh batch each step
     return float(step)
+
+
+def cnn_step_flops(s: Static, nb: int) -> float:
+    """FLOPs of one CNN training step (`contamination/cnn.py`) on `nb` samples: per pixel and filter
+    the 3 x 3 product forward and its weight gradient (4 x 9) and about 12 elementwise operations
+    (bias, activation and its derivative, pooling and back); the read-out's three products over the
+    pooled positions; the updates. Within 1% of XLA's count (tests/test_cost.py)."""
+    pixels = round(s.input_dim ** 0.5) ** 2
+    pooled = (round(s.input_dim ** 0.5) // 2) ** 2
+    outputs = s.n_classes if s.n_classes > 2 else 1
+    return float(nb * pixels * s.width * 48 + 6 * nb * pooled * s.width * outputs + 10 * s.width * (9 + pooled * outputs))
 
 
 def flops(s: Static) -> float:
@@ -46,6 +65,8 @@ def flops(s: Static) -> float:
     if s.hidden or extra_out:
         log += 4 * s.n_train * (mm + s.width_last * (extra_out + 1))
     setup = 2 * n_eval * d0 * d + 4 * d * d0 * d0
+    if s.model == "cnn":  # forward passes on every set, and the input gradient on the test set
+        log = (n_eval + 2 * s.n_test) * cnn_step_flops(s, 1) / 2
     if s.experiment == "distill":
         p = s.rep_dim
         # the read-out (forward and backward), the teacher's targets of a fresh batch
@@ -53,8 +74,8 @@ def flops(s: Static) -> float:
         # student read-out on the three sets, the student's ridge probe (p x p solve)
         log += 2 * n_eval * m * p + 2 * s.n_train * p * p + p ** 3
         setup += 2 * n_eval * d * p + 2 * s.n_train * p * p + p ** 3  # teacher reps and probe
-        if s.teacher == "trained":
-            setup += s.teacher_steps * 6 * s.n_train * s.core_dim * p
+        if trains_teacher(s):  # forward, weight gradient and update of the teacher's first layer
+            setup += s.teacher_steps * 6 * s.n_train * (s.input_dim if s.teacher == "standard" else s.core_dim) * p
     return float(s.steps * step + len(log_steps(s.steps, s.log_every, s.log_schedule)) * log + setup)
 
 

@@ -13,7 +13,7 @@ cached in `calibration/` next to the program store (or in `$CONTAMINATION_DEVICE
   step (forward, backward, AdamW) at reference sizes (FLOPs dominate);
 - `cache_bytes` and `flop_rate_large`: the same step timed again with eight times the chunk.
   Where the FLOP rate drops (a CPU whose caches no longer hold a device's share of the chunk:
-  on the project's 2-core machine 166 GFLOP/s at 8.8 MiB per device, 108 at 130 MiB), the
+  on the project's 2-core machine 166 GFLOP/s at 8.8 MiB per device, 108 at 53 MiB), the
   rate `flop_rate` holds up to the smaller chunk's bytes per device (`cost.memory_bytes`)
   and `flop_rate_large` beyond; where it does not (an accelerator), `cache_bytes` is None.
   The planner sizes chunks by it (`plan.choose_chunk`).
@@ -41,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
+from contamination.cost import trains_teacher
 from contamination.spec import Static
 
 CALIBRATION_STEPS = 400
@@ -94,7 +95,7 @@ class DeviceModel:
         """What a bucket's training seconds are predicted from: chunks, chunk-steps, executed FLOPs
         (counted at `flop_rate`: scaled by how much slower its chunks' bytes per device run)."""
         s = bucket.static
-        steps = s.steps + (s.teacher_steps if s.experiment == "distill" and s.teacher == "trained" else 0)
+        steps = s.steps + (s.teacher_steps if trains_teacher(s) else 0)
         slowdown = 1.0 if self.cache_bytes is None else self.flop_rate / self.rate(bucket.chunk_bytes_per_device)
         return [float(bucket.n_chunks), float(bucket.n_chunks * steps), float(bucket.executed_flops) * slowdown]
 

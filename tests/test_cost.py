@@ -28,6 +28,16 @@ def test_step_flops_match_xla(kw):
     assert xla == pytest.approx(step_flops(static_spec(cfg)), rel=0.05)
 
 
+@pytest.mark.parametrize("kw", [
+    dict(width=8, digit_classes=[3, 8], n_classes=2),
+    dict(width=16, border=4, digit_classes=[3, 8], n_classes=2),
+    dict(width=16, n_classes=10, digit_classes=list(range(10))),
+])
+def test_cnn_step_flops_match_xla(kw):
+    cfg = preset("digits", model="cnn", n_train=250, n_test=107, steps=1, log_every=1, **kw)
+    assert _xla_step_flops(cfg) == pytest.approx(step_flops(static_spec(cfg)), rel=0.05)
+
+
 @pytest.mark.parametrize("name,kw", [
     ("toy", dict()),  # the reference sizes
     ("toy", dict(width=64, input_dim=64, core_dim=8, bg_dim=8, n_train=256, n_test=256)),
