@@ -123,7 +123,15 @@ def trained_teacher(key: jax.Array, s: Static, data: Data, sizes, traced: dict):
         return masked_mean(loss_values(f, batch[1], s.loss), data.train.mask)
 
     step = make_step(objective, tx, trainable, lambda t: (z, data.train.y))
-    carry = train_for(step, init_carry(params, tx), s.teacher_steps)
+
+    def own_steps_only(carry, x):
+        # A program padded to more teacher steps than the run's own: the steps past them leave
+        # the carry (parameters, optimizer state, step, divergence flag) exactly as it was.
+        new, _ = step(carry, x)
+        live = carry[2] < traced["true_teacher_steps"]
+        return jax.tree_util.tree_map(lambda old, upd: jnp.where(live, upd, old), carry, new), None
+
+    carry = train_for(own_steps_only, init_carry(params, tx), s.teacher_steps)
     p = carry[0]
     return Teacher(p.w @ basis, p.b), carry[3]
 

@@ -61,17 +61,18 @@ TRACED_FIELDS = ("lr", "weight_decay", "momentum", "leaky_slope", "init_scale", 
 assert set(STATIC_FIELDS) | set(TRACED_FIELDS) | {"depth", "widths"} == set(FIELDS)
 
 # Shape fields a program may pad (exactly: masks, true sizes traced; model.py, data.py). A run's
-# own sizes travel as traced `true_*` values. n_train is padded only where the training set is
+# own sizes travel as traced `true_*` values. A distillation teacher's step count pads too: its
+# steps past the run's own leave the teacher as it was (`distill.trained_teacher`). n_train is padded only where the training set is
 # used whole (full batch) or only for evaluation (online); epoch-wise minibatch shuffling
 # permutes the training set, and a permutation of a padded set is not the unpadded one.
-PAD_FIELDS = ("width", "core_dim", "bg_dim", "input_dim", "n_train", "n_test", "n_evals", "hidden")
+PAD_FIELDS = ("width", "core_dim", "bg_dim", "input_dim", "n_train", "n_test", "n_evals", "hidden", "teacher_steps")
 
 
 def pad_fields(spec: "Static") -> tuple[str, ...]:
     """The shape fields of `spec` that may be padded (n_train is static with minibatches)."""
     minibatches = spec.batch_size > 0 and not spec.online
     if spec.dataset != "synthetic":  # a real data set's sizes are its own (the split is static)
-        return ("width", "n_evals", "hidden")
+        return ("width", "n_evals", "hidden", "teacher_steps")
     return tuple(f for f in PAD_FIELDS if not (f == "n_train" and minibatches))
 
 
@@ -149,6 +150,7 @@ def traced_values(cfgs: Config | list[Config], n_evals: int | None = None,
         "true_d": i32(cfg.input_dim),
         "true_n_train": i32(cfg.n_train),
         "true_n_test": i32(cfg.n_test),
+        "true_teacher_steps": i32(cfg.teacher_steps),
         "lr": f32(cfg.lr),
         "weight_decay": f32(cfg.weight_decay),
         "momentum": f32(cfg.momentum),

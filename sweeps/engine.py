@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from contamination.cache import setup_jax
+from contamination.cost import trains_teacher
 from contamination.ids import stable_hash
 from contamination.spec import static_spec
 from contamination.train import metric_names as _metric_names
@@ -289,7 +290,9 @@ def describe_plan(grid: Grid, out, *, memory_budget: int | None, min_efficiency:
         acts = "/".join(dict.fromkeys(r.config.activation for r in b.runs))
         widths = "x".join(str(w) for w in (s.width, *s.hidden))
         shape = (f"m={widths} d0={s.core_dim}+{s.bg_dim} d={s.input_dim} n={s.n_train}/{s.n_test} "
-                 + (f"K={s.n_classes} " if s.n_classes > 2 else "") +
+                 + (f"K={s.n_classes} " if s.n_classes > 2 else "")
+                 + (f"{s.teacher} teacher p={s.rep_dim} " if s.experiment == "distill" else "")
+                 + (f"teacher_steps={s.teacher_steps} " if trains_teacher(s) else "") +
                  f"evals={s.n_evals} steps={s.steps} {acts} {s.optimizer} {s.loss}")
         lines.append(f"  {b.id:8} {len(b.shapes):>6} {len(b.networks):>5} {len(b.runs):>5} {b.chunk_size:>5} "
                      f"{b.n_chunks:>6} {b.efficiency:5.2f} {fmt_bytes(b.run_memory):>10} "

@@ -51,6 +51,17 @@ def test_every_axis_padded_equals_alone(name, extra):
     assert_same(row(batch, 1), simulate(b)["curves"])
 
 
+@pytest.mark.parametrize("teacher", ["standard", pytest.param("trained", marks=pytest.mark.slow)])
+def test_teacher_steps_padded_equals_alone(teacher):
+    """A distillation run whose teacher trains for fewer steps than the program's: the steps past
+    its own leave the teacher as it was, so it equals the run alone (and the step count matters:
+    the same run with the program's step count differs)."""
+    short = small("distill", teacher=teacher, rep_dim=8, teacher_steps=7, steps=20, log_every=10, seed=3)
+    batch = simulate_batch([short.replace(teacher_steps=30), short])
+    assert_same(row(batch, 1), simulate(short)["curves"])
+    assert not np.allclose(row(batch, 0)["teacher_core_norm"], row(batch, 1)["teacher_core_norm"], rtol=1e-3)
+
+
 # --- random shapes: a run's numbers do not depend on how much it is padded -----------
 
 SMALL_PAD = dict(width=12, core_dim=4, bg_dim=4, input_dim=16, n_train=20, n_test=20)
