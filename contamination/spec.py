@@ -62,9 +62,10 @@ assert set(STATIC_FIELDS) | set(TRACED_FIELDS) | {"depth", "widths"} == set(FIEL
 
 # Shape fields a program may pad (exactly: masks, true sizes traced; model.py, data.py). A run's
 # own sizes travel as traced `true_*` values. A distillation teacher's step count pads too: its
-# steps past the run's own leave the teacher as it was (`distill.trained_teacher`). n_train is padded only where the training set is
-# used whole (full batch) or only for evaluation (online); epoch-wise minibatch shuffling
-# permutes the training set, and a permutation of a padded set is not the unpadded one.
+# steps past the run's own leave the teacher as it was (`distill.trained_teacher`). n_train is
+# padded only where the training set is used whole (full batch) or only for evaluation (online);
+# epoch-wise minibatch shuffling permutes the training set, and a permutation of a padded set is
+# not the unpadded one.
 PAD_FIELDS = ("width", "core_dim", "bg_dim", "input_dim", "n_train", "n_test", "n_evals", "hidden", "teacher_steps")
 
 

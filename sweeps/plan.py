@@ -163,12 +163,9 @@ def choose_chunk(bucket: Bucket, memory_budget: int, n_devices: int, max_chunk: 
     b.chunk_size = even(cap)
     cache = getattr(model, "cache_bytes", None)
     if cache is not None and b.chunk_bytes_per_device > cache:
-        fits = min(cap, max(int(cache // b.run_memory), 1) * n_devices)
-        large, b.chunk_size = b.chunk_size, even(fits)
-        cached = model.run_s(b)
-        b.chunk_size = large
-        if cached < model.run_s(b):
-            b.chunk_size = even(fits)
+        fits = even(min(cap, max(int(cache // b.run_memory), 1) * n_devices))
+        # the larger chunk on a tie: fewer calls
+        b.chunk_size = min((b.chunk_size, fits), key=lambda c: model.run_s(dataclasses.replace(b, chunk_size=c)))
 
 
 @dataclasses.dataclass(frozen=True)
