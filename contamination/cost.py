@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .cnn import side_of
 from .config import log_steps
 from .spec import Static
 from .distill import DISTILL_METRICS
@@ -46,8 +47,8 @@ def cnn_step_flops(s: Static, nb: int) -> float:
     the 3 x 3 product forward and its weight gradient (4 x 9) and about 12 elementwise operations
     (bias, activation and its derivative, pooling and back); the read-out's three products over the
     pooled positions; the updates. Within 1% of XLA's count (tests/test_cost.py)."""
-    pixels = round(s.input_dim ** 0.5) ** 2
-    pooled = (round(s.input_dim ** 0.5) // 2) ** 2
+    side = side_of(s.input_dim)
+    pixels, pooled = side ** 2, (side // 2) ** 2
     outputs = s.n_classes if s.n_classes > 2 else 1
     return float(nb * pixels * s.width * 48 + 6 * nb * pooled * s.width * outputs + 10 * s.width * (9 + pooled * outputs))
 
@@ -59,14 +60,15 @@ def flops(s: Static) -> float:
     n_eval = s.n_train + (1 + s.n_evals) * s.n_test  # the OOD set once per evaluation variant
     step = step_flops(s)
     mm, extra_out = deep_products(s)
-    log = 2 * n_eval * d * m + 2 * m * d * d0 + 8 * n_eval * m
-    # deeper layers and K logits on every set; the gradient balance backpropagates on the training set
-    log += 2 * n_eval * (mm + s.width_last * extra_out) + 8 * n_eval * sum(s.hidden)
-    if s.hidden or extra_out:
-        log += 4 * s.n_train * (mm + s.width_last * (extra_out + 1))
-    setup = 2 * n_eval * d0 * d + 4 * d * d0 * d0
     if s.model == "cnn":  # forward passes on every set, and the input gradient on the test set
         log = (n_eval + 2 * s.n_test) * cnn_step_flops(s, 1) / 2
+    else:
+        log = 2 * n_eval * d * m + 2 * m * d * d0 + 8 * n_eval * m
+        # deeper layers and K logits on every set; the gradient balance backpropagates on the training set
+        log += 2 * n_eval * (mm + s.width_last * extra_out) + 8 * n_eval * sum(s.hidden)
+        if s.hidden or extra_out:
+            log += 4 * s.n_train * (mm + s.width_last * (extra_out + 1))
+    setup = 2 * n_eval * d0 * d + 4 * d * d0 * d0
     if s.experiment == "distill":
         p = s.rep_dim
         # the read-out (forward and backward), the teacher's targets of a fresh batch
