@@ -31,6 +31,8 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+
+from .numerics import float_dtype
 import numpy as np
 
 from .data import first, ood_split, per_row
@@ -81,7 +83,7 @@ def init_conv(key: jax.Array, s: Static, true_width: jax.Array, init_scale: jax.
     kern = per_row(k_k, c, lambda k: jax.random.uniform(k, (KERNEL, KERNEL), minval=-bound, maxval=bound))
     bias = per_row(k_b, c, lambda k: jax.random.uniform(k, (), minval=-bound, maxval=bound))
     out_shape = (p,) if s.n_classes == 2 else (p, s.n_classes)
-    bound_out = 1.0 / jnp.sqrt(true_width.astype(jnp.float32) * p)
+    bound_out = 1.0 / jnp.sqrt(true_width.astype(float_dtype()) * p)
     a = per_row(k_a, c, lambda k: jax.random.uniform(k, out_shape, minval=-1.0, maxval=1.0)) * bound_out
     c_out = jax.random.uniform(k_c, out_shape[1:], minval=-1.0, maxval=1.0) * bound_out
     expand = (slice(None),) + (None,) * len(out_shape)
@@ -175,7 +177,7 @@ def cnn_training(s: Static, traced: dict) -> Training:
                "ood_acc": ood_acc, "id_margin": id_margin, "ood_margin": ood_margin,
                "bg_mean_proj": masked_mean(proj, mask),
                "bg_shift_rms": jax.vmap(lambda dl: jnp.sqrt(masked_mean((proj * dl) ** 2, mask)))(delta),
-               "contaminated_frac": masked_mean((proj > CONTAMINATED_SPREADS * spread0).astype(jnp.float32), mask),
+               "contaminated_frac": masked_mean((proj > CONTAMINATED_SPREADS * spread0).astype(float_dtype()), mask),
                "bg_grad_share": gradient_share(lambda x: f(p, x), data.test, s.loss, data.M[s.core_dim:])}
         return {k: jnp.broadcast_to(out[k], (s.n_evals,)) for k in CNN_METRICS}
 

@@ -33,6 +33,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "log_schedule": ("linear", "geometric"),
     "dataset": ("synthetic", "digits"),
     "model": ("mlp", "cnn"),
+    "precision": ("highest", "tf32", "bf16"),  # numerics.PRECISIONS
 }
 
 
@@ -95,6 +96,10 @@ class Config:
     teacher_steps: int = 2000
     teacher_lr: float = 1e-2
     probe_ridge: float = 1e-4
+    # The precision of float32 matrix products (contamination/numerics.py): `highest` (full
+    # float32, what a CPU computes), `tf32` (JAX's default on NVIDIA GPUs) or `bf16`. A results
+    # directory holds one precision (sweeps/results.py).
+    precision: str = "highest"
 
     def replace(self, **changes: Any) -> "Config":
         return from_dict({**self.to_dict(), **changes})

@@ -19,6 +19,8 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from .numerics import float_dtype
+
 
 class Sizes(NamedTuple):
     """A run's true sizes (traced int32 scalars) inside a possibly larger program."""
@@ -60,7 +62,7 @@ def per_row(key: jax.Array, n: int, draw: Callable[[jax.Array], jax.Array]) -> j
 
 def first(n: int, true_n: jax.Array) -> jax.Array:
     """The float mask of the first `true_n` of `n` entries."""
-    return (jnp.arange(n) < true_n).astype(jnp.float32)
+    return (jnp.arange(n) < true_n).astype(float_dtype())
 
 
 def orthonormalize(a: jax.Array) -> jax.Array:
@@ -116,12 +118,12 @@ def class_labels(n: int, true_n: jax.Array | int | None, n_classes: int) -> jax.
         return balanced_labels(n, true_n)
     true_n = n if true_n is None else true_n
     i = jnp.arange(n)
-    return jnp.where(i < true_n, (i * n_classes) // true_n, 0).astype(jnp.float32)
+    return jnp.where(i < true_n, (i * n_classes) // true_n, 0).astype(float_dtype())
 
 
 def owned_features(y: jax.Array, core_dim: int, n_classes: int) -> jax.Array:
     """(n, core_dim): 1 where core feature j belongs to the row's class (j mod K = y), K > 2."""
-    return (jnp.arange(core_dim)[None, :] % n_classes == y[:, None].astype(jnp.int32)).astype(jnp.float32)
+    return (jnp.arange(core_dim)[None, :] % n_classes == y[:, None].astype(jnp.int32)).astype(float_dtype())
 
 
 def uniform_rows(key: jax.Array, n: int, k: int, true_k: jax.Array) -> jax.Array:

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+
+from .numerics import float_dtype
 import numpy as np
 
 from .data import Data, Sizes, Split, per_row
@@ -101,7 +103,7 @@ def split_positions(classes: tuple[int, ...], n_train: int, n_test: int) -> tupl
 
 def labels_of(y: jax.Array, n_classes: int) -> jax.Array:
     """The model's labels: +-1 (first class +1) for a pair, the class index for K > 2."""
-    y = y.astype(jnp.float32)
+    y = y.astype(float_dtype())
     return jnp.where(y == 0, 1.0, -1.0) if n_classes == 2 else y
 
 
@@ -113,7 +115,7 @@ def make_digits_data(key: jax.Array, classes: tuple[int, ...], border: int, n_tr
     x_all, y_all = jnp.asarray(x_np), jnp.asarray(y_np)
     k_split, k_train, k_test, k_ood = jax.random.split(key, 4)
     u = per_row(k_split, len(y_np), lambda k: jax.random.uniform(k, ()))
-    order = jnp.argsort(y_all.astype(jnp.float32) * 2.0 + u)  # by class, shuffled within each class
+    order = jnp.argsort(y_all.astype(float_dtype()) * 2.0 + u)  # by class, shuffled within each class
     test_pos, train_pos = split_positions(tuple(classes), n_train, n_test)
     nb = n_border(border)
     d = N_PIXELS + nb

@@ -42,6 +42,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from .numerics import float_dtype
+
 from .spec import Static
 from .data import Data, first, ood_split, per_row
 from .metrics import (activation_asymmetry, bg_direction, init_spread, masked_mean, mean_direction_metrics,
@@ -112,14 +114,14 @@ def trained_teacher(key: jax.Array, s: Static, data: Data, sizes, traced: dict):
     z = data.train.x @ basis.T  # the inputs in the teacher's coordinates
     rep = s.rep_dim
     params = init_params(key, rep, n_in, jnp.int32(rep), true_in, init="torch", output="train",
-                         bias=s.bias, init_scale=jnp.float32(1.0))
+                         bias=s.bias, init_scale=jnp.asarray(1.0, float_dtype()))
     trainable = Params(w=jnp.ones((rep, 1)), b=jnp.full((rep,), float(s.bias)), a=jnp.ones((rep,)),
                        c=jnp.asarray(float(s.bias)))
     tx = make_optimizer(s.optimizer, traced["teacher_lr"], traced["weight_decay"], traced["momentum"])
     ones = jnp.ones((rep,))
 
     def objective(p, batch):
-        f, _ = forward(p, batch[0], "relu", jnp.float32(0.0), ones)
+        f, _ = forward(p, batch[0], "relu", jnp.zeros((), float_dtype()), ones)
         return masked_mean(loss_values(f, batch[1], s.loss), data.train.mask)
 
     step = make_step(objective, tx, trainable, lambda t: (z, data.train.y))
@@ -146,7 +148,7 @@ def init_student(key: jax.Array, s: Static, true_width: jax.Array, true_d: jax.A
     layer = init_params(key, s.width, s.input_dim, true_width, true_d, init=s.init, output="train", bias=s.bias,
                         init_scale=init_scale)
     k_v, k_c = jax.random.split(jax.random.fold_in(key, READOUT_STREAM))
-    inv_sqrt_m = 1.0 / jnp.sqrt(true_width.astype(jnp.float32))
+    inv_sqrt_m = 1.0 / jnp.sqrt(true_width.astype(float_dtype()))
     if s.init == "torch":
         v = per_row(k_v, s.width, lambda k: jax.random.uniform(k, (s.rep_dim,), minval=-1.0, maxval=1.0)).T
         c = jax.random.uniform(k_c, (s.rep_dim,), minval=-1.0, maxval=1.0) * inv_sqrt_m

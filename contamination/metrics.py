@@ -10,6 +10,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from .numerics import float_dtype
+
 from .data import Data, Sizes, Split, ood_split
 from .model import Deep, Params, activate, deeper_layers, loss_values, margins, representations
 
@@ -87,7 +89,7 @@ def class_onehot(y: jax.Array, n_classes: int, rows: jax.Array) -> jax.Array:
     """(n, K) membership of each true row (`rows` = 1) in classes 0..K-1; for two classes,
     column 0 is y = +1 and column 1 is y = -1."""
     if n_classes == 2:
-        return jnp.stack([(y > 0), (y < 0)], axis=1).astype(jnp.float32) * rows[:, None]
+        return jnp.stack([(y > 0), (y < 0)], axis=1).astype(float_dtype()) * rows[:, None]
     return jax.nn.one_hot(y.astype(jnp.int32), n_classes) * rows[:, None]
 
 
@@ -104,7 +106,7 @@ def activation_asymmetry(pre: jax.Array, y: jax.Array, mask: jax.Array, activati
         onehot = class_onehot(y, n_classes, rows)
         means = (onehot.T @ gate) / jnp.sum(onehot, axis=0)[:, None]
         return masked_mean(jnp.max(means, axis=0) - jnp.min(means, axis=0), mask)
-    pos, neg = (y > 0).astype(jnp.float32), (y < 0).astype(jnp.float32)
+    pos, neg = (y > 0).astype(float_dtype()), (y < 0).astype(float_dtype())
     n_pos, n_neg = jnp.sum(pos), jnp.sum(neg)
     # over a common denominator, so that a constant gate (linear network) gives exactly 0
     return masked_mean(jnp.abs((pos @ gate) * n_neg - (neg @ gate) * n_pos) / (n_pos * n_neg), mask)
@@ -123,7 +125,7 @@ def bg_direction(M: jax.Array, core_dim: int, true_bg: jax.Array, bg_train: jax.
     """The unit direction of the training background mean in input space, (d,): every background
     coefficient has the same mean, so it is sum_j m_j / sqrt(d_bg), signed as the mean (a
     zero-mean background takes the + sign)."""
-    return mean_sign(bg_train) * jnp.sum(M[core_dim:], axis=0) / jnp.sqrt(true_bg.astype(jnp.float32))
+    return mean_sign(bg_train) * jnp.sum(M[core_dim:], axis=0) / jnp.sqrt(true_bg.astype(float_dtype()))
 
 
 def mean_direction_projections(w: jax.Array, u: jax.Array) -> jax.Array:
@@ -146,11 +148,11 @@ def mean_direction_metrics(w: jax.Array, u: jax.Array, spread0: jax.Array, mask:
     p = mean_direction_projections(w, u)
     # The mean moves by (ood mean - train mean) on each of d_bg coefficients: sqrt(d_bg) times
     # that along the unit direction (whose sign follows the training mean).
-    delta = (range_mean(bg_ood) - range_mean(bg_train)) * jnp.sqrt(true_bg.astype(jnp.float32)) * mean_sign(bg_train)
+    delta = (range_mean(bg_ood) - range_mean(bg_train)) * jnp.sqrt(true_bg.astype(float_dtype())) * mean_sign(bg_train)
     shift_rms = jax.vmap(lambda dl: jnp.sqrt(masked_mean((p * dl) ** 2, mask)))(delta)
     return {
         "bg_mean_proj": masked_mean(p, mask),
-        "contaminated_frac": masked_mean((p > CONTAMINATED_SPREADS * spread0).astype(jnp.float32), mask),
+        "contaminated_frac": masked_mean((p > CONTAMINATED_SPREADS * spread0).astype(float_dtype()), mask),
         "bg_shift_rms": shift_rms,
     }
 
@@ -165,7 +167,7 @@ def gradient_balance(f: jax.Array, pre: jax.Array, split: Split, a: jax.Array, u
     dloss = jax.jvp(lambda g: loss_values(g, split.y, loss), (f,), (jnp.ones_like(f),))[1]  # dl_i/df_i
     # d l_i / d w_k projected on u: dl_i/df_i * a_k * act'(pre_ik) * <x_i, u>
     per_sample = (dloss * (split.x @ u))[:, None] * activation_derivative(pre, activation, slope) * a[None, :]
-    pos, neg = (split.y > 0).astype(jnp.float32), (split.y < 0).astype(jnp.float32)
+    pos, neg = (split.y > 0).astype(float_dtype()), (split.y < 0).astype(float_dtype())
     g_pos, g_neg = pos @ per_sample, neg @ per_sample
     num = jnp.sum(jnp.abs(g_pos + g_neg) * mask)
     den = jnp.sum((jnp.abs(g_pos) + jnp.abs(g_neg)) * mask)

@@ -23,6 +23,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from .numerics import float_dtype
+
 from .data import first, per_row
 
 
@@ -94,7 +96,7 @@ def init_params(key: jax.Array, width: int, input_dim: int, true_width: jax.Arra
 
 
 def rademacher(key, shape):
-    return jax.random.rademacher(key, shape, dtype=jnp.float32)
+    return jax.random.rademacher(key, shape, dtype=float_dtype())
 
 
 def _draw_layer(k_w, k_b, m, n_in, fan_in, init):
@@ -112,7 +114,7 @@ def _draw_layer(k_w, k_b, m, n_in, fan_in, init):
 
 def _first_layer(k_w, k_b, width, input_dim, true_width, true_d, init, bias, init_scale):
     mask = first(width, true_width)
-    w, b = _draw_layer(k_w, k_b, width, input_dim, jnp.asarray(true_d).astype(jnp.float32), init)
+    w, b = _draw_layer(k_w, k_b, width, input_dim, jnp.asarray(true_d).astype(float_dtype()), init)
     w = w * init_scale * mask[:, None] * first(input_dim, true_d)
     b = b * init_scale * mask if bias else jnp.zeros((width,))
     return w, b
@@ -120,7 +122,7 @@ def _first_layer(k_w, k_b, width, input_dim, true_width, true_d, init, bias, ini
 
 def _deep_layer(key, m, m_prev, mask, mask_prev, true_prev, init, bias):
     """Layer l >= 2 of (padded) width m over a layer of width m_prev: per-unit draws, true fan-in."""
-    fan_in = jnp.maximum(true_prev, 1).astype(jnp.float32)  # a layer past the run's depth has none
+    fan_in = jnp.maximum(true_prev, 1).astype(float_dtype())  # a layer past the run's depth has none
     w, b = _draw_layer(*jax.random.split(key), m, m_prev, fan_in, init)
     return w * mask[:, None] * mask_prev[None, :], (b * mask if bias else jnp.zeros((m,)))
 
@@ -149,7 +151,7 @@ def _output_layer(k_a, k_c, m_last, last, *, init, output, bias, n_classes):
             a = jnp.where(idx < true_last // 2, 1.0, -1.0)[:, None] / true_last
         else:  # unit i feeds class floor(i K / m): K blocks, weight 1/m
             own = (idx * n_classes) // jnp.maximum(true_last, 1).astype(jnp.int32)
-            a = (own[:, None] == jnp.arange(n_classes)[None, :]).astype(jnp.float32) / true_last
+            a = (own[:, None] == jnp.arange(n_classes)[None, :]).astype(float_dtype()) / true_last
     elif output == "frozen_random":
         a = per_row(k_a, m_last, lambda kk: out_draw(kk, rademacher)) / true_last
     a = a * last[:, None]

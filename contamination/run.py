@@ -22,6 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="override a field; VALUE reads like a TOML value, a bare word is a string")
     parser.add_argument("--curves", action="store_true", help="also print the logged curves")
+    parser.add_argument("--x64", action="store_true", help="compute in float64 (as JAX_ENABLE_X64=1)")
     args = parser.parse_args(argv)
     try:
         overrides = dict(parse_assignment(a) for a in args.set)
@@ -32,11 +33,15 @@ def main(argv: list[str] | None = None) -> int:
     from .cache import setup_jax
     from .simulate import simulate  # imports JAX: only after the input is known to be good
 
+    from .numerics import enable_x64, float_name
+
+    if args.x64:
+        enable_x64()
     setup_jax()  # a program compiled before (by this command or a sweep) is loaded from the cache
 
     t0 = time.perf_counter()
     out = simulate(cfg)
-    result = {"preset": args.preset, "config": cfg.to_dict(),
+    result = {"preset": args.preset, "config": cfg.to_dict(), "dtype": float_name(),
               "final": {k: v.item() for k, v in out["final"].items()},
               "seconds": round(time.perf_counter() - t0, 3)}
     if args.curves:

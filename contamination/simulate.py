@@ -11,6 +11,7 @@ from .config import Config, log_steps
 from . import experiments
 from .loop import train_for
 from .model import Params
+from .numerics import matmul_precision
 from .spec import padded_spec, stack_traced, static_spec, traced_values
 from .train import compiled_batch_run, compiled_single_run
 
@@ -48,6 +49,7 @@ def _compiled_trainer(s):
     """`jit` of one run's training to its last step: (final params, final metrics, diverged)."""
 
     @jax.jit
+    @matmul_precision(s.precision)
     def train(traced):
         training = experiments.get(s.experiment).training(s, traced)
         carry = train_for(training.step, training.carry, s.steps)

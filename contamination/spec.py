@@ -10,6 +10,7 @@ import numpy as np
 
 from .config import FIELDS, Config
 from .ids import DATA_KEY_FIELDS, INIT_KEY_FIELDS, key_words, training_key
+from .numerics import np_float
 
 class Static(NamedTuple):
     """Everything that fixes the compiled program: shapes and categorical choices."""
@@ -43,6 +44,7 @@ class Static(NamedTuple):
     border: int = 2
     digit_classes: tuple[int, ...] = ()
     model: str = "mlp"
+    precision: str = "highest"
 
     @property
     def depth(self) -> int:
@@ -141,7 +143,7 @@ def traced_values(cfgs: Config | list[Config], n_evals: int | None = None,
     if len({training_key(c) for c in cfgs}) != 1 or len(cfgs) > n_evals:
         raise ValueError("traced_values: the runs of one network must differ only in EVAL_ONLY_FIELDS")
     evals = cfgs + [cfgs[-1]] * (n_evals - len(cfgs))
-    f32, i32 = np.float32, np.int32
+    f32, i32 = np_float(), np.int32  # float64 under jax_enable_x64 (numerics.py)
     return {
         "data_key": key_words("data", cfg, DATA_KEY_FIELDS),
         "init_key": key_words("init", cfg, INIT_KEY_FIELDS),

@@ -16,6 +16,7 @@ import jax
 
 from . import experiments
 from .loop import run_training
+from .numerics import matmul_precision
 from .spec import Static
 
 
@@ -23,7 +24,8 @@ def make_run(static: Static) -> Callable[[dict], dict]:
     training = experiments.get(static.experiment).training
 
     def run(traced: dict) -> dict:
-        return run_training(static, training(static, traced))
+        with matmul_precision(static.precision):
+            return run_training(static, training(static, traced))
 
     return run
 

@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="CPU backend: split the host into this many JAX devices, runs sharded over them "
                              "(default auto: one per usable core, unless XLA_FLAGS or JAX_NUM_CPU_DEVICES "
                              "already set a count; accelerators ignore it)")
+        sp.add_argument("--x64", action="store_true",
+                        help="compute in float64 (as JAX_ENABLE_X64=1; recorded, and never mixed with float32 "
+                             "results in one directory)")
         sp.add_argument("--distributed", action="store_true",
                         help="multi-host: call jax.distributed.initialize() (on a TPU slice it finds its peers "
                              "itself); each process runs a disjoint share")
@@ -95,14 +98,20 @@ def main(argv: list[str] | None = None) -> int:
     from .environment import use_host_devices
     from .preempt import Preempted
     from .refine import RefineError
-    from .results import ResultsError, check_version
+    from contamination.numerics import enable_x64, float_name
+
+    from .results import ResultsError, check_numerics, check_version
     from .storage import StorageError, check_reachable, location
 
+    if args.x64:
+        enable_x64()
     try:
         out = location(args.out or os.path.join(
             "results", grid.name if grid.scale == "default" else f"{grid.name}-{grid.scale}"))
         check_reachable(out)
         check_version(out)
+        if args.command != "plan":
+            check_numerics(out, {r.config.precision for r in grid.runs()}, float_name())
         # before JAX starts its backends; no more devices than the grid has runs (padding)
         use_host_devices(host_devices, runs=len(grid.runs()))
     except (PlanError, ResultsError, StorageError) as e:

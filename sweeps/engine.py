@@ -20,6 +20,7 @@ import numpy as np
 from contamination.cache import setup_jax
 from contamination.cost import trains_teacher
 from contamination.ids import stable_hash
+from contamination.numerics import float_name
 from contamination.spec import static_spec
 from contamination.train import metric_names as _metric_names
 
@@ -141,9 +142,11 @@ def _run_grid(grid: Grid, out: storage.Location, stop: StopFlag, *, memory_budge
     # Planning raises on an impossible budget before anything is written.
     p = plan_pending(grid, out, mesh, cache, memory_budget=memory_budget, min_efficiency=min_efficiency,
                      chunk_size=chunk_size, process=process)
+    precisions = {r.config.precision for r in p.all_runs}
+    results.check_numerics(out, precisions, float_name())  # before anything is written
     stop.check()  # a signal while planning: nothing written yet
     results.recover(out, *process)
-    provenance = make_provenance(grid, dev, metric_names(p.all_runs))
+    provenance = make_provenance(grid, dev, metric_names(p.all_runs), float_name(), precisions)
     networks = sum(len(b.networks) for b in p.buckets)
     invocation = {"started": started, "runs_in_grid": len(p.all_runs), "already_done": p.skipped,
                   "planned": len(p.pending), "networks_trained": networks, "memory_budget_bytes": p.budget,
@@ -176,6 +179,7 @@ def _run_grid(grid: Grid, out: storage.Location, stop: StopFlag, *, memory_budge
             name = f"{prefix}{bucket.id}-{stable_hash(sorted(r.run_id for n in chunk for r in n.runs))}.parquet"
             extra = {"bucket": bucket.id, "padded_width": s.width, "chunk": name, "chunk_size": size,
                      "chunk_s": chunk_s, "run_s": chunk_s / n_runs, "device_kind": dev["device_kind"],
+                     "dtype": provenance["dtype"],
                      "process_index": process[0]}
             runs_df, curves_df = results.build_tables(grid, chunk, host, extra, provenance["metrics"])
             results.write_chunk(out, name, runs_df, curves_df, provenance)

@@ -38,8 +38,10 @@ def versions() -> dict[str, str]:
     return out
 
 
-def provenance(grid, device: dict, metrics: list[str]) -> dict:
-    """What every Parquet file's metadata and the manifest record about the code and the device."""
+def provenance(grid, device: dict, metrics: list[str], dtype: str = "float32",
+               precisions: list[str] = ("highest",)) -> dict:
+    """What every Parquet file's metadata and the manifest record about the code and the device,
+    and how it computed: the float width (`dtype`) and the runs' matmul `precisions`."""
     return {"grid": grid.name, "scale": grid.scale, "grid_sha256": grid.sha256, "git_commit": git_commit(),
             "results_version": RESULTS_VERSION, "versions": versions(), **device, "metrics": metrics,
-            "prng": PRNG}
+            "prng": PRNG, "dtype": dtype, "precisions": sorted(precisions)}

@@ -66,6 +66,37 @@ def check_version(out: Location) -> None:
             "or move the old results away to rerun them")
 
 
+def numerics_of(out: Location) -> tuple[str | None, set[str]]:
+    """The float width and the matmul precisions `out` holds (None, empty: no results yet).
+    Results written before either was recorded are float32 at `highest` (a CPU's arithmetic)."""
+    manifests = [json.loads(out.read_text(m)) for m in manifest_names(out)]
+    if not manifests and not out.files("runs", suffix=".parquet"):
+        return None, set()
+    dtypes = {m.get("dtype", "float32") for m in manifests} or {"float32"}
+    precisions = set().union(*[m.get("precisions", ["highest"]) for m in manifests]) or {"highest"}
+    if len(dtypes) > 1:
+        raise ResultsError(f"{out}: holds results computed in several float widths ({sorted(dtypes)}); "
+                           "split them before resuming")
+    return dtypes.pop(), precisions
+
+
+def check_numerics(out: Location, precisions, dtype: str) -> None:
+    """Refuse to mix float widths or matmul precisions in one directory: their numbers differ by
+    more than the effects a table compares (docs/results.md#numerics)."""
+    precisions = set(precisions)
+    if len(precisions) > 1:
+        raise ResultsError(f"precision: the grid mixes matmul precisions {sorted(precisions)}; one directory holds "
+                           "one precision, so give each its own grid and --out")
+    found_dtype, found = numerics_of(out)
+    if found_dtype is not None and found_dtype != dtype:
+        flag = "without --x64" if found_dtype == "float32" else "with --x64 (or JAX_ENABLE_X64=1)"
+        raise ResultsError(f"{out}: holds {found_dtype} results and this sweep computes in {dtype}; run it {flag}, "
+                           "or give another --out")
+    if found and found != precisions:
+        raise ResultsError(f"{out}: holds results at precision {', '.join(sorted(found))} and this grid asks for "
+                           f"{', '.join(sorted(precisions))}; give another --out")
+
+
 def table_bytes(table: pa.Table) -> bytes:
     """The Parquet file of `table`, complete in memory (so it is published in one write)."""
     sink = pa.BufferOutputStream()
@@ -148,6 +179,8 @@ def config_from_row(row):
         if name in RANGE_COLUMNS:
             lo, hi = RANGE_COLUMNS[name]
             values[name] = [float(row[lo]), float(row[hi])]
+        elif name not in row:  # a field added after the table was written: its default
+            continue
         elif name in ("widths", "digit_classes"):
             values[name] = [int(w) for w in str(row[name] or "").split(",") if w]
         else:
