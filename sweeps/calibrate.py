@@ -162,7 +162,8 @@ def device_key(mesh) -> tuple[str, str]:
     client = devices[0].client
     desc = f"{client.platform} {devices[0].device_kind} x{len(devices)}"
     digest = hashlib.sha256(json.dumps([MODEL_VERSION, desc, client.platform_version, sorted(versions().items()),
-                                        jax.config.jax_default_matmul_precision]).encode()).hexdigest()[:16]
+                                        jax.config.jax_default_matmul_precision,
+                                        jax.config.jax_enable_x64]).encode()).hexdigest()[:16]
     return desc, digest
 
 
@@ -200,7 +201,7 @@ def _train_steps(cfg, steps: int, x, w_dm):
     tx = make_optimizer(cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
 
     def objective(p, batch):
-        f, _ = forward(p, batch, "leaky_relu", jnp.float32(0.0), mask, xT)
+        f, _ = forward(p, batch, "leaky_relu", jnp.zeros((), x.dtype), mask, xT)
         return jnp.mean(loss_values(f, y, cfg.loss))
 
     trainable = to_dm(trainable_mask(m, jnp.int32(m), output="train", bias=True))
@@ -214,6 +215,7 @@ def measure(mesh) -> DeviceModel:
     import jax.numpy as jnp
     from jax.sharding import NamedSharding, PartitionSpec as P
 
+    from contamination.numerics import float_dtype
     from contamination.presets import preset
     from contamination.spec import static_spec
     from contamination.cost import memory_bytes, step_flops
@@ -248,7 +250,7 @@ def measure(mesh) -> DeviceModel:
                        out_shardings=sharding)
 
     def mid_inputs(n: int):
-        return [jax.device_put(jnp.ones((n, *shape), jnp.float32) * 0.01, sharding)
+        return [jax.device_put(jnp.ones((n, *shape), float_dtype()) * 0.01, sharding)
                 for shape in ((mid.n_train, mid.input_dim), (mid.input_dim, mid.width))]
 
     x, w = mid_inputs(chunk)

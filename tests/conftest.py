@@ -48,3 +48,24 @@ def small(name: str = "toy_theory", **kw):
 @pytest.fixture
 def small_config():
     return small
+
+
+# Identities (padding, chunking, bucketing, devices, train once and evaluate many) hold in real
+# arithmetic, so they are tested in float64 at rtol 1e-9: there rounding (1e-16, amplified by a
+# few hundred optimizer steps) stays far below the tolerance on every instruction set, while a
+# leak (a padded row in a mean, a padded neuron revived) moves numbers by 1e-3 or more. In
+# float32 the same two programs differ by the order of their reductions, 1e-3 after 300 AdamW
+# steps on one CPU and not on another (docs/simulator.md#numerics).
+IDENTITY = dict(rtol=1e-9, atol=1e-12)
+
+
+@pytest.fixture
+def x64():
+    """Run the test in float64 (JAX's `jax_enable_x64`), restoring the previous width after it."""
+    from contamination.numerics import float64
+
+    with float64():
+        yield
+
+
+identity = pytest.mark.usefixtures("x64")

@@ -1,18 +1,17 @@
-"""Claim 2: a config gives the same metrics in a vmapped batch as alone (also when its width is padded)."""
+"""Claim 2: a config gives the same metrics in a vmapped batch as alone (also when its width is
+padded), in float64 to rtol 1e-9 (conftest.IDENTITY)."""
 
 import numpy as np
 import pytest
 
 from contamination.simulate import simulate, simulate_batch
-from conftest import small
-
-RTOL = 1e-5
+from conftest import IDENTITY, identity, small
 
 
-def assert_same(a, b, rtol=RTOL):
+def assert_same(a, b, **tol):
     for k in a:
         np.testing.assert_allclose(np.asarray(a[k], dtype=float), np.asarray(b[k], dtype=float),
-                                   rtol=rtol, atol=1e-6, err_msg=k)
+                                   **(tol or IDENTITY), err_msg=k)
 
 
 @pytest.mark.parametrize("preset_name,extra", [
@@ -22,6 +21,7 @@ def assert_same(a, b, rtol=RTOL):
     pytest.param("toy", {"optimizer": "adam", "batch_size": 16, "activation": "gelu"},
                  marks=pytest.mark.slow),  # minibatches stay tested by the `theory` case
 ])
+@identity
 def test_batch_equals_alone(preset_name, extra):
     cfgs = [
         small(preset_name, **extra, seed=0),
@@ -39,6 +39,7 @@ def test_batch_equals_alone(preset_name, extra):
 # sigmoid (f(0) != 0: padded neurons must be masked). The other output modes and activations
 # are padded on every axis in tests/test_padding.py.
 @pytest.mark.parametrize("activation,output", [("sigmoid", "frozen_half")])
+@identity
 def test_padded_width_equals_unpadded(activation, output):
     """Padding to a larger width changes nothing: masks, true fan-in and true-m scaling."""
     cfgs = [small("toy", width=w, activation=activation, output=output, seed=w) for w in (6, 11)]
@@ -56,10 +57,13 @@ def test_divergent_run_is_flagged_and_isolated():
     assert not batch["final"]["diverged"][0] and not batch["final"]["diverged"][2]
     assert batch["final"]["diverged_step"][1] >= 0
     alone = simulate(good)
-    assert_same({k: v[0] for k, v in batch["curves"].items()}, alone["curves"])
+    # float32 (an overflow at 1e30 is what it tests); the batch-equals-alone identity is tested in
+    # float64 above, so here the tolerance only has to see that the good run was left alone
+    assert_same({k: v[0] for k, v in batch["curves"].items()}, alone["curves"], rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("activation", ["relu", "linear"])
+@identity
 def test_relu_and_linear_share_the_leaky_program_exactly(activation):
     """ReLU and linear compile as LeakyReLU with a traced slope of 0 and 1; the results are
     those of the dedicated activation."""

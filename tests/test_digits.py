@@ -20,6 +20,7 @@ from contamination.config import ConfigError, from_dict
 from contamination.data import Sizes
 from contamination.presets import preset
 from contamination.simulate import simulate_batch
+from conftest import IDENTITY, identity
 
 pytest.importorskip("sklearn")
 
@@ -157,6 +158,7 @@ def test_distillation_on_digits_teacher_robust_relu_student_not():
     assert drop[relu].mean() > 3 * max(drop[relu0].mean(), 0.01)
 
 
+@identity
 def test_weights_pictured_are_those_of_the_tables_run():
     """A runs-table row gives back its config (`config_from_row` inverts `config_columns`), and the
     weights pictured are the run's: retrained, its final metrics equal `simulate`'s."""
@@ -174,7 +176,7 @@ def test_weights_pictured_are_those_of_the_tables_run():
     assert w.shape == (16, 144)
     ref = simulate(cfgs[1])["final"]
     for k in ("ood_acc", "id_loss", "bg_mean_proj"):
-        np.testing.assert_allclose(final[k], ref[k], rtol=1e-6, err_msg=k)
+        np.testing.assert_allclose(final[k], ref[k], **IDENTITY, err_msg=k)
     import pandas as pd
 
     fig = weights_figure(pd.DataFrame([{**config_columns(cfgs[1]), "diverged": False}]))
@@ -182,6 +184,7 @@ def test_weights_pictured_are_those_of_the_tables_run():
     assert f"ood_acc {float(ref['ood_acc']):.3f}" in " ".join(ax.get_ylabel() for ax in fig.axes)
 
 
+@identity
 def test_cnn_convolution_forms_agree():
     """The CNN's convolution as one product of gathered patches equals `lax.conv`'s."""
     import jax
@@ -193,7 +196,7 @@ def test_cnn_convolution_forms_agree():
     for border in (1, 2):
         x = jax.random.normal(jax.random.key(2), (7, (8 + 2 * border) ** 2))
         np.testing.assert_allclose(cnn.pre_activations(p, x, border, "lax"), cnn.pre_activations(p, x, border, "patches"),
-                                   rtol=1e-5, atol=1e-5)
+                                   **IDENTITY)
 
 
 CNN_GRID = """
@@ -213,10 +216,11 @@ width = [4, 6]
 """
 
 
+@identity
 def test_cnn_grid_on_two_host_devices_equals_each_run_alone(tmp_path):
     """The engine runs CNN programs one network after another on each device (`lax.map` under
     `shard_map`), widths 4 and 6 padded into one program: on two host devices a width-4 run equals
-    the same run alone (rtol 1e-5), and every run logs the CNN's metrics."""
+    the same run alone (float64, conftest.IDENTITY), and every run logs the CNN's metrics."""
     import os
     import subprocess
     import sys
@@ -227,7 +231,7 @@ def test_cnn_grid_on_two_host_devices_equals_each_run_alone(tmp_path):
 
     (tmp_path / "cnn.toml").write_text(CNN_GRID)
     res = subprocess.run([sys.executable, "-m", "sweeps", "run", str(tmp_path / "cnn.toml"), "--out",
-                          str(tmp_path / "out"), "--host-devices", "2"], capture_output=True, text=True,
+                          str(tmp_path / "out"), "--host-devices", "2", "--x64"], capture_output=True, text=True,
                          env={**os.environ, "JAX_PLATFORMS": "cpu"}, cwd=os.path.dirname(os.path.dirname(__file__)))
     assert res.returncode == 0, res.stderr[-3000:]
     runs = pd.read_parquet(tmp_path / "out" / "runs").sort_values("run_id").reset_index(drop=True)
@@ -242,4 +246,4 @@ def test_cnn_grid_on_two_host_devices_equals_each_run_alone(tmp_path):
     row = runs[runs["width"] == 4].iloc[0]
     alone = simulate(config_from_row(row))["final"]
     for name in CNN_METRICS:
-        np.testing.assert_allclose(row[name], alone[name], rtol=1e-5, atol=1e-6, err_msg=name)
+        np.testing.assert_allclose(row[name], alone[name], **IDENTITY, err_msg=name)

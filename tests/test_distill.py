@@ -21,7 +21,7 @@ from contamination.config import ConfigError
 from contamination.ids import run_id, config_id
 from contamination.presets import preset
 from contamination.simulate import simulate, simulate_batch
-from conftest import small
+from conftest import IDENTITY, identity, small
 
 SEEDS = range(4)
 SIZES = dict(width=256, core_dim=16, bg_dim=16, input_dim=128, n_train=512, n_test=512, steps=3000,
@@ -153,6 +153,7 @@ def test_standard_teacher_sees_the_background():
     assert (c["teacher_probe_ood_acc"] < c["teacher_probe_id_acc"]).all()
 
 
+@identity
 def test_padded_distill_equals_unpadded():
     """Padding is exact for the student and the trained teacher: masked neurons (sigmoid(0) != 0),
     true fan-in, per-row draws, every size padded (width, features, input dimension, samples). (The
@@ -164,7 +165,7 @@ def test_padded_distill_equals_unpadded():
     for i, cfg in list(enumerate(cfgs))[:1]:  # the smaller one, padded on every axis
         alone = simulate(cfg)
         for k, v in alone["curves"].items():
-            np.testing.assert_allclose(padded["curves"][k][i], v, rtol=1e-5, atol=1e-6, err_msg=k)
+            np.testing.assert_allclose(padded["curves"][k][i], v, **IDENTITY, err_msg=k)
         assert not alone["final"]["diverged"]
 
 
@@ -228,7 +229,8 @@ COLUMNS = ("student_rep_err_id", "student_rep_err_ood", "teacher_probe_id_acc", 
 
 @pytest.fixture(scope="module")
 def engine_out(tmp_path_factory):
-    """A tiny distill grid through the real engine."""
+    """A tiny distill grid through the real engine, in float64 (its rows are compared with runs alone)."""
+    from contamination.numerics import float64
     from sweeps.engine import run_grid
     from sweeps.grid import load
 
@@ -236,10 +238,12 @@ def engine_out(tmp_path_factory):
     path = tmp / "tiny_distill.toml"
     path.write_text(TINY_GRID)
     out = tmp / "out"
-    summary = run_grid(load(str(path)), out, progress=False)
+    with float64():
+        summary = run_grid(load(str(path)), out, progress=False)
     return out, summary
 
 
+@identity
 def test_engine_runs_a_distill_grid(engine_out):
     out, summary = engine_out
     assert summary.done == 16
@@ -258,7 +262,7 @@ def test_engine_runs_a_distill_grid(engine_out):
                  steps=30, log_every=10, width=8, teacher="core", seed=int(r["seed"]))
     alone = simulate(cfg)["final"]
     for c in COLUMNS:
-        np.testing.assert_allclose(r[c], alone[c], rtol=1e-5, atol=1e-6, err_msg=c)
+        np.testing.assert_allclose(r[c], alone[c], **IDENTITY, err_msg=c)
 
 
 def test_distill_figures_and_report(engine_out):

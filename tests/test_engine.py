@@ -22,7 +22,7 @@ from sweeps.grid import load
 from sweeps.results import recover
 from sweeps.storage import location
 
-from conftest import TINY_FIXED
+from conftest import IDENTITY, TINY_FIXED, identity
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -55,10 +55,11 @@ def metrics_by_run(df: pd.DataFrame) -> pd.DataFrame:
     return df.set_index("run_id")[cols].sort_index()
 
 
-def assert_same_metrics(a: pd.DataFrame, b: pd.DataFrame, rtol: float = 1e-5) -> None:
+def assert_same_metrics(a: pd.DataFrame, b: pd.DataFrame, **tol) -> None:
+    """Equal metrics run by run: at the identity tolerance (float64) unless `tol` says otherwise."""
     a, b = metrics_by_run(a), metrics_by_run(b)
     assert list(a.index) == list(b.index)
-    np.testing.assert_allclose(a.to_numpy(), b.to_numpy(), rtol=rtol, atol=1e-6)
+    np.testing.assert_allclose(a.to_numpy(), b.to_numpy(), **(tol or IDENTITY))
 
 
 # --- 1. expansion ------------------------------------------------------------------
@@ -113,9 +114,26 @@ def reference(tmp_path_factory):
     return out, summary
 
 
+@pytest.fixture(scope="module")
+def reference64(tmp_path_factory):
+    """The tiny grid in float64, default planning: what chunked, bucketed and sharded runs equal."""
+    from contamination.numerics import float64
+
+    tmp = tmp_path_factory.mktemp("ref64")
+    out = tmp / "out"
+    with float64():
+        summary = run_grid(load(str(write_grid(tmp))), out, progress=False)
+    return out, summary
+
+
+# x64: a subprocess computing in float64, as the `reference64` it is compared with
+X64 = {"JAX_ENABLE_X64": "1"}
+
+
 @pytest.mark.slow  # (by default: test_planner.py's one program against one per shape, test_batching.py)
-def test_chunking_and_bucketing_do_not_change_results(reference, tmp_path):
-    ref_out, ref_summary = reference
+@identity
+def test_chunking_and_bucketing_do_not_change_results(reference64, tmp_path):
+    ref_out, ref_summary = reference64
     grid = load(str(write_grid(tmp_path)))
     # no padding (one bucket per width) and chunks of one run
     s1 = run_grid(grid, tmp_path / "a", min_efficiency=1.0, chunk_size=1, progress=False)
@@ -130,7 +148,7 @@ def test_chunking_and_bucketing_do_not_change_results(reference, tmp_path):
     ca, cr = read(tmp_path / "a", "curves"), read(ref_out, "curves")
     key = ["run_id", "step"]
     ca, cr = ca.sort_values(key).reset_index(drop=True), cr.sort_values(key).reset_index(drop=True)
-    np.testing.assert_allclose(ca["bg_signed"], cr["bg_signed"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ca["bg_signed"], cr["bg_signed"], **IDENTITY)
 
 
 # --- 3. four devices ------------------------------------------------------------------
@@ -160,9 +178,9 @@ print(json.dumps({"chunk": b.chunk_size, "devices": len(leaf.sharding.device_set
 """
 
 
-def test_four_devices_equal_one_device(reference, tmp_path):
-    ref_out, _ = reference
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+def test_four_devices_equal_one_device(reference64, tmp_path):
+    ref_out, _ = reference64
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu", **X64}
     grid = write_grid(tmp_path)
     res = subprocess.run([sys.executable, "-c", FOUR_DEVICES, str(grid), str(tmp_path / "out4")],
                          capture_output=True, text=True, env=env, cwd=ROOT)
@@ -263,7 +281,8 @@ def _programs(summary) -> list[str]:
     return [b["program"] for b in summary.buckets]
 
 
-def test_warm_run_loads_its_programs_from_the_store(reference, tmp_path, monkeypatch):
+@identity
+def test_warm_run_loads_its_programs_from_the_store(reference64, tmp_path, monkeypatch):
     from sweeps import executables
 
     grid = load(str(write_grid(tmp_path, ONE_PROGRAM)))
@@ -279,7 +298,7 @@ def test_warm_run_loads_its_programs_from_the_store(reference, tmp_path, monkeyp
     cols = ["id_loss", "ood_loss", "bg_signed", "bg_norm", "act_asym", "train_loss"]
     a, b = read(tmp_path / "a").set_index("run_id").sort_index(), read(tmp_path / "b").set_index("run_id").sort_index()
     np.testing.assert_array_equal(a[cols].to_numpy(), b[cols].to_numpy())
-    assert_same_metrics(b.reset_index(), read(reference[0]).query("width == 16 and activation == 'relu'"))
+    assert_same_metrics(b.reset_index(), read(reference64[0]).query("width == 16 and activation == 'relu'"))
 
     # a damaged entry is a miss: recompiled, same results, entry replaced
     files[0].write_bytes(b"not a program")
@@ -371,12 +390,12 @@ def test_program_key_covers_what_the_program_depends_on(tmp_path):
 # --- 4. crash safety ------------------------------------------------------------------
 
 @pytest.mark.slow  # the default suite kills mid-sweep in test_refine.py (local) and test_object_store.py (gs)
-def test_sigkill_then_resume_completes_without_duplicates(reference, tmp_path):
-    ref_out, _ = reference
+def test_sigkill_then_resume_completes_without_duplicates(reference64, tmp_path):
+    ref_out, _ = reference64
     grid = write_grid(tmp_path)
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "sweeps", "run", str(grid), "--out", str(out), "--chunk-size", "1",
-           "--no-progress", "--min-efficiency", "1"]
+           "--no-progress", "--min-efficiency", "1", "--x64"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline:

@@ -12,6 +12,7 @@ from contamination.config import log_steps
 from contamination.presets import preset
 from contamination.simulate import simulate
 from sweeps.grid import load
+from conftest import IDENTITY, identity
 
 
 def mean(rng):
@@ -49,6 +50,7 @@ def test_theory_scaling_spans_d0_and_alpha():
             assert c.width / (c.lr * (c.core_dim + c.bg_dim)) == pytest.approx(32.0)
 
 
+@identity
 def test_geometric_log_schedule_logs_the_same_run_at_other_steps():
     """`log_schedule = "geometric"` only moves the measurements: where both schedules log a step,
     the values agree; the geometric one is dense at the start and ends at `steps`."""
@@ -64,9 +66,9 @@ def test_geometric_log_schedule_logs_the_same_run_at_other_steps():
     assert len(shared) >= 2
     for k in ("train_loss", "bg_mean_proj", "act_asym"):
         for i, j in shared:
-            np.testing.assert_allclose(geo["curves"][k][j], lin["curves"][k][i], rtol=1e-5, atol=1e-7, err_msg=k)
+            np.testing.assert_allclose(geo["curves"][k][j], lin["curves"][k][i], **IDENTITY, err_msg=k)
     for k in ("id_loss", "bg_mean_proj"):
-        np.testing.assert_allclose(geo["final"][k], lin["final"][k], rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(geo["final"][k], lin["final"][k], **IDENTITY)
 
 
 # --- the grids' science (make test-all) -------------------------------------------------------

@@ -22,7 +22,7 @@ from sweeps.engine import describe_plan, run_grid
 from sweeps.grid import load
 from sweeps.plan import Bucket, Planning, bucketize, networks_of
 
-from conftest import TINY_FIXED
+from conftest import IDENTITY, TINY_FIXED, identity
 
 ROOT = Path(__file__).resolve().parent.parent
 METRICS = ["train_loss", "id_loss", "id_acc", "ood_loss", "ood_acc", "id_margin", "ood_margin", "core_norm",
@@ -55,6 +55,7 @@ def final(out: Path) -> pd.DataFrame:
     return pd.read_parquet(out / "runs").set_index("run_id")[METRICS].sort_index()
 
 
+@identity
 def test_one_program_equals_one_program_per_shape(tmp_path):
     grid = load(str(write(tmp_path, SHAPES)))
     plan = describe_plan(grid, tmp_path / "x", memory_budget=None, min_efficiency=0.0)
@@ -65,7 +66,7 @@ def test_one_program_equals_one_program_per_shape(tmp_path):
     assert [b["padding_efficiency"] for b in exact.buckets] == [1.0] * 4 and one.buckets[0]["padding_efficiency"] < 0.5
     a, b = final(tmp_path / "one"), final(tmp_path / "exact")
     assert list(a.index) == list(b.index) and len(a) == 8
-    np.testing.assert_allclose(a.to_numpy(), b.to_numpy(), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(a.to_numpy(), b.to_numpy(), **IDENTITY)
 
 
 SHIFTS = """
@@ -88,6 +89,7 @@ def test_shipped_activation_vs_shift_trains_48_networks_for_288_runs():
 
 
 @pytest.mark.slow  # (by default: test_padding.py::test_evaluation_variants_equal_separate_runs)
+@identity
 def test_shift_runs_share_a_network_and_equal_runs_alone(tmp_path):
     grid = load(str(write(tmp_path, SHIFTS)))
     s = run_grid(grid, tmp_path / "out", progress=False)
@@ -103,16 +105,15 @@ def test_shift_runs_share_a_network_and_equal_runs_alone(tmp_path):
     for r in grid.runs():
         alone = simulate(r.config)["final"]
         np.testing.assert_allclose(by_id.loc[r.run_id, METRICS].to_numpy(float),
-                                   [float(alone[k]) for k in METRICS], rtol=1e-5, atol=1e-6)
+                                   [float(alone[k]) for k in METRICS], **IDENTITY)
     # and through the single-run command, as a user would
     r = grid.runs()[-1]
     args = [f"--set={k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in r.config.to_dict().items()]
-    res = subprocess.run([sys.executable, "-m", "contamination.run", "--preset", "toy", *args],
+    res = subprocess.run([sys.executable, "-m", "contamination.run", "--preset", "toy", "--x64", *args],
                          capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     cli = json.loads(res.stdout)["final"]
-    np.testing.assert_allclose(by_id.loc[r.run_id, METRICS].to_numpy(float), [cli[k] for k in METRICS],
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(by_id.loc[r.run_id, METRICS].to_numpy(float), [cli[k] for k in METRICS], **IDENTITY)
     # the results version is recorded in the manifest and every file's metadata
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["results_version"] == RESULTS_VERSION
