@@ -68,4 +68,6 @@ def x64():
         yield
 
 
-identity = pytest.mark.usefixtures("x64")
+def identity(test):
+    """Mark an identity test: run in float64 (`x64`), and selected by `make test-portable`."""
+    return pytest.mark.identity(pytest.mark.usefixtures("x64")(test))

@@ -37,15 +37,56 @@ def _case(i):
     return pytest.param(i, id=f"{case['preset']}-{i}", marks=() if plain else pytest.mark.slow)
 
 
+# Tolerances of the float32 reference curves, which move with the CPU's instruction set (an
+# identity of two programs is tested in float64 instead; conftest.IDENTITY):
+# - count-valued metrics at their resolution: accuracies within two test samples (2 / n_test),
+#   `contaminated_frac` within two neurons (2 / width), `act_asym` (a mean over neurons of gate
+#   frequencies) within 1 / n_test: one test sample's gate flipped in every neuron, or a few dozen
+#   single flips (the issue that set these measured 1.1e-4 on an Intel Xeon for `toy`, 1e-3 allowed);
+# - continuous metrics within ten times the largest difference from the committed curves measured
+#   over every case, logged step and instruction set (native AVX-512, AVX2, SSE4_2 on an AMD EPYC:
+#   `tests/data/isa-spread.json`, written by `tests/data/measure_isa_spread.py`), and never below 1e-6:
+#   ten, for CPUs not measured (the Xeon's act_asym difference was 1.6x our largest).
+SPREAD = json.loads((pathlib.Path(__file__).parent / "data" / "isa-spread.json").read_text())["metrics"]
+COUNT_ACCURACIES = ("id_acc", "ood_acc", "student_probe_id_acc", "student_probe_ood_acc", "teacher_probe_id_acc",
+                    "teacher_probe_ood_acc")
+
+
+def reference_atol(metric: str, cfg) -> float:
+    if metric in COUNT_ACCURACIES:
+        return 2.0 / cfg.n_test
+    if metric == "contaminated_frac":
+        return 2.0 / cfg.width
+    if metric == "act_asym":
+        return 1.0 / cfg.n_test
+    return max(10.0 * SPREAD[metric]["abs"], 1e-6)
+
+
+@pytest.mark.reference
 @pytest.mark.parametrize("i", [_case(i) for i in range(len(REFERENCE["cases"]))])
 def test_depth_one_and_two_classes_reproduce_the_code_before_them(i):
     """Every shipped preset (and, under `make test-all`, variants of its choices) gives the curves
-    the code of commit 5aca587 gave, every metric, rtol 1e-6."""
+    the code of commit 5aca587 gave, every metric, within the float32 tolerance above."""
     case = REFERENCE["cases"][i]
-    out = simulate(preset(case["preset"], **case["overrides"]))["curves"]
+    cfg = preset(case["preset"], **case["overrides"])
+    out = simulate(cfg)["curves"]
     for k, expected in case["curves"].items():
-        np.testing.assert_allclose(np.asarray(out[k], float), np.asarray(expected, float), rtol=1e-6, atol=0,
-                                   err_msg=k)
+        np.testing.assert_allclose(np.asarray(out[k], float), np.asarray(expected, float), rtol=0,
+                                   atol=reference_atol(k, cfg), err_msg=k)
+
+
+@pytest.mark.reference
+def test_reference_tolerances_fail_a_changed_run():
+    """The tolerances are tight enough to see a real change: the `toy` case with a 1% larger learning
+    rate, or one more step logged per block, misses them (a margin of ten over the rounding spread)."""
+    case = REFERENCE["cases"][0]
+    assert case["preset"] == "toy" and not set(case["overrides"]) - {"steps", "log_every"}
+    cfg = preset("toy", **case["overrides"])
+    changed = simulate(cfg.replace(lr=cfg.lr * 1.01))["curves"]
+    missed = [k for k, expected in case["curves"].items()
+              if not np.allclose(np.asarray(changed[k], float), np.asarray(expected, float), rtol=0,
+                                 atol=reference_atol(k, cfg))]
+    assert {"train_loss", "id_loss", "ood_loss", "core_norm"} <= set(missed), missed
 
 
 def test_widths_and_depth_describe_the_same_networks():

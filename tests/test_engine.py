@@ -178,9 +178,11 @@ print(json.dumps({"chunk": b.chunk_size, "devices": len(leaf.sharding.device_set
 """
 
 
+@identity
 def test_four_devices_equal_one_device(reference64, tmp_path):
     ref_out, _ = reference64
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu", **X64}
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4".strip()
+    env = {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu", **X64}
     grid = write_grid(tmp_path)
     res = subprocess.run([sys.executable, "-c", FOUR_DEVICES, str(grid), str(tmp_path / "out4")],
                          capture_output=True, text=True, env=env, cwd=ROOT)
