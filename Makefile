@@ -13,8 +13,10 @@ EXTRAS ?= test
 # UNLOCKED=1 installs the newest releases instead. The stamp records which of the two it was.
 comma  := ,
 XLIST  := $(subst $(comma), ,$(EXTRAS))
+ifndef UNLOCKED
 $(if $(filter-out test digits tpu gpu,$(XLIST)),$(error no lock covers EXTRAS=$(EXTRAS): use test, digits, tpu or gpu, or UNLOCKED=1))
 $(if $(and $(filter tpu,$(XLIST)),$(filter gpu,$(XLIST))),$(error EXTRAS=$(EXTRAS): tpu and gpu are separate locks))
+endif
 LOCK   := requirements/$(if $(filter tpu,$(XLIST)),tpu,$(if $(filter gpu,$(XLIST)),gpu,test)).lock
 WANT   := $(if $(UNLOCKED),unlocked $(EXTRAS),$(LOCK))
 # `make install` with other EXTRAS or UNLOCKED than the stamp's reinstalls (`make clean install`: exactly).
