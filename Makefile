@@ -6,15 +6,53 @@ STAMP  := $(VENV)/.installed-stamp
 GRID   ?= quickstart
 EXTRAS ?= test
 
-.PHONY: install test test-all run sweep plan refine analyze demo bench clean
+.PHONY: install lock test test-all run sweep plan refine analyze demo bench clean FORCE
 
-$(STAMP): pyproject.toml
+# Installs come from hash-pinned lock files (requirements/, written by `make lock`); EXTRAS picks
+# the lock: tpu -> tpu.lock, gpu -> gpu.lock, anything else (test, digits) -> test.lock.
+# UNLOCKED=1 installs the newest releases instead. The stamp records which of the two it was.
+comma  := ,
+XLIST  := $(subst $(comma), ,$(EXTRAS))
+ifndef UNLOCKED
+$(if $(filter-out test digits tpu gpu,$(XLIST)),$(error no lock covers EXTRAS=$(EXTRAS): use test, digits, tpu or gpu, or UNLOCKED=1))
+$(if $(and $(filter tpu,$(XLIST)),$(filter gpu,$(XLIST))),$(error EXTRAS=$(EXTRAS): tpu and gpu are separate locks))
+endif
+LOCK   := requirements/$(if $(filter tpu,$(XLIST)),tpu,$(if $(filter gpu,$(XLIST)),gpu,test)).lock
+WANT   := $(if $(UNLOCKED),unlocked $(EXTRAS),$(LOCK))
+# `make install` with other EXTRAS or UNLOCKED than the stamp's reinstalls (`make clean install`: exactly).
+ifneq ($(filter install,$(MAKECMDGOALS)),)
+ifneq ($(shell cat $(STAMP) 2>/dev/null),$(WANT))
+$(STAMP): FORCE
+endif
+endif
+
+$(STAMP): pyproject.toml $(if $(UNLOCKED),,$(LOCK) requirements/pip.lock requirements/build.lock)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+ifdef UNLOCKED
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
-	touch $(STAMP)
+else
+	$(PY) -m pip install -q --require-hashes -r requirements/pip.lock
+	$(PY) -m pip install -q --require-hashes -r $(LOCK)
+	$(PY) -m pip install -q --no-deps --build-constraint requirements/build.lock -e .
+endif
+	echo '$(WANT)' > $(STAMP)
 
 install: $(STAMP)
+
+## Re-resolve every lock to the newest releases (uv, in a throwaway venv; users need only pip).
+UV_VERSION ?= 0.13.9
+LOCK_ARGS  ?= --upgrade
+UVC = $$t/bin/uv pip compile -q --universal --python-version 3.11 --fork-strategy fewest \
+      --generate-hashes --custom-compile-command 'make lock' $(LOCK_ARGS)
+lock:
+	t=$$(mktemp -d) && trap 'rm -rf '$$t EXIT && $(PYTHON) -m venv $$t && \
+	$$t/bin/python -m pip install -q uv==$(UV_VERSION) && \
+	$(UVC) requirements/pip.in -o requirements/pip.lock && \
+	$(UVC) requirements/build.in -o requirements/build.lock && \
+	$(UVC) pyproject.toml --extra test -o requirements/test.lock && \
+	$(UVC) pyproject.toml --extra test --extra tpu -c requirements/test.lock -o requirements/tpu.lock && \
+	$(UVC) pyproject.toml --extra test --extra gpu -c requirements/test.lock -o requirements/gpu.lock
 
 ## Fast test suite (what CI runs): two workers (pytest-xdist), each test file in one worker.
 test: $(STAMP)
