@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 GRID   ?= quickstart
 EXTRAS ?= test
 
-.PHONY: install lock test test-all run sweep plan refine analyze demo bench clean FORCE
+.PHONY: install lock test test-all test-portable run sweep plan refine analyze demo bench clean FORCE
 
 # Installs come from hash-pinned lock files (requirements/, written by `make lock`); EXTRAS picks
 # the lock: tpu -> tpu.lock, gpu -> gpu.lock, anything else (test, digits) -> test.lock.
@@ -57,6 +57,12 @@ lock:
 ## Fast test suite (what CI runs): two workers (pytest-xdist), each test file in one worker.
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadfile
+
+## The identity (float64) and reference (float32 at measured tolerances) tests on two other
+## instruction sets of this CPU, which change XLA's rounding: a second machine, simulated.
+PORTABLE_ISAS ?= AVX2 SSE4_2
+test-portable: $(STAMP)
+	for isa in $(PORTABLE_ISAS); do echo "== XLA_FLAGS=--xla_cpu_max_isa=$$isa"; 	  XLA_FLAGS="$$XLA_FLAGS --xla_cpu_max_isa=$$isa" $(PY) -m pytest -q -n 2 --dist loadfile 	    -m '(identity or reference) and not slow' || exit 1; done
 
 ## Everything, slow tests included.
 test-all: $(STAMP)
