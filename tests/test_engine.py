@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -545,3 +546,36 @@ def test_chunks_fit_the_budget_with_two_in_flight(tmp_path):
         assert sum(len(c) for c in b.chunks()) == len(b.networks)
         choose_chunk(b, 10 * per_run, n_devices=1)
         assert b.chunk_size == 6 and b.n_chunks == 1  # one chunk: the whole budget
+
+
+def test_precision_and_float_width_are_recorded_and_never_mixed(tmp_path, capsys):
+    """A `tf32` run on a CPU is accepted and recorded (and computes what `highest` does there);
+    into a directory of another precision or float width it is refused in one line, exit status
+    2, nothing written."""
+    one = TINY.replace("width = [8, 12, 16]", "width = [8]").replace('activation = ["relu", "sigmoid"]',
+                                                                   'activation = ["relu"]')
+    highest, tf32 = write_grid(tmp_path, one, "highest"), write_grid(tmp_path, one.replace("[fixed]", '[fixed]\nprecision = "tf32"'), "tf32")
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert sweeps_main(["run", str(highest), "--out", str(a), "--no-progress"]) == 0
+    assert sweeps_main(["run", str(tf32), "--out", str(b), "--no-progress"]) == 0
+    ra, rb = read(a), read(b)
+    assert set(ra["precision"]) == {"highest"} and set(rb["precision"]) == {"tf32"}
+    assert set(ra["dtype"]) == set(rb["dtype"]) == {"float32"}
+    assert json.loads((b / "manifest.json").read_text())["precisions"] == ["tf32"]
+    cols = ["seed", "background", "id_loss", "ood_loss", "bg_signed"]
+    np.testing.assert_array_equal(ra[cols].sort_values(["seed", "background"]).to_numpy(),
+                                  rb[cols].sort_values(["seed", "background"]).to_numpy())
+    capsys.readouterr()
+    before = {p: p.stat().st_mtime_ns for p in a.rglob("*")}
+    from contamination.numerics import float64
+
+    for argv, needle in ((["run", str(tf32), "--out", str(a)], "precision highest"),
+                         (["run", str(highest), "--out", str(a), "--x64"], "holds float32 results")):
+        with float64() if "--x64" in argv else contextlib.nullcontext():  # --x64 is process-wide: restored
+            assert sweeps_main(argv + ["--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert needle in err and err.count("\n") == 1, err
+    assert {p: p.stat().st_mtime_ns for p in a.rglob("*")} == before
+    mixed = write_grid(tmp_path, one.replace("[axes]", '[axes]\nprecision = ["highest", "tf32"]'), "mixed")
+    assert sweeps_main(["run", str(mixed), "--out", str(tmp_path / "c"), "--no-progress"]) == 2
+    assert "mixes matmul precisions" in capsys.readouterr().err and not (tmp_path / "c").exists()
