@@ -100,6 +100,13 @@ class Config:
     # float32, what a CPU computes), `tf32` (JAX's default on NVIDIA GPUs) or `bf16`. A results
     # directory holds one precision (sweeps/results.py).
     precision: str = "highest"
+    # The critical shift (metrics.shift_metrics): the smallest translation s of the test set's
+    # background, from its training range towards the OOD range, at which test accuracy falls
+    # below id_acc - critical_level * (id_acc - 1/K); searched on a geometric ladder of
+    # SHIFT_POINTS shifts from shift_min to shift_max, then refined by bisection. Evaluation only.
+    critical_level: float = 0.5
+    shift_min: float = 0.125
+    shift_max: float = 64.0
 
     def replace(self, **changes: Any) -> "Config":
         return from_dict({**self.to_dict(), **changes})
@@ -244,6 +251,11 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"teacher_lr: must be > 0, got {cfg.teacher_lr}")
     if cfg.probe_ridge <= 0:
         raise ConfigError(f"probe_ridge: must be > 0 (relative ridge of the linear probes), got {cfg.probe_ridge}")
+    if not 0 < cfg.critical_level < 1:
+        raise ConfigError(f"critical_level: must be in (0, 1) (the share of the way from ID accuracy to chance), "
+                          f"got {cfg.critical_level}")
+    if not 0 < cfg.shift_min < cfg.shift_max:
+        raise ConfigError(f"shift_min, shift_max: need 0 < shift_min < shift_max, got {cfg.shift_min} and {cfg.shift_max}")
     if cfg.seed < 0 or cfg.seed >= 2**63:
         raise ConfigError(f"seed: must be in [0, 2^63), got {cfg.seed}")
     return cfg
@@ -347,4 +359,4 @@ def log_steps(steps: int, log_every: int, schedule: str = "linear") -> list[int]
 
 # Fields that only change what a trained network is measured on, never its training: runs that
 # differ only in them train one network and are evaluated once each (`n_evals` variants).
-EVAL_ONLY_FIELDS = ("bg_ood", "probe_ridge")
+EVAL_ONLY_FIELDS = ("bg_ood", "probe_ridge", "critical_level", "shift_min", "shift_max")

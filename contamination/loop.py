@@ -23,13 +23,16 @@ from .spec import Static
 
 class Training(NamedTuple):
     """One run of an experiment, ready to train: `step` for `lax.scan`, its initial `carry`
-    (`init_carry`), `measure(params) -> {metric: (n_evals,)}`, and `void`: a flag that voids the
-    run (marked diverged at step 0; e.g. a distillation teacher that diverged)."""
+    (`init_carry`), `measure(params) -> {metric: (n_evals,)}`, `void`: a flag that voids the
+    run (marked diverged at step 0; e.g. a distillation teacher that diverged), and `final`:
+    measurements of the trained network only, `final(params) -> ({metric: (n_evals,)},
+    {curve: (n_evals, points)})` (the critical shift and its curve, `shift.py`), or None."""
 
     step: Callable
     carry: Any
     measure: Callable
     void: Any = False
+    final: Callable | None = None
 
 
 def _sgd(learning_rate, weight_decay, momentum):
@@ -105,7 +108,8 @@ def train_and_log(step: Callable, carry, measure: Callable, steps: int, log_ever
                   schedule: str = "linear") -> dict:
     """Train `steps` steps, measuring at the steps of `config.log_steps` (step 0 first, the last step last).
 
-    Returns the run's output: {"curves": {metric: (n_logs, ...)}, "final": {metric, "diverged", "diverged_step"}}.
+    Returns the run's output: {"curves": {metric: (n_logs, ...)}, "final": {metric, "diverged", "diverged_step"},
+    "params": the final parameters}.
     """
     first = measure(carry[0])
     if schedule == "geometric":
@@ -133,12 +137,16 @@ def train_and_log(step: Callable, carry, measure: Callable, steps: int, log_ever
     final = {k: v[-1] for k, v in curves.items()}
     final["diverged"] = carry[3]
     final["diverged_step"] = carry[4]
-    return {"curves": curves, "final": final}
+    return {"curves": curves, "final": final, "params": carry[0]}
 
 
 def run_training(s: Static, training: Training) -> dict:
     """Train and log one run at `s`'s steps and schedule; a voided run is flagged at step 0."""
     out = train_and_log(training.step, training.carry, training.measure, s.steps, s.log_every, s.log_schedule)
+    params = out.pop("params")
+    if training.final is not None:
+        once, out["shifts"] = training.final(params)
+        out["final"].update(once)
     if training.void is not False:
         final = out["final"]
         final["diverged_step"] = jnp.where(training.void, 0, final["diverged_step"])

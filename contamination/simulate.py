@@ -22,8 +22,11 @@ def _to_numpy(tree):
 
 def _one_variant(out: dict) -> dict:
     """Drop the trailing evaluation-variant axis of a run that has one variant."""
-    return {"curves": {k: v[..., 0] for k, v in out["curves"].items()},
-            "final": {k: (v if k.startswith("diverged") else v[..., 0]) for k, v in out["final"].items()}}
+    one = {"curves": {k: v[..., 0] for k, v in out["curves"].items()},
+           "final": {k: (v if k.startswith("diverged") else v[..., 0]) for k, v in out["final"].items()}}
+    if "shifts" in out:  # (..., n_evals, points)
+        one["shifts"] = {k: v[..., 0, :] for k, v in out["shifts"].items()}
+    return one
 
 
 def simulate(cfg: Config) -> dict:

@@ -59,7 +59,7 @@ class Static(NamedTuple):
 DERIVED_FIELDS = ("n_evals", "hidden")  # not config fields: from the runs and from `widths`/`depth`
 STATIC_FIELDS = tuple(f for f in Static._fields if f not in DERIVED_FIELDS)
 TRACED_FIELDS = ("lr", "weight_decay", "momentum", "leaky_slope", "init_scale", "bg_train", "bg_ood", "seed",
-                 "teacher_bias", "teacher_lr", "probe_ridge")
+                 "teacher_bias", "teacher_lr", "probe_ridge", "critical_level", "shift_min", "shift_max")
 assert set(STATIC_FIELDS) | set(TRACED_FIELDS) | {"depth", "widths"} == set(FIELDS)
 
 # Shape fields a program may pad (exactly: masks, true sizes traced; model.py, data.py). A run's
@@ -164,6 +164,8 @@ def traced_values(cfgs: Config | list[Config], n_evals: int | None = None,
         "teacher_bias": f32(cfg.teacher_bias),
         "teacher_lr": f32(cfg.teacher_lr),
         "probe_ridge": np.array([c.probe_ridge for c in evals], dtype=f32),
+        "critical_level": np.array([c.critical_level for c in evals], dtype=f32),
+        "shift_range": np.array([[c.shift_min, c.shift_max] for c in evals], dtype=f32),
         **deep_sizes(cfg, depth or cfg.depth),
     }
 

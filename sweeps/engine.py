@@ -181,8 +181,8 @@ def _run_grid(grid: Grid, out: storage.Location, stop: StopFlag, *, memory_budge
                      "chunk_s": chunk_s, "run_s": chunk_s / n_runs, "device_kind": dev["device_kind"],
                      "dtype": provenance["dtype"],
                      "process_index": process[0]}
-            runs_df, curves_df = results.build_tables(grid, chunk, host, extra, provenance["metrics"])
-            results.write_chunk(out, name, runs_df, curves_df, provenance)
+            runs_df, curves_df, shifts_df = results.build_tables(grid, chunk, host, extra, provenance["metrics"])
+            results.write_chunk(out, name, runs_df, curves_df, provenance, shifts_df)
             written[0] += n_runs
             if bar:
                 bar.update(n_runs)

@@ -23,13 +23,16 @@ import pyarrow.parquet as pq
 
 from contamination.config import log_steps
 from contamination.ids import RESULTS_VERSION
+from contamination.shift import SHIFT_CURVES, SHIFT_METRICS as FINAL_ONLY
 
 from .grid import Grid
 from .storage import UNREADABLE, Location
 
 RANGE_COLUMNS = {"bg_train": ("bg_train_low", "bg_train_high"), "bg_ood": ("bg_ood_low", "bg_ood_high")}
 PROVENANCE_KEY = b"contamination"
-TABLES = ("runs", "curves")
+TABLES = ("runs", "curves", "shifts")
+# Tables written before a chunk's runs file (its commit marker), in this order
+BEFORE_RUNS = ("curves", "shifts")
 
 
 class ResultsError(ValueError):
@@ -126,10 +129,11 @@ def recover(out: Location, process_index: int = 0, process_count: int = 1) -> No
         out.delete(name)
     committed = set(out.files("runs", suffix=".parquet"))
     mine = chunk_prefix(process_index, process_count)
-    for name in out.files("curves", suffix=".parquet", prefix=mine):
-        if name not in committed:
-            warn(f"{out}: removing curves/{name}, whose runs file never landed (a run stopped between the two)")
-            out.delete("curves", name)
+    for table in BEFORE_RUNS:
+        for name in out.files(table, suffix=".parquet", prefix=mine):
+            if name not in committed:
+                warn(f"{out}: removing {table}/{name}, whose runs file never landed (a run stopped between the two)")
+                out.delete(table, name)
 
 
 def done_run_ids(out: Location) -> set[str]:
@@ -140,7 +144,8 @@ def done_run_ids(out: Location) -> set[str]:
         if got is None:
             warn(f"{out}: removing runs/{name} and its curves: not a readable Parquet file; its runs will train again")
             out.delete("runs", name)
-            out.delete("curves", name)
+            for table in BEFORE_RUNS:
+                out.delete(table, name)
             continue
         ids.update(got)
     return ids
@@ -205,12 +210,14 @@ def build_tables(grid: Grid, networks: list, out: dict, extra: dict,
     grid's metric columns: those this program does not measure (another experiment's, a deeper
     layer's) are NaN, so every file of a grid has the same columns.
     """
-    missing = [m for m in (metrics or []) if m not in out["curves"]]
-    if missing:
-        n_chunk, n_logs, n_evals = next(iter(out["curves"].values())).shape
-        nan = np.full((n_chunk, n_logs, n_evals), np.nan)
-        out = {"curves": {**out["curves"], **{m: nan for m in missing}},
-               "final": {**out["final"], **{m: nan[:, -1] for m in missing}}}
+    n_chunk, n_logs, n_evals = next(iter(out["curves"].values())).shape
+    nan = np.full((n_chunk, n_logs, n_evals), np.nan)
+    once = [m for m in FINAL_ONLY if m in (metrics or out["final"])]  # measured on the final network only
+    missing = [m for m in (metrics or []) if m not in out["curves"] and m not in once]
+    out = {"curves": {**out["curves"], **{m: nan for m in missing}},
+           "final": {**out["final"], **{m: nan[:, -1] for m in missing + once if m not in out["final"]}},
+           "shifts": out.get("shifts")}
+    if metrics:
         order = [m for m in metrics if m in out["curves"]] + [m for m in out["curves"] if m not in metrics]
         out["curves"] = {m: out["curves"][m] for m in order}
     rows, curve_index = [], []
@@ -218,7 +225,7 @@ def build_tables(grid: Grid, networks: list, out: dict, extra: dict,
         for e, r in enumerate(net.runs):
             row = {"run_id": r.run_id, "config_id": r.config_id, "network_id": net.id, "grid": grid.name,
                    "scale": grid.scale, **config_columns(r.config), **r.labels, "round": r.round}
-            for k in out["curves"]:
+            for k in [*out["curves"], *once]:
                 row[k] = float(out["final"][k][i, e])
             row["diverged"] = bool(out["final"]["diverged"][i])
             row["diverged_step"] = int(out["final"]["diverged_step"][i])
@@ -235,7 +242,19 @@ def build_tables(grid: Grid, networks: list, out: dict, extra: dict,
     for k, v in out["curves"].items():
         # (chunk, n_logs, n_evals) -> one row per (run, step)
         curves[k] = np.asarray(v, dtype=np.float64)[net_i, :, var_e].reshape(-1)
-    return runs_df, pd.DataFrame(curves)
+    return runs_df, pd.DataFrame(curves), shift_rows(grid, runs_df, out["shifts"], net_i, var_e)
+
+
+def shift_rows(grid: Grid, runs_df: pd.DataFrame, shifts: dict | None, net_i, var_e) -> pd.DataFrame | None:
+    """The `shifts` table of a chunk: one row per run and ladder point (None where the program
+    measures no shift curve, e.g. another experiment's)."""
+    if not shifts:
+        return None
+    points = np.asarray(shifts["shift"]).shape[-1]
+    cols = {c: np.repeat(runs_df[c].to_numpy(), points) for c in ["run_id", "config_id", "seed", *axis_columns(grid)]}
+    for k in SHIFT_CURVES:  # (chunk, n_evals, points) -> one row per (run, point)
+        cols[k] = np.asarray(shifts[k], dtype=np.float64)[net_i, var_e, :].reshape(-1)
+    return pd.DataFrame(cols)
 
 
 def to_arrow(df: pd.DataFrame, provenance: dict) -> pa.Table:
@@ -245,9 +264,12 @@ def to_arrow(df: pd.DataFrame, provenance: dict) -> pa.Table:
     return table.replace_schema_metadata(meta)
 
 
-def write_chunk(out: Location, name: str, runs_df: pd.DataFrame, curves_df: pd.DataFrame, provenance: dict) -> None:
-    """Curves first, then the runs file: the runs file is the chunk's commit marker."""
+def write_chunk(out: Location, name: str, runs_df: pd.DataFrame, curves_df: pd.DataFrame, provenance: dict,
+                shifts_df: pd.DataFrame | None = None) -> None:
+    """Curves and shifts first, then the runs file: the runs file is the chunk's commit marker."""
     out.write_bytes(table_bytes(to_arrow(curves_df, provenance)), "curves", name)
+    if shifts_df is not None:
+        out.write_bytes(table_bytes(to_arrow(shifts_df, provenance)), "shifts", name)
     out.write_bytes(table_bytes(to_arrow(runs_df, provenance)), "runs", name)
 
 

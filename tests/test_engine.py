@@ -513,7 +513,7 @@ def documented_schema(table: str) -> dict[str, str]:
     return {m.group(1): m.group(2) for m in re.finditer(r"^\| `([^`]+)` \| (\w+) \|", section, flags=re.M)}
 
 
-@pytest.mark.parametrize("table", ["runs", "curves"])
+@pytest.mark.parametrize("table", ["runs", "curves", "shifts"])
 def test_parquet_schema_matches_readme(reference, table):
     ref_out, _ = reference
     doc = documented_schema(table)
@@ -521,14 +521,14 @@ def test_parquet_schema_matches_readme(reference, table):
     files = sorted((ref_out / table).glob("*.parquet"))
     schema = pq.read_schema(files[0])
     # the grid's label and axis columns are documented generically
-    generic = {"background"} | ({"bg_train_low", "bg_train_high", "width", "activation"} if table == "curves" else set())
+    generic = {"background"} | ({"bg_train_low", "bg_train_high", "width", "activation"} if table != "runs" else set())
     actual = {f.name: str(f.type) for f in schema if f.name not in generic}
     assert set(actual) == set(doc), (set(actual) ^ set(doc))
     for col, dtype in doc.items():
         assert actual[col] in ARROW[dtype], (col, actual[col], dtype)
     assert b"contamination" in schema.metadata
     df = pd.read_parquet(ref_out / table)
-    for col in ("width", "seed") if table == "runs" else ("width", "step"):
+    for col in {"runs": ("width", "seed"), "curves": ("width", "step"), "shifts": ("width", "seed")}[table]:
         assert pd.api.types.is_integer_dtype(df[col])
     assert pd.api.types.is_float_dtype(df["ood_acc"])
 

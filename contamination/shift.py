@@ -1,0 +1,124 @@
+"""How far the background must move before a trained network fails, and whether removing what it
+learned along the background mean undoes the failure: measured once, on the final parameters.
+
+- **The shift curve and `critical_shift`.** The test set's background is translated by s, from
+  its training range towards the OOD range: U[a + s e, b + s e] for a training range [a, b], with
+  e = +1 when the OOD mean lies above the training mean and -1 otherwise (so s = 1 from U[0, 1]
+  is the sign flip U[-1, 0]). On a geometric ladder of `SHIFT_POINTS` shifts from `shift_min` to
+  `shift_max`, test accuracy and loss are measured (the shift curve); `critical_shift` is the
+  smallest s at which accuracy falls below id_acc - critical_level * (id_acc - 1/K): the first
+  ladder point below that level, refined by `BISECTIONS` log-space bisections against the point
+  before it (a factor-2 ladder ends within 0.3%). A run whose accuracy never falls within the
+  ladder is censored: `critical_shift` = `shift_max`, `critical_shift_censored` = 1; one that is
+  already below the level at `shift_min` reports `shift_min`.
+- **The mean-direction ablation.** Each first-layer neuron's weight loses its component along the
+  unit background-mean direction u, and that component's mean contribution on the training data is
+  folded into the neuron's bias: W' = W - p u^T, b' = b + p E_train<x, u>, p = W u. Without biases
+  (`bias = false`) there is nothing to fold into: W' alone. Then ID and OOD accuracy and loss and
+  the critical shift of the ablated network, and `failure_explained`, the share of the OOD
+  accuracy loss the ablation recovers: (ood_acc_ablated - ood_acc) / (id_acc - ood_acc), NaN
+  where the network loses less than two test samples' worth OOD.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from .data import Data, Sizes, ood_split
+from .metrics import masked_mean, output_metrics, range_mean
+from .model import Deep, Params, forward
+
+SHIFT_POINTS = 10  # the ladder: geometric from shift_min to shift_max (factor 2 at the defaults)
+BISECTIONS = 8
+
+SHIFT_METRICS = ("critical_shift", "critical_shift_censored", "id_acc_ablated", "id_loss_ablated",
+                 "ood_acc_ablated", "ood_loss_ablated", "critical_shift_ablated", "failure_explained")
+# The shift curve (one value per ladder point): the `shifts` table's columns
+SHIFT_CURVES = ("shift", "ood_acc", "ood_loss", "ood_acc_ablated", "ood_loss_ablated")
+
+
+class Net(NamedTuple):
+    """What the shift measurements need to evaluate a network: `forward`'s static arguments."""
+
+    activation: str
+    slope: jax.Array
+    mask: jax.Array
+    deep: Deep
+    loss: str
+
+
+def ladder(shift_range: jax.Array) -> jax.Array:
+    """SHIFT_POINTS shifts, geometric from shift_range[0] to shift_range[1]."""
+    lo, hi = shift_range[0], shift_range[1]
+    return lo * (hi / lo) ** (jnp.arange(SHIFT_POINTS) / (SHIFT_POINTS - 1))
+
+
+def direction(bg_train: jax.Array, bg_ood: jax.Array) -> jax.Array:
+    """+1 where the OOD background mean lies above the training mean, else -1."""
+    return jnp.where(range_mean(bg_ood) > range_mean(bg_train), 1.0, -1.0)
+
+
+def ablate(params: Params, u: jax.Array, train_mean_u: jax.Array, bias: bool) -> Params:
+    """The network without its first layer's component along `u` (mean contribution folded into b)."""
+    p = params.w @ u
+    b = params.b + p * train_mean_u if bias else params.b
+    return params._replace(w=params.w - p[:, None] * u[None, :], b=b)
+
+
+def critical(at, shifts: jax.Array, level: jax.Array):
+    """The smallest shift at which `at(s)[1]` (accuracy) falls below `level`: (shift, censored)."""
+    accs = jax.vmap(lambda s: at(s)[1])(shifts)
+    below = accs < level
+    i = jnp.argmax(below)
+    hi, lo = shifts[i], shifts[jnp.maximum(i - 1, 0)]
+
+    def bisect(_, bracket):
+        a, b = bracket
+        mid = jnp.sqrt(a * b)
+        fails = at(mid)[1] < level
+        return jnp.where(fails, a, mid), jnp.where(fails, mid, b)
+
+    _, b = jax.lax.fori_loop(0, BISECTIONS, bisect, (lo, hi))
+    censored = ~jnp.any(below)
+    return jnp.where(censored, shifts[-1], b), censored
+
+
+def shift_metrics(params: Params, data: Data, *, core_dim: int, sizes: Sizes, bg_train: jax.Array,
+                  bg_ood: jax.Array, critical_level: jax.Array, shift_range: jax.Array, u: jax.Array,
+                  net: Net, n_classes: int, bias: bool) -> tuple[dict, dict]:
+    """SHIFT_METRICS, each (n_evals,), and SHIFT_CURVES, each (n_evals, SHIFT_POINTS), for one
+    network, per evaluation variant (its OOD range, level and ladder)."""
+    ablated = ablate(params, u, masked_mean(data.train.x @ u, data.train.mask), bias)
+
+    def evaluate(p, split):
+        f, _ = forward(p, split.x, net.activation, net.slope, net.mask, deep=net.deep)
+        loss, acc, _ = output_metrics(f, split, net.loss)
+        return loss, acc
+
+    def variant(rng, level, shift_range):
+        e, shifts = direction(bg_train, rng), ladder(shift_range)
+        out, curves = {}, {"shift": shifts}
+        for name, p in (("", params), ("_ablated", ablated)):
+            id_loss, id_acc = evaluate(p, data.test)
+
+            def at(s, p=p):
+                return evaluate(p, ood_split(data, core_dim, sizes, bg_train + s * e))
+
+            crit, censored = critical(at, shifts, id_acc - level * (id_acc - 1.0 / n_classes))
+            ood_loss, ood_acc = evaluate(p, ood_split(data, core_dim, sizes, rng))
+            curve_loss, curve_acc = jax.vmap(at)(shifts)
+            out.update({f"critical_shift{name}": crit, f"id_acc{name}": id_acc, f"id_loss{name}": id_loss,
+                        f"ood_acc{name}": ood_acc, f"ood_loss{name}": ood_loss})
+            if not name:
+                out["critical_shift_censored"] = censored.astype(id_acc.dtype)
+            curves.update({f"ood_acc{name}": curve_acc, f"ood_loss{name}": curve_loss})
+        lost = out["id_acc"] - out["ood_acc"]
+        enough = lost >= 2.0 / sizes.n_test
+        out["failure_explained"] = jnp.where(enough, (out["ood_acc_ablated"] - out["ood_acc"]) /
+                                             jnp.where(enough, lost, 1.0), jnp.nan)
+        return {k: out[k] for k in SHIFT_METRICS}, curves
+
+    return jax.vmap(variant)(bg_ood, critical_level, shift_range)
