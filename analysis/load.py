@@ -1,4 +1,4 @@
-"""Read a results directory (`runs/`, `curves/`, `manifest.json`) into typed DataFrames.
+"""Read a results directory (`runs/`, `curves/`, `shifts/`, `manifest.json`) into typed DataFrames.
 
 The directory may be local or a prefix in an object store (`gs://...`, `s3://...`; see
 `sweeps/storage.py`). Only committed chunks are read: a runs file whose Parquet footer reads,
@@ -44,6 +44,8 @@ class Results:
     runs: pd.DataFrame
     curves: pd.DataFrame
     manifest: dict
+    # a row per run and point of its shift ladder (empty where no run measured one)
+    shifts: pd.DataFrame = dataclasses.field(default_factory=pd.DataFrame)
 
     @property
     def path(self) -> Path | str:
@@ -103,10 +105,13 @@ def load(name_or_dir: str | Path | Location) -> Results:
     curves_names = [n for n in loc.files("curves", suffix=".parquet") if n in committed]
     curves = _read(loc, "curves", curves_names).drop(columns="_file") if curves_names else \
         pd.DataFrame({"run_id": [], "step": []})
-    runs, curves = _typed(runs, manifest), _typed(curves, manifest)
-    if "diverged" in runs and "run_id" in curves:
-        curves["diverged"] = curves["run_id"].map(runs.set_index("run_id")["diverged"]).fillna(False).astype(bool)
-    return Results(loc, with_derived(runs), with_derived(curves), manifest)
+    shift_names = [n for n in loc.files("shifts", suffix=".parquet") if n in committed]
+    shifts = _read(loc, "shifts", shift_names).drop(columns="_file") if shift_names else pd.DataFrame()
+    runs, curves, shifts = _typed(runs, manifest), _typed(curves, manifest), _typed(shifts, manifest)
+    for table in (curves, shifts):
+        if "diverged" in runs and "run_id" in table:
+            table["diverged"] = table["run_id"].map(runs.set_index("run_id")["diverged"]).fillna(False).astype(bool)
+    return Results(loc, with_derived(runs), with_derived(curves), manifest, shifts)
 
 
 def read_manifest(loc: Location) -> dict:

@@ -8,12 +8,12 @@ import math
 import numpy as np
 import pandas as pd
 from matplotlib import colormaps
-from matplotlib.colors import Normalize
+from matplotlib.colors import LogNorm, Normalize
 from matplotlib.patches import Rectangle
 
 from .aggregate import aggregate, long_stats
 from .select import values_of
-from .style import (ACCURACY, SIGNED, axis_label, fmt, fmt_value, is_geometric, label, new_figure, short, text_colour,
+from .style import (ACCURACY, LOGARITHMIC, SIGNED, axis_label, fmt, fmt_value, is_geometric, label, new_figure, short, text_colour,
                     plain_log_ticks, tick_labels, wide_positive, wrap)
 
 DEFAULT_PANELS = (("id_acc", "ood_acc"), ("id_loss", "ood_loss"), ("bg_mean_proj",), ("act_asym",))
@@ -21,6 +21,10 @@ DEFAULT_PANELS = (("id_acc", "ood_acc"), ("id_loss", "ood_loss"), ("bg_mean_proj
 # accuracy, phase diagrams of every other metric hatch the cell (its value still shown).
 ID_FIT = 0.97
 UNDER_FIT_NOTE = f"hatched: mean ID accuracy < {ID_FIT:g} (under-fitting, not contamination)"
+# Metrics whose value is a lower bound for some runs (the ladder's top): metric -> its 0/1 flag column
+CENSORED = {"critical_shift": "critical_shift_censored"}
+CENSORED_NOTE = ("> x: every run of the cell held its accuracy up to the ladder's top x; ≥ x: some did, so the "
+                 "mean is a lower bound")
 
 
 def phase_table(runs: pd.DataFrame, x: str, y: str, metric: str, facet: str | None = None) -> pd.DataFrame:
@@ -32,17 +36,23 @@ def phase_table(runs: pd.DataFrame, x: str, y: str, metric: str, facet: str | No
     """
     by = [a for a in (facet, y, x) if a]
     fit = "id_acc" in runs and metric != "id_acc"
-    agg = aggregate(runs, by, [metric, "id_acc"] if fit else [metric])
+    censor = CENSORED.get(metric)
+    extra = (["id_acc"] if fit else []) + ([censor] if censor in runs else [])
+    agg = aggregate(runs, by, [metric, *extra])
     out = long_stats(agg, metric)
     if "id_acc" in runs:
         out["id_acc_mean"] = agg["id_acc_mean"].to_numpy(dtype=float)
         out["under_fit"] = out["id_acc_mean"] < ID_FIT  # NaN (all diverged) compares False
+    if censor in runs:  # the share of the cell's runs whose value is only a lower bound
+        out["censored"] = agg[f"{censor}_mean"].to_numpy(dtype=float)
     return out
 
 
 def _norm(metric: str, values: np.ndarray) -> tuple[Normalize, str]:
     finite = values[np.isfinite(values)]
     lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    if metric in LOGARITHMIC and lo > 0:
+        return LogNorm(lo, max(hi, lo * 1.01)), "viridis"
     if metric in ACCURACY:
         return Normalize(min(lo, 0.5), max(hi, 1.0)), "viridis"
     if metric in SIGNED and lo < 0 < hi:
@@ -131,7 +141,8 @@ def phase_figure(table: pd.DataFrame, x: str, y: str, metric: str, facet: str | 
             ax.set_title(f"{facet} = {fmt_value(f)}")
     cbar = fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.9, aspect=25)
     cbar.set_label(wrap(short(metric), 22))
-    cbar.formatter.set_useOffset(False)
+    if hasattr(cbar.formatter, "set_useOffset"):
+        cbar.formatter.set_useOffset(False)
     lines = [title or f"{label(metric)} over {x} × {y}" + (f", by {facet}" if facet else ""),
              _subtitle(table, list(averaged), where)]
     n_div = int(table["n_diverged"].sum())
@@ -139,6 +150,8 @@ def phase_figure(table: pd.DataFrame, x: str, y: str, metric: str, facet: str | 
         lines.append(f"† {diverged_note(n_div)} (grey: every run of the cell diverged)")
     if n_hatched:
         lines.append(UNDER_FIT_NOTE)
+    if "censored" in table and (table["censored"].fillna(0) > 0).any():
+        lines.append(CENSORED_NOTE)
     fig.suptitle("\n".join(lines))
     return fig
 
@@ -149,8 +162,11 @@ def _cell_text(r) -> str:
     if r["n"] == 0:
         return f"all {int(r['n_runs'])}\ndiverged †"
     dag = f" †{int(r['n_diverged'])}" if r["n_diverged"] else ""
+    censored = float(r.get("censored", 0.0) or 0.0)
+    if censored >= 1.0:
+        return f"> {fmt(r['mean'])}{dag}"
     ci = f"\n±{fmt(r['ci95'])}" if np.isfinite(r["ci95"]) else ""
-    return f"{fmt(r['mean'])}{dag}{ci}"
+    return f"{'≥ ' if censored > 0 else ''}{fmt(r['mean'])}{dag}{ci}"
 
 
 def line_figure(runs: pd.DataFrame, x: str, panels=DEFAULT_PANELS, *, averaged: list[str] = (),

@@ -53,10 +53,71 @@ def _rest(axes: list[str], *used) -> list[str]:
     return [a for a in axes if a not in used]
 
 
+def headline_runs(results: Results, table: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+    """`table`'s rows at the grid's headline values (`headline = {axis = value}` in the grid file)."""
+    where = {a: v for a, v in results.manifest.get("headline", {}).items() if a in table}
+    for a, v in where.items():
+        table = table[table[a].astype(str) == str(v)]
+    return table, where
+
+
+def shift_panels(results: Results, axes: list[str]) -> list[Panel]:
+    """What the report leads with where runs measured the critical shift: the OOD-accuracy phase
+    diagram at the headline shift, the critical-shift diagram, accuracy against the background
+    shift (ReLU and controls side by side) and the mean-direction ablation's recovery."""
+    runs, where = headline_runs(results, results.runs)
+    if "critical_shift" not in runs or not runs["critical_shift"].notna().any():
+        return []
+    free = [a for a in axes if a not in where]
+    at = (" at " + ", ".join(f"{a} = {fmt_value(v)}" for a, v in where.items())) if where else ""
+    out: list[Panel] = []
+    if len(free) >= 2:
+        x, y = free[0], free[1]
+        facet = free[2] if len(free) >= 3 else None
+        averaged = _rest(free, x, y, facet)
+        for m, what in (("ood_acc", "OOD accuracy"), ("critical_shift", "the background shift at which accuracy "
+                                                                           "falls midway to chance")):
+            out.append(Panel(phase_stem(m, x, y, facet) + ("_headline" if where else ""), "OOD accuracy and the "
+                             "critical shift", f"{what} over {x} × {y}" + (f", by {facet}" if facet else "") + at
+                             + (f"; pooled over {', '.join(averaged)}" if averaged else ""),
+                             phase_figure(phase_table(runs, x, y, m, facet), x, y, m, facet, averaged=averaged,
+                                          where=where or None)))
+    elif free:
+        out.append(Panel("critical_shift_vs_" + free[0], "OOD accuracy and the critical shift",
+                         f"OOD accuracy and the critical shift against {free[0]}{at}",
+                         line_figure(runs, free[0], (("id_acc", "ood_acc", "ood_acc_ablated"), ("critical_shift",)))))
+    shifts = results.shifts
+    if len(shifts) and "shift" in shifts:
+        shifts, _ = headline_runs(results, shifts)
+        hue = "activation" if "activation" in free else (free[0] if free else None)
+        others = _rest(free, hue)
+        row = next((a for a in others if shifts[a].nunique() <= MAX_ROWS), None) if others else None
+        out.append(Panel("ood_acc_vs_shift", "OOD accuracy and the critical shift",
+                         "test accuracy (left) and loss (right) as the background moves from its training range "
+                         "towards the OOD range by s (s = 1: the sign flip of U[0, 1]); solid: the network, dashed: "
+                         "its first layer's component along the background mean removed" + at,
+                         curves_figure(shifts, (("ood_acc", "ood_acc_ablated"), ("ood_loss", "ood_loss_ablated")),
+                                       hue=hue, row=row, x="shift", xlabel="background shift s", logx=True,
+                                       band="ci95", averaged=_rest(others, row),
+                                       title="Accuracy and loss against the background shift")))
+    by = [a for a in free if a in runs]
+    cols = ("id_acc", "ood_acc", "id_acc_ablated", "ood_acc_ablated", "failure_explained", "critical_shift",
+            "critical_shift_ablated")
+    table = headline_table(runs, by, [c for c in cols if c in runs])
+    out.append(Panel("ablation_recovery", "OOD accuracy and the critical shift",
+                     "OOD accuracy of each network and of the same network with its first layer's component along "
+                     "the background mean removed (the mean's contribution folded into the biases)" + at,
+                     line_figure(runs, free[0], (("ood_acc", "ood_acc_ablated"), ("failure_explained",)),
+                                 averaged=_rest(free, free[0])) if free else None,
+                     "The mean-direction ablation per config (mean ± 95% CI over seeds): `failure_explained` is the "
+                     "share of the OOD accuracy loss it recovers (NaN: nothing lost).\n\n" + _md_table(table)))
+    return [p for p in out if p.figure is not None]
+
+
 def build_figures(results: Results) -> list[Panel]:
     """Phase diagrams (or metric lines for a single axis) and training curves suited to the grid's axes."""
     runs, curves, axes = results.runs, results.curves, varying_axes(results)
-    out: list[Panel] = []
+    out: list[Panel] = shift_panels(results, axes)
     refined = "round" in runs and bool((runs["round"].fillna(0) > 0).any())
     if refined:  # phase diagrams on the grid's own lattice; the boundary figure shows every point
         out += boundary_panels(results)
@@ -66,6 +127,8 @@ def build_figures(results: Results) -> list[Panel]:
         facet = axes[2] if len(axes) >= 3 else None
         averaged = _rest(axes, x, y, facet)
         for m in [m for m in PHASE_METRICS if m in runs]:
+            if phase_stem(m, x, y, facet) in {p.stem for p in out}:  # drawn first (shift_panels)
+                continue
             table = phase_table(runs, x, y, m, facet)
             out.append(Panel(phase_stem(m, x, y, facet), "Phase diagrams",
                              f"{label(m)} over {x} × {y}" + (f", by {facet}" if facet else "")

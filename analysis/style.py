@@ -23,12 +23,17 @@ LABELS = {
     "bg_mean_proj": "projection on the background mean", "bg_shift_rms": "RMS pre-activation shift OOD",
     "contaminated_frac": "contaminated neurons (share)", "bg_grad_balance": "class gradient imbalance",
     "ood_minus_id_loss": "OOD loss − ID loss", "margin_kept": "OOD margin / ID margin",
+    "critical_shift": "critical background shift", "critical_shift_ablated": "critical shift, mean direction ablated",
+    "ood_acc_ablated": "OOD accuracy, mean direction ablated", "id_acc_ablated": "ID accuracy, mean direction ablated",
+    "ood_loss_ablated": "OOD loss, mean direction ablated", "failure_explained": "OOD failure the ablation undoes",
     **{f"rep_shift_{l}": f"layer {l}: OOD shift / class separation" for l in range(1, 33)},
     "step": "step",
 }
 # Metrics whose sign matters: a diverging colour map centred on zero when the data cross it.
 SIGNED = {"bg_signed", "bg_mean_proj", "ood_minus_id_loss", "id_margin", "ood_margin"}
-ACCURACY = {"id_acc", "ood_acc"}
+ACCURACY = {"id_acc", "ood_acc", "id_acc_ablated", "ood_acc_ablated"}
+# Metrics drawn on a logarithmic colour scale (they span orders of magnitude).
+LOGARITHMIC = {"critical_shift", "critical_shift_ablated"}
 
 matplotlib.rcParams.update({"figure.dpi": 110, "savefig.dpi": 150, "axes.grid": False, "font.size": 10,
                      "axes.titlesize": 10, "figure.titlesize": 12, "svg.fonttype": "none",

@@ -20,7 +20,7 @@ from contamination.ids import config_id, run_id
 from contamination.presets import PRESETS, preset
 
 GRID_DIR = Path(__file__).parent / "grids"
-TOP_KEYS = ("description", "preset", "seeds", "fixed", "axes", "scales")
+TOP_KEYS = ("description", "preset", "seeds", "fixed", "axes", "headline", "scales")
 SCALE_KEYS = ("description", "seeds", "fixed", "axes")
 RESERVED_COLUMNS = {"run_id", "config_id", "step", "grid", "scale", "bucket", "chunk", "round"}
 
@@ -55,6 +55,9 @@ class Grid:
     axes: dict[str, list]  # axis name -> values (scalars, or tables of fields)
     # Runs added by `sweeps refine` (rounds >= 1) on top of the axes' product: ordinary runs of the grid.
     extra: tuple = ()
+    # The value of some axes the report leads with (axis name -> label or value), e.g. the OOD
+    # shift at which the OOD-accuracy phase diagram is drawn first.
+    headline: dict = dataclasses.field(default_factory=dict)
 
     @property
     def sha256(self) -> str:
@@ -224,10 +227,26 @@ def load(name_or_path: str, scale: str | None = None) -> Grid:
     for name in axes:
         if name in fixed:
             raise _err(path, f"fixed.{name}", "is also an axis; set it in one place")
+    headline = _headline(path, doc.get("headline", {}), axes)
     grid = Grid(name=p.stem, path=path, text=text, scale=scale or "default", description=str(description),
-                preset=preset_name, seeds=seeds, fixed=dict(fixed), axes=dict(axes))
+                preset=preset_name, seeds=seeds, fixed=dict(fixed), axes=dict(axes), headline=headline)
     grid.runs()  # validates every config before any work starts (and caches them)
     return grid
+
+
+def _headline(path: str, headline: Any, axes: dict) -> dict:
+    """`headline = {AXIS = VALUE, ...}`: each a grid axis and one of its values (a label for a
+    table-valued axis)."""
+    if not isinstance(headline, dict):
+        raise _err(path, "headline", f"expected a table of axis = value, got {headline!r}")
+    for name, value in headline.items():
+        if name not in axes:
+            raise _unknown(path, "headline.", name, list(axes))
+        values = [label_of(v) if isinstance(v, dict) else v for v in axes[name]]
+        if value not in values:
+            raise _err(path, f"headline.{name}", f"{value!r} is not a value of the axis; allowed: "
+                       f"{', '.join(map(str, values))}")
+    return dict(headline)
 
 
 def _combos(grid: Grid):

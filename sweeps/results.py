@@ -289,7 +289,7 @@ def write_manifest(out: Location, name: str, grid: Grid, provenance: dict, invoc
         "grid": grid.name, "scale": grid.scale, "path": grid.path, "description": grid.description,
         "grid_sha256": grid.sha256, "grid_text": grid.text, "preset": grid.preset, "seeds": list(grid.seeds),
         "fixed": grid.fixed, "axes": grid.axis_values, "axis_columns": axis_columns(grid),
-        "label_axes": grid.label_axes, **provenance,
+        "label_axes": grid.label_axes, "headline": grid.headline, **provenance,
         "invocations": history + [invocation],
     }
     out.write_text(json.dumps(manifest, indent=2, default=str), name)
