@@ -157,6 +157,7 @@ def test_report_writes_every_figure(tiny_report):
     for m in ("ood_acc", "ood_minus_id_loss", "bg_mean_proj"):
         assert f"phase_{m}_width_background_by_activation" in stems
     assert {"curves_loss_norm", "curves_background_by_activation", "collapse_eta_t_over_m"} <= stems
+    assert {"phase_critical_shift_width_background_by_activation", "ood_acc_vs_shift", "ablation_recovery"} <= stems
     for f in figs:
         assert f.stat().st_size > 0, f
     pngs = [f for f in figs if f.suffix == ".png"]
@@ -634,3 +635,30 @@ def test_distill_signature_figures_show_failure_and_background_signature():
     # the linear students (ratio 2 everywhere) are not pooled in: the failing cell reads log10(100) = 2
     firsts = sorted(float(t.get_text().split("\n")[0]) for ax in figs[ERR_RATIO].axes for t in ax.texts)
     np.testing.assert_allclose(firsts, [np.log10(2)] * 3 + [2.0], rtol=1e-3)
+
+
+def test_report_leads_with_ood_accuracy_and_the_critical_shift(tiny, tiny_report):
+    """The first figures of a report are the OOD-accuracy and critical-shift phase diagrams; the
+    shift figure draws one accuracy point per ladder shift, and its numbers are the shifts table's."""
+    text = tiny_report.read_text()
+    first = [line for line in text.splitlines() if line.startswith("![")][:3]
+    assert "phase_ood_acc" in first[0] and "phase_critical_shift" in first[1] and "ood_acc_vs_shift" in first[2], first
+    shifts = tiny.shifts
+    assert len(shifts) == 10 * len(tiny.runs) and set(shifts["run_id"]) == set(tiny.runs["run_id"])
+    panel = next(p for p in build_figures(tiny) if p.stem == "ood_acc_vs_shift")
+    ax = panel.figure.axes[0]
+    line = ax.get_lines()[0]
+    assert ax.get_xscale() == "log" and len(line.get_xdata()) == 10
+
+
+def test_censored_critical_shift_cells_are_marked():
+    from analysis.phase import phase_figure, phase_table
+
+    runs = pd.DataFrame({"a": ["x", "x", "y", "y", "z", "z"], "b": ["p"] * 6,
+                         "critical_shift": [64.0, 64.0, 2.0, 2.5, 64.0, 3.0],
+                         "critical_shift_censored": [1.0, 1.0, 0.0, 0.0, 1.0, 0.0],
+                         "diverged": [False] * 6, "id_acc": [1.0] * 6})
+    table = phase_table(runs, "a", "b", "critical_shift")
+    fig = phase_figure(table, "a", "b", "critical_shift")
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert texts[0] == "> 64.0" and texts[1].startswith("2.25") and texts[2].startswith("≥ 33.5"), texts
