@@ -10,7 +10,7 @@ from .loop import Training, init_carry, make_optimizer, make_step
 from .metrics import METRICS, bg_direction, evaluate, init_spread, layer_metrics, masked_mean
 from .model import forward, loss_values, to_dm
 from .setup import make_get_batch, prepare
-from .shift import SHIFT_METRICS, Net, shift_metrics
+from .shift import SHIFT_METRICS, Net, mlp_shift_metrics
 from .spec import Static
 
 
@@ -44,10 +44,10 @@ def mlp_training(s: Static, traced: dict):
         return evaluate_md(to_dm(p_dm))
 
     def final(p_dm):
-        return shift_metrics(to_dm(p_dm), data, core_dim=s.core_dim, sizes=setup.sizes, bg_train=traced["bg_train"],
-                             bg_ood=traced["bg_ood"], critical_level=traced["critical_level"],
-                             shift_range=traced["shift_range"], u=u,
-                             net=Net(s.activation, slope, mask, setup.deep, s.loss), n_classes=s.n_classes, bias=s.bias)
+        return mlp_shift_metrics(to_dm(p_dm), data, u=u, net=Net(s.activation, slope, mask, setup.deep, s.loss),
+                                 bias=s.bias, core_dim=s.core_dim, sizes=setup.sizes, bg_train=traced["bg_train"],
+                                 bg_ood=traced["bg_ood"], critical_level=traced["critical_level"],
+                                 shift_range=traced["shift_range"], n_classes=s.n_classes)
 
     get_batch = make_get_batch(s, setup, traced["bg_train"])
     full_batch = not s.online and not s.batch_size
@@ -64,7 +64,7 @@ def mlp_training(s: Static, traced: dict):
 
 
 def spec_metrics(s: Static) -> tuple[str, ...]:
-    return () if s.model == "cnn" else layer_metrics(s) + SHIFT_METRICS
+    return SHIFT_METRICS if s.model == "cnn" else layer_metrics(s) + SHIFT_METRICS
 
 
 def metrics_of(s: Static) -> tuple[str, ...]:

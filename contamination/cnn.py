@@ -37,6 +37,7 @@ import numpy as np
 
 from .data import first, ood_split, per_row
 from .loop import Training, init_carry, make_optimizer, make_step
+from .shift import shift_metrics
 from .metrics import CONTAMINATED_SPREADS, gradient_share, masked_mean, mean_sign, output_metrics, range_mean
 from .model import activate, loss_values
 from .setup import make_get_batch, prepare
@@ -188,6 +189,12 @@ def cnn_training(s: Static, traced: dict) -> Training:
     def objective(p, batch):
         return masked_mean(loss_values(f(p, batch.x, train_patches), batch.y, s.loss), batch.mask)
 
+    def final(p: ConvParams):
+        # the critical shift and its curve; the mean-direction ablation is the MLP's only (NaN here)
+        return shift_metrics(p, None, lambda q, split: split_metrics(q, split)[:2], data, core_dim=s.core_dim,
+                             sizes=sizes, bg_train=bg_train, bg_ood=bg_ood, critical_level=traced["critical_level"],
+                             shift_range=traced["shift_range"], n_classes=s.n_classes)
+
     tx = make_optimizer(s.optimizer, traced["lr"], traced["weight_decay"], traced["momentum"])
     step = make_step(objective, tx, trainable(s, mask), make_get_batch(s, setup, bg_train))
-    return Training(step, init_carry(params, tx), measure)
+    return Training(step, init_carry(params, tx), measure, final=final)

@@ -86,22 +86,18 @@ def critical(at, shifts: jax.Array, level: jax.Array):
     return jnp.where(censored, shifts[-1], b), censored
 
 
-def shift_metrics(params: Params, data: Data, *, core_dim: int, sizes: Sizes, bg_train: jax.Array,
-                  bg_ood: jax.Array, critical_level: jax.Array, shift_range: jax.Array, u: jax.Array,
-                  net: Net, n_classes: int, bias: bool) -> tuple[dict, dict]:
+def shift_metrics(params, ablated, evaluate, data: Data, *, core_dim: int, sizes: Sizes, bg_train: jax.Array,
+                  bg_ood: jax.Array, critical_level: jax.Array, shift_range: jax.Array,
+                  n_classes: int) -> tuple[dict, dict]:
     """SHIFT_METRICS, each (n_evals,), and SHIFT_CURVES, each (n_evals, SHIFT_POINTS), for one
-    network, per evaluation variant (its OOD range, level and ladder)."""
-    ablated = ablate(params, u, masked_mean(data.train.x @ u, data.train.mask), bias)
-
-    def evaluate(p, split):
-        f, _ = forward(p, split.x, net.activation, net.slope, net.mask, deep=net.deep)
-        loss, acc, _ = output_metrics(f, split, net.loss)
-        return loss, acc
+    network `params` and its ablation `ablated` (None: not defined for this model, NaN), per
+    evaluation variant (its OOD range, level and ladder). `evaluate(params, split) -> (loss, acc)`."""
+    nets = (("", params),) + ((("_ablated", ablated),) if ablated is not None else ())
 
     def variant(rng, level, shift_range):
         e, shifts = direction(bg_train, rng), ladder(shift_range)
         out, curves = {}, {"shift": shifts}
-        for name, p in (("", params), ("_ablated", ablated)):
+        for name, p in nets:
             id_loss, id_acc = evaluate(p, data.test)
 
             def at(s, p=p):
@@ -115,6 +111,11 @@ def shift_metrics(params: Params, data: Data, *, core_dim: int, sizes: Sizes, bg
             if not name:
                 out["critical_shift_censored"] = censored.astype(id_acc.dtype)
             curves.update({f"ood_acc{name}": curve_acc, f"ood_loss{name}": curve_loss})
+        nan = jnp.full_like(out["id_acc"], jnp.nan)
+        for k in SHIFT_METRICS:
+            out.setdefault(k, nan)
+        for k in SHIFT_CURVES:
+            curves.setdefault(k, jnp.full_like(shifts, jnp.nan))
         lost = out["id_acc"] - out["ood_acc"]
         enough = lost >= 2.0 / sizes.n_test
         out["failure_explained"] = jnp.where(enough, (out["ood_acc_ablated"] - out["ood_acc"]) /
@@ -122,3 +123,15 @@ def shift_metrics(params: Params, data: Data, *, core_dim: int, sizes: Sizes, bg
         return {k: out[k] for k in SHIFT_METRICS}, curves
 
     return jax.vmap(variant)(bg_ood, critical_level, shift_range)
+
+
+def mlp_shift_metrics(params: Params, data: Data, *, u: jax.Array, net: Net, bias: bool, **kw) -> tuple[dict, dict]:
+    """`shift_metrics` of an MLP, with its mean-direction ablation (module docstring)."""
+    ablated = ablate(params, u, masked_mean(data.train.x @ u, data.train.mask), bias)
+
+    def evaluate(p, split):
+        f, _ = forward(p, split.x, net.activation, net.slope, net.mask, deep=net.deep)
+        loss, acc, _ = output_metrics(f, split, net.loss)
+        return loss, acc
+
+    return shift_metrics(params, ablated, evaluate, data, **kw)
