@@ -11,10 +11,13 @@ from matplotlib.lines import Line2D
 from .aggregate import aggregate
 from .phase import diverged_note
 from .select import values_of
-from .style import fmt_value, new_figure, plain_log_ticks, short, wrap
+from .style import fmt, fmt_value, new_figure, plain_log_ticks, short, wrap
 
 PAPER_PANELS = (("id_loss", "ood_loss"), ("core_norm", "bg_norm"))
-BG_PANELS = (("bg_mean_proj",), ("bg_grad_balance",))
+BG_PANELS = (("bg_mean_proj",), ("bg_grad_net", "bg_grad_total"), ("bg_grad_balance",))
+# The ratio bg_grad_balance is drawn only where its denominator, bg_grad_total, is at least this
+# share of the largest total in the figure: a ratio of two near-zero terms is noise, not imbalance.
+RATIO_FLOOR = 0.05
 STYLES = ("-", "--", ":", "-.")
 RESCALED = "eta_t_over_m"
 BAND_WORDS = {"std": "± 1 std over seeds", "ci95": "95% CI of the mean"}
@@ -107,7 +110,10 @@ def curves_figure(curves: pd.DataFrame, panels=PAPER_PANELS, *, hue: str | None 
     panels = [p for p in panels if p]
     metrics = [m for p in panels for m in p]
     by = [a for a in (row, hue) if a]
-    table = curve_table(curves, by, metrics, x)
+    ratio_floor = "bg_grad_balance" in metrics and "bg_grad_total" in curves
+    table = curve_table(curves, by, metrics + (["bg_grad_total"] if ratio_floor and "bg_grad_total" not in metrics
+                                               else []), x)
+    floor = RATIO_FLOOR * np.nanmax(table["bg_grad_total_mean"].to_numpy(dtype=float)) if ratio_floor else None
     rows = values_of(table, row) if row else [None]
     hues = values_of(table, hue) if hue else [None]
     numeric_hue = hue is not None and pd.api.types.is_numeric_dtype(table[hue])
@@ -126,6 +132,12 @@ def curves_figure(curves: pd.DataFrame, panels=PAPER_PANELS, *, hue: str | None 
                 for k, m in enumerate(group):
                     mean = h[f"{m}_mean"].to_numpy(dtype=float)
                     spread = h[f"{m}_{band}"].fillna(0).to_numpy(dtype=float)
+                    if m == "bg_grad_balance" and floor is not None:  # a ratio of near-zero terms: not drawn
+                        mean = np.where(h["bg_grad_total_mean"].to_numpy(dtype=float) >= floor, mean, np.nan)
+                        if not np.isfinite(mean).any() and not ax.texts:
+                            ax.text(0.5, 0.5, "not drawn: the total class gradient\nis under the floor (nothing "
+                                    "to cancel)", transform=ax.transAxes, ha="center", va="center", color="0.4",
+                                    fontsize=8)
                     ax.plot(xs[keep], mean[keep], STYLES[k % len(STYLES)], color=c, lw=1.6)
                     ax.fill_between(xs[keep], (mean - spread)[keep], (mean + spread)[keep], color=c, lw=0,
                                     alpha=0.18 if len(hues) <= 4 else 0.1)
@@ -144,6 +156,10 @@ def curves_figure(curves: pd.DataFrame, panels=PAPER_PANELS, *, hue: str | None 
             if len(group) > 1:
                 ax.legend([Line2D([], [], color="0.3", ls=STYLES[k % len(STYLES)]) for k in range(len(group))],
                           [short(m) for m in group], frameon=False, fontsize=8)
+    for j in range(len(panels)):  # one scale per metric: every row of a column shares its y-limits
+        lows, highs = zip(*(axes[i, j].get_ylim() for i in range(len(rows))))
+        for i in range(len(rows)):
+            axes[i, j].set_ylim(min(lows), max(highs))
     if hue:
         fig.legend([Line2D([], [], color=c, lw=2) for c in colours], [fmt_value(v) for v in hues], title=hue,
                    loc="outside right center", frameon=False)
@@ -152,6 +168,9 @@ def curves_figure(curves: pd.DataFrame, panels=PAPER_PANELS, *, hue: str | None 
     sub_line = f"lines: mean of {n_seeds} runs (seeds" + (f", pooled over {', '.join(averaged)}" if averaged else "") \
         + f"); bands: {what}"
     lines = [title or "Training curves", sub_line]
+    if floor is not None:
+        lines.append(f"class gradient imbalance drawn where the total class gradient is at least {RATIO_FLOOR:.0%} of "
+                     f"its largest value here ({fmt(floor)}): below it there is nothing to cancel")
     n_div = _n_diverged_runs(curves)
     if n_div:
         lines.append(diverged_note(n_div, "curves"))

@@ -152,12 +152,15 @@ def build_figures(results: Results) -> list[Panel]:
                              "configs (lowest seed): the unit average and the units with the largest border "
                              "weight", weights))
     if len(curves) and "step" in curves:
+        # a geometric schedule puts most logged points early: a log-step axis shows them
+        logged = np.unique(curves.loc[curves["step"] > 0, "step"].to_numpy(dtype=float))
+        log_steps = len(logged) >= 3 and float(np.median(logged)) < 0.1 * float(logged.max())
         hue = axes[0] if axes else None
         row = axes[1] if len(axes) >= 2 and curves[axes[1]].nunique() <= MAX_ROWS else None
         averaged = _rest(axes, hue, row)
         out.append(Panel("curves_loss_norm", "Training curves",
                          "ID and OOD loss (left) and core and background projection norms (right) against steps",
-                         curves_figure(curves, PAPER_PANELS, hue=hue, row=row, averaged=averaged,
+                         curves_figure(curves, PAPER_PANELS, hue=hue, row=row, averaged=averaged, logx=log_steps,
                                        title="Losses and feature norms against steps")))
         bg = [m for p in BG_PANELS for m in p if m in curves]
         if "activation" in axes and bg:
@@ -167,9 +170,9 @@ def build_figures(results: Results) -> list[Panel]:
                              " (left) and ".join(short(m) for m in bg) + (" (right)" if len(bg) > 1 else "")
                              + " by activation",
                              curves_figure(curves, BG_PANELS, hue="activation", row=row,
-                                           averaged=_rest(others, row),
-                                           title=" and ".join(short(m) for m in bg).capitalize()
-                                           + " by activation")))
+                                           averaged=_rest(others, row), logx=log_steps,
+                                           title="The drift along the background mean and the class gradients "
+                                           "behind it, by activation")))
         collapse = [m for m in COLLAPSE_METRICS if m in curves]
         if {"lr", "width"} & set(axes) and {"lr", "width"} <= set(runs) and collapse:
             c = attach(curves, runs, ["lr", "width"])

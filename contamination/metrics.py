@@ -18,7 +18,7 @@ from .model import Deep, Params, activate, deeper_layers, loss_values, margins, 
 METRICS = (
     "train_loss", "id_loss", "id_acc", "ood_loss", "ood_acc", "id_margin", "ood_margin",
     "core_norm", "bg_norm", "bg_signed", "act_asym", "bg_mean_proj", "bg_shift_rms", "contaminated_frac",
-    "bg_grad_balance",
+    "bg_grad_balance", "bg_grad_net", "bg_grad_total",
 )
 # Per hidden layer l = 1..L, the OOD shift of its representation relative to its class
 # separation (`layer_metrics`): NaN for layers a run does not have (a shallower run in a deeper program).
@@ -158,8 +158,8 @@ def mean_direction_metrics(w: jax.Array, u: jax.Array, spread0: jax.Array, mask:
 
 
 def gradient_balance(f: jax.Array, pre: jax.Array, split: Split, a: jax.Array, u: jax.Array, activation: str,
-                     slope: jax.Array, loss: str, mask: jax.Array) -> jax.Array:
-    """The paper's Figure 2, measured: sum_k |g+_k + g-_k| / sum_k (|g+_k| + |g-_k|), where g+-_k
+                     slope: jax.Array, loss: str, mask: jax.Array) -> dict[str, jax.Array]:
+    """The paper's Figure 2, measured (`balance_metrics`): sum_k |g+_k + g-_k| / sum_k (|g+_k| + |g-_k|), where g+-_k
     is neuron k's loss gradient (on its first-layer weight) summed over the split's y = +-1
     samples and projected on the unit background direction `u`. Near 0 the two classes cancel
     (a linear network); well above 0 they do not (gated ReLU). NaN where the loss has no
@@ -171,11 +171,20 @@ def gradient_balance(f: jax.Array, pre: jax.Array, split: Split, a: jax.Array, u
     g_pos, g_neg = pos @ per_sample, neg @ per_sample
     num = jnp.sum(jnp.abs(g_pos + g_neg) * mask)
     den = jnp.sum((jnp.abs(g_pos) + jnp.abs(g_neg)) * mask)
-    return jnp.where(den > 0, num / jnp.where(den > 0, den, 1.0), jnp.nan)
+    return balance_metrics(num, den, split)
+
+
+def balance_metrics(num: jax.Array, den: jax.Array, split: Split) -> dict[str, jax.Array]:
+    """The class gradient balance as its ratio and, per training sample (the gradient of the mean
+    loss), its two terms: `bg_grad_net` = sum_k |sum_c g_ck| (what does not cancel) and
+    `bg_grad_total` = sum_k sum_c |g_ck| (what there is to cancel)."""
+    n = jnp.sum(split.mask)
+    return {"bg_grad_balance": jnp.where(den > 0, num / jnp.where(den > 0, den, 1.0), jnp.nan),
+            "bg_grad_net": num / n, "bg_grad_total": den / n}
 
 
 def gradient_balance_general(params: Params, pre: jax.Array, split: Split, u: jax.Array, activation: str,
-                             slope: jax.Array, loss: str, mask: jax.Array, deep: Deep, n_classes: int) -> jax.Array:
+                             slope: jax.Array, loss: str, mask: jax.Array, deep: Deep, n_classes: int) -> dict:
     """`gradient_balance` for any depth and K classes: the per-sample gradient on the first-layer
     pre-activations by autodiff through the layers above, projected on `u` and summed per class:
     sum_k |sum_c g_ck| / sum_k sum_c |g_ck| (the two-class formula at K = 2)."""
@@ -189,7 +198,7 @@ def gradient_balance_general(params: Params, pre: jax.Array, split: Split, u: ja
     per_class = class_onehot(split.y, n_classes, split.mask).T @ (delta * (split.x @ u)[:, None])  # (K, m)
     num = jnp.sum(jnp.abs(jnp.sum(per_class, axis=0)) * mask)
     den = jnp.sum(jnp.sum(jnp.abs(per_class), axis=0) * mask)
-    return jnp.where(den > 0, num / jnp.where(den > 0, den, 1.0), jnp.nan)
+    return balance_metrics(num, den, split)
 
 
 def split_metrics(params, split: Split, activation, slope, mask, loss, deep: Deep = Deep()):
@@ -261,7 +270,7 @@ def evaluate(params: Params, data: Data, *, core_dim: int, sizes: Sizes, bg_trai
         "act_asym": activation_asymmetry(pre, data.test.y, mask, activation, slope, n_classes, data.test.mask),
         **projection_metrics(params.w, data.M, core_dim, mask, sizes.bg),
         **mean_direction_metrics(params.w, u, spread0, mask, sizes.bg, bg_train, bg_ood),
-        "bg_grad_balance": balance,
+        **balance,
         **rep_shifts(hs, data.test.y, data.test.mask, ood_means, n_classes, deep),
     }
     if input_grad:
