@@ -662,3 +662,39 @@ def test_censored_critical_shift_cells_are_marked():
     fig = phase_figure(table, "a", "b", "critical_shift")
     texts = [t.get_text() for t in fig.axes[0].texts]
     assert texts[0] == "> 64.0" and texts[1].startswith("2.25") and texts[2].startswith("≥ 33.5"), texts
+
+
+def test_figures_share_one_scale_per_metric(tiny):
+    """A figure check, read from the matplotlib objects of every figure the report draws: panels of
+    one metric share their y-limits across rows (curves) and one colour scale across facets (phase
+    diagrams), so that a reader can compare them at a glance."""
+    from matplotlib.image import AxesImage
+
+    checked = 0
+    for panel in build_figures(tiny):
+        fig = panel.figure
+        images = [im for ax in fig.axes for im in ax.get_images() if isinstance(im, AxesImage)]
+        if images:  # a phase diagram: one norm for every facet
+            assert len({(im.norm.vmin, im.norm.vmax) for im in images}) == 1, panel.stem
+            checked += 1
+            continue
+        grid = [ax for ax in fig.axes if ax.get_visible() and ax.get_lines()]
+        by_column: dict = {}
+        for ax in grid:
+            spec = ax.get_subplotspec()
+            if spec is not None:
+                by_column.setdefault((spec.colspan.start, ax.get_ylabel()), []).append(ax.get_ylim())
+        for key, limits in by_column.items():
+            assert len(set(limits)) == 1, (panel.stem, key, limits)
+        checked += 1
+    assert checked >= 8
+
+
+def test_the_zero_mean_control_reads_nothing_to_cancel(tiny):
+    """The net class gradient along the background of the zero-mean control is far below the
+    contaminated ReLU network's at the drift's peak, in absolute units (the ratio alone misleads)."""
+    c = tiny.curves
+    relu = c[(c["activation"] == "relu") & (c["background"] == "mean 0.5")].groupby("step")["bg_grad_net"].mean()
+    zero = c[(c["activation"] == "relu") & (c["background"] == "mean 0")].groupby("step")["bg_grad_net"].mean()
+    peak = relu.idxmax()
+    assert zero.loc[peak] * 5 <= relu.loc[peak], (relu.loc[peak], zero.loc[peak])
