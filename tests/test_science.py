@@ -168,3 +168,13 @@ def test_toy_preset_starts_like_reference_script():
     expected = np.sqrt(32 / (3 * 256))  # E||P w||^2 for U(+-1/sqrt(256)) weights on 32 directions
     for k in ("core_norm", "bg_norm"):
         np.testing.assert_allclose(c[k][:, 0], expected, atol=0.01)
+
+
+def test_zero_mean_net_class_gradient_is_small_in_absolute_units(relu):
+    """Figure 2 in absolute units (`bg_grad_net`, per training sample): at the contaminated ReLU
+    network's peak the zero-mean control's net class gradient along the background is at least 5x
+    smaller (measured 0.42 against 0.009, seed 0: 46x), so the control reads "nothing to cancel"."""
+    zero = run(activation="relu", **MATCHED_SHIFT)
+    peak = relu["bg_grad_net"].mean(axis=0).argmax()
+    assert (zero["bg_grad_net"][:, peak] * 5 <= relu["bg_grad_net"][:, peak]).all(), \
+        (relu["bg_grad_net"][:, peak], zero["bg_grad_net"][:, peak])
