@@ -68,9 +68,9 @@ def ablate(params: Params, u: jax.Array, train_mean_u: jax.Array, bias: bool) ->
     return params._replace(w=params.w - p[:, None] * u[None, :], b=b)
 
 
-def critical(at, shifts: jax.Array, level: jax.Array):
-    """The smallest shift at which `at(s)[1]` (accuracy) falls below `level`: (shift, censored)."""
-    accs = jax.vmap(lambda s: at(s)[1])(shifts)
+def critical(at, shifts: jax.Array, accs: jax.Array, level: jax.Array):
+    """The smallest shift at which accuracy (`at(s)[1]`; `accs` at `shifts`) falls below `level`:
+    (shift, censored)."""
     below = accs < level
     i = jnp.argmax(below)
     hi, lo = shifts[i], shifts[jnp.maximum(i - 1, 0)]
@@ -103,9 +103,9 @@ def shift_metrics(params, ablated, evaluate, data: Data, *, core_dim: int, sizes
             def at(s, p=p):
                 return evaluate(p, ood_split(data, core_dim, sizes, bg_train + s * e))
 
-            crit, censored = critical(at, shifts, id_acc - level * (id_acc - 1.0 / n_classes))
-            ood_loss, ood_acc = evaluate(p, ood_split(data, core_dim, sizes, rng))
             curve_loss, curve_acc = jax.vmap(at)(shifts)
+            crit, censored = critical(at, shifts, curve_acc, id_acc - level * (id_acc - 1.0 / n_classes))
+            ood_loss, ood_acc = evaluate(p, ood_split(data, core_dim, sizes, rng))
             out.update({f"critical_shift{name}": crit, f"id_acc{name}": id_acc, f"id_loss{name}": id_loss,
                         f"ood_acc{name}": ood_acc, f"ood_loss{name}": ood_loss})
             if not name:
