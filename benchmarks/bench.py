@@ -98,7 +98,7 @@ def matmul_rate(batch: int, n: int, d: int, m: int, steps: int = 200) -> dict:
 def python_loop_run(cfg) -> None:
     """The reference script's structure: one run, a jitted step called from a Python loop."""
     s = static_spec(cfg)
-    step, carry, measure, _ = make_training(s, traced_values(cfg))
+    step, carry, measure = make_training(s, traced_values(cfg))[:3]
     step, measure = jax.jit(step), jax.jit(measure)
     logs = [measure(carry[0])]
     for t in range(s.steps):

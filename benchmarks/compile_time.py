@@ -40,7 +40,7 @@ def main() -> int:
     s, traced = static_spec(cfg), stack_traced([cfg.replace(seed=i) for i in range(8)])
 
     def measured(tr):
-        step, carry, measure, _ = make_training(s, tr)
+        step, carry, measure = make_training(s, tr)[:3]
         return measure(carry[0])
 
     for name, fn in (("data and init (prepare)", lambda tr: prepare(s, tr)), ("prepare + one measurement", measured),

@@ -12,7 +12,7 @@ from contamination.classify import make_training
 
 
 def _xla_step_flops(cfg) -> float:
-    step, carry, _, _ = make_training(static_spec(cfg), traced_values(cfg))
+    step, carry = make_training(static_spec(cfg), traced_values(cfg))[:2]
     analysis = jax.jit(step).lower(carry, None).compile().cost_analysis()
     return float((analysis[0] if isinstance(analysis, list) else analysis)["flops"])
 

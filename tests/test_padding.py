@@ -123,7 +123,7 @@ def test_padded_entries_are_exact_zeros():
     np.testing.assert_allclose(M[[0, 1, 4, 5, 6], :9] @ M[[0, 1, 4, 5, 6], :9].T, np.eye(5), atol=1e-12)
     assert not np.asarray(train.x)[10:].any() and not np.asarray(train.x)[:, 9:].any()
     assert np.asarray(train.y)[10:].tolist() == [0.0] * 6 and float(np.asarray(train.mask).sum()) == 10
-    step, carry, _, _ = make_training(s, one)
+    step, carry = make_training(s, one)[:2]
     carry = jax.lax.scan(step, carry, None, length=5)[0]
     w = np.asarray(carry[0].w).T  # training layout (d, m) -> (m, d)
     assert not w[5:].any() and not w[:, 9:].any() and w[:5, :9].all()
