@@ -92,30 +92,34 @@ def shift_metrics(params, ablated, evaluate, data: Data, *, core_dim: int, sizes
     """SHIFT_METRICS, each (n_evals,), and SHIFT_CURVES, each (n_evals, SHIFT_POINTS), for one
     network `params` and its ablation `ablated` (None: not defined for this model, NaN), per
     evaluation variant (its OOD range, level and ladder). `evaluate(params, split) -> (loss, acc)`."""
-    nets = (("", params),) + ((("_ablated", ablated),) if ablated is not None else ())
 
     def variant(rng, level, shift_range):
         e, shifts = direction(bg_train, rng), ladder(shift_range)
-        out, curves = {}, {"shift": shifts}
-        for name, p in nets:
+
+        def measure(p):  # one network: traced once, vmapped over the network and its ablation
             id_loss, id_acc = evaluate(p, data.test)
 
-            def at(s, p=p):
+            def at(s):
                 return evaluate(p, ood_split(data, core_dim, sizes, bg_train + s * e))
 
             curve_loss, curve_acc = jax.vmap(at)(shifts)
             crit, censored = critical(at, shifts, curve_acc, id_acc - level * (id_acc - 1.0 / n_classes))
             ood_loss, ood_acc = evaluate(p, ood_split(data, core_dim, sizes, rng))
-            out.update({f"critical_shift{name}": crit, f"id_acc{name}": id_acc, f"id_loss{name}": id_loss,
-                        f"ood_acc{name}": ood_acc, f"ood_loss{name}": ood_loss})
-            if not name:
-                out["critical_shift_censored"] = censored.astype(id_acc.dtype)
-            curves.update({f"ood_acc{name}": curve_acc, f"ood_loss{name}": curve_loss})
-        nan = jnp.full_like(out["id_acc"], jnp.nan)
-        for k in SHIFT_METRICS:
-            out.setdefault(k, nan)
-        for k in SHIFT_CURVES:
-            curves.setdefault(k, jnp.full_like(shifts, jnp.nan))
+            return {"critical_shift": crit, "critical_shift_censored": censored.astype(id_acc.dtype),
+                    "id_acc": id_acc, "id_loss": id_loss, "ood_acc": ood_acc, "ood_loss": ood_loss,
+                    "curve_acc": curve_acc, "curve_loss": curve_loss}
+
+        if ablated is None:
+            one = measure(params)
+            both = jax.tree_util.tree_map(lambda v: jnp.stack([v, jnp.full_like(v, jnp.nan)]), one)
+        else:
+            both = jax.vmap(measure)(jax.tree_util.tree_map(lambda a, b: jnp.stack([a, b]), params, ablated))
+        out = {"critical_shift": both["critical_shift"][0], "critical_shift_censored": both["critical_shift_censored"][0]}
+        for k in ("id_acc", "id_loss", "ood_acc", "ood_loss", "critical_shift"):
+            out[f"{k}_ablated"] = both[k][1]
+        out.update(id_acc=both["id_acc"][0], ood_acc=both["ood_acc"][0])
+        curves = {"shift": shifts, "ood_acc": both["curve_acc"][0], "ood_loss": both["curve_loss"][0],
+                  "ood_acc_ablated": both["curve_acc"][1], "ood_loss_ablated": both["curve_loss"][1]}
         lost = out["id_acc"] - out["ood_acc"]
         enough = lost >= 2.0 / sizes.n_test
         out["failure_explained"] = jnp.where(enough, (out["ood_acc_ablated"] - out["ood_acc"]) /
