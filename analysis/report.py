@@ -18,8 +18,8 @@ from .style import fmt, fmt_value, label, save, short
 
 from sweeps.storage import Location, location, staged
 
-HEADLINE = ("id_acc", "ood_acc", "id_loss", "ood_loss", "bg_mean_proj", "contaminated_frac", "act_asym",
-            "bg_grad_balance")
+HEADLINE = ("id_acc", "ood_acc", "critical_shift", "id_loss", "ood_loss", "bg_mean_proj", "contaminated_frac",
+            "act_asym", "bg_grad_net", "bg_grad_balance")
 DISTILL_HEADLINE = ("student_rep_err_id", "student_rep_err_ood", "teacher_probe_ood_acc", "student_probe_id_acc",
                     "student_probe_ood_acc", "bg_signed")
 BASELINE_HEADLINE = ("teacher_probe_id_acc", "teacher_probe_ood_acc")  # distill_baseline: standard networks only

@@ -82,10 +82,10 @@ shift = [{label = "none", bg_ood = [0.0, 1.0]}, {label = "flip", bg_ood = [-1.0,
 """
 
 
-def test_shipped_activation_vs_shift_trains_48_networks_for_288_runs():
+def test_shipped_activation_vs_shift_trains_96_networks_for_576_runs():
     runs = load("activation_vs_shift").runs()
     nets = networks_of(runs)
-    assert (len(runs), len(nets)) == (288, 48) and all(len(n.runs) == 6 for n in nets)
+    assert (len(runs), len(nets)) == (576, 96) and all(len(n.runs) == 6 for n in nets)
 
 
 @pytest.mark.slow  # (by default: test_padding.py::test_evaluation_variants_equal_separate_runs)
