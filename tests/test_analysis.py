@@ -193,13 +193,15 @@ NEW_METRICS = ["bg_mean_proj", "bg_shift_rms", "contaminated_frac", "bg_grad_bal
 def test_report_without_new_metric_columns(tiny):
     """Older results (none of the new columns) and distill-like ones (no bg_grad_balance) still report."""
     assert set(NEW_METRICS) <= set(tiny.runs) and set(NEW_METRICS) <= set(tiny.curves)
-    no_balance = dataclasses.replace(tiny, runs=tiny.runs.drop(columns=["bg_grad_balance"]),
-                                     curves=tiny.curves.drop(columns=["bg_grad_balance"]))
+    balance = ["bg_grad_balance", "bg_grad_net", "bg_grad_total"]
+    no_balance = dataclasses.replace(tiny, runs=tiny.runs.drop(columns=balance), curves=tiny.curves.drop(columns=balance))
     panels = {p.stem: p for p in build_figures(no_balance)}
     assert panels["curves_background_by_activation"].caption == "projection on the background mean by activation"
     assert "phase_bg_mean_proj_width_background_by_activation" in panels
-    old = dataclasses.replace(tiny, runs=tiny.runs.drop(columns=NEW_METRICS),
-                              curves=tiny.curves.drop(columns=NEW_METRICS))
+    from contamination.shift import SHIFT_METRICS
+
+    old = dataclasses.replace(tiny, runs=tiny.runs.drop(columns=[*NEW_METRICS, *balance[1:], *SHIFT_METRICS]),
+                              curves=tiny.curves.drop(columns=[*NEW_METRICS, *balance[1:]]), shifts=pd.DataFrame())
     panels = {p.stem: p for p in build_figures(old)}
     assert "curves_background_by_activation" not in panels
     assert not any(s.startswith("phase_bg_mean_proj") for s in panels)
