@@ -114,7 +114,7 @@ def test_zero_mean_background_at_the_same_shift_does_not_contaminate():
 
 @pytest.mark.slow
 def test_smooth_activations_contaminate_more_than_linear():
-    """activation_vs_shift's setting (toy preset: non-linear core, logistic, AdamW, trainable
+    """activation_vs_shift's former setting (toy preset: non-linear core, logistic, AdamW, trainable
     output): GELU, sigmoid and tanh drift along the background mean in a large share of
     neurons (measured contaminated_frac 0.36-0.73, 0.33-0.53, 0.42-0.53; bg_shift_rms 1.1-1.7,
     5.4-6.8, 2.9-3.4) and a linear network does not (0-0.09; 0.24-0.38). With a trainable output layer the mean projection can take either sign
