@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         check_reachable(out)
         check_version(out)
         # before JAX starts its backends; no more devices than the grid has runs (padding)
-        use_host_devices(host_devices, runs=len(grid.runs()))
+        use_host_devices(host_devices, runs=len(grid.table))
     except (PlanError, ResultsError, StorageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

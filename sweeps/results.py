@@ -19,10 +19,12 @@ import sys
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from contamination.config import log_steps
-from contamination.ids import RESULTS_VERSION
+from contamination.ids import RESULTS_VERSION, hex_ids
 
 from .grid import Grid
 from .storage import UNREADABLE, Location
@@ -103,16 +105,51 @@ def recover(out: Location, process_index: int = 0, process_count: int = 1) -> No
 
 def done_run_ids(out: Location) -> set[str]:
     """Run ids in readable runs files; a runs file whose footer does not read is removed with its curves."""
-    ids: set[str] = set()
-    for name in out.files("runs", suffix=".parquet"):
-        got = read_column(out, "runs", name, "run_id")
-        if got is None:
+    return set(hex_ids(done_run_keys(out)))
+
+
+def done_run_keys(out: Location) -> np.ndarray:
+    """The run ids in readable runs files, as uint64 digests (`ids.id_keys`; sorted, unique).
+
+    Only the `run_id` column is read (Parquet column projection), of every runs file at once on
+    several threads; where that fails, file by file, and a runs file whose footer (or run_id
+    column) does not read is removed with its curves, with a warning."""
+    names = out.files("runs", suffix=".parquet")
+    if not names:
+        return np.zeros(0, np.uint64)
+    try:
+        column = ds.dataset([out.path("runs", n) for n in names], filesystem=out.fs, format="parquet") \
+            .to_table(columns=["run_id"]).column("run_id")
+        if not column.null_count:  # (a file without the column reads as nulls: file by file, below)
+            return np.unique(id_column_keys(column))
+    except (*UNREADABLE, KeyError):
+        pass
+    keys = []
+    for name in names:
+        try:
+            column = out.read_parquet("runs", name, columns=["run_id"]).column("run_id")
+        except (*UNREADABLE, KeyError):
             warn(f"{out}: removing runs/{name} and its curves: not a readable Parquet file; its runs will train again")
             out.delete("runs", name)
             out.delete("curves", name)
             continue
-        ids.update(got)
-    return ids
+        keys.append(id_column_keys(column))
+    return np.unique(np.concatenate(keys)) if keys else np.zeros(0, np.uint64)
+
+
+def id_column_keys(column: pa.ChunkedArray) -> np.ndarray:
+    """uint64 digests of an id column's 16-hex-digit values (others, and nulls, are no run's id)."""
+    out = [np.zeros(0, np.uint64)]
+    for chunk in column.chunks:
+        chunk = pc.drop_null(chunk.cast(pa.string()))
+        ok = pc.match_substring_regex(chunk, "^[0-9a-f]{16}$")
+        if not pc.all(ok).as_py():
+            chunk = chunk.filter(ok)
+        if len(chunk):
+            offsets = np.frombuffer(chunk.buffers()[1], np.int32)[chunk.offset:chunk.offset + len(chunk) + 1]
+            text = chunk.buffers()[2].to_pybytes()[offsets[0]:offsets[-1]]
+            out.append(np.frombuffer(bytes.fromhex(text.decode()), ">u8").astype(np.uint64))
+    return np.concatenate(out)
 
 
 def widths_label(widths) -> str:
