@@ -19,7 +19,7 @@ import numpy as np
 
 from contamination.cache import setup_jax
 from contamination.cost import trains_teacher
-from contamination.ids import stable_hash
+from contamination.ids import id_keys, stable_hash
 from contamination.spec import static_spec
 from contamination.train import metric_names as _metric_names
 
@@ -64,6 +64,7 @@ class Pending:
     table: RunTable  # every run of the grid
     pending: np.ndarray  # rows of `table`: this process's share, less what is already written
     skipped: int  # runs of this process's share already written
+    done: results.Done  # what the results directory holds (the run writes its index at the end)
     budget: int
     model: calibrate.DeviceModel
     buckets: list[Bucket]
@@ -88,14 +89,14 @@ def plan_pending(grid: Grid, out: storage.Location, mesh, cache: Path | None, *,
     """What this process still has to train, and its plan (the run and the dry run share it).
 
     Over the grid's columns (`Grid.table`): the runs are grouped into networks by a few sorts,
-    and what is done is the `run_id` column of the results (`results.done_run_keys`)."""
+    and what is done is the `run_id` column of the results (`results.done_runs`)."""
     table = grid.table
-    done = results.done_run_keys(out)
+    done = results.done_runs(out)
     # Share first, then skip what is done: the shares stay disjoint and complete even when
     # each host of a slice sees only its own results directory.
     networks = TableNetworks(table)
     mine = networks.share(*(process or this_process()))
-    todo = ~np.isin(table.run_key[mine], done)
+    todo = ~np.isin(table.run_key[mine], done.keys)
     pending = mine[todo]
     if len(pending) < len(table):
         networks = TableNetworks(table, pending)
@@ -104,7 +105,7 @@ def plan_pending(grid: Grid, out: storage.Location, mesh, cache: Path | None, *,
     store = cache / "executables" if cache is not None else None
     planning = Planning(budget, mesh.devices.size, model, min_efficiency, chunk_size, in_store(store, mesh))
     buckets = bucketize(networks, planning)
-    return Pending(table, pending, len(mine) - len(pending), budget, model, buckets)
+    return Pending(table, pending, len(mine) - len(pending), done, budget, model, buckets)
 
 
 def metric_names(runs: list[Run] | RunTable) -> list[str]:
@@ -194,6 +195,7 @@ def _run_grid(grid: Grid, out: storage.Location, stop: StopFlag, *, memory_budge
                      "process_index": process[0]}
             runs_df, curves_df = results.build_tables(grid, chunk, host, extra, provenance["metrics"])
             results.write_chunk(out, name, runs_df, curves_df, provenance)
+            p.done.add(name, id_keys(list(runs_df["run_id"])))
             written[0] += n_runs
             if bar:
                 bar.update(n_runs)
@@ -240,6 +242,7 @@ def _run_grid(grid: Grid, out: storage.Location, stop: StopFlag, *, memory_budge
         compiler.close(wait=stopped is None)
         if bar:
             bar.close()
+        results.write_index(out, process[0], p.done)
     seconds = time.perf_counter() - t_start
     invocation.update(finished=dt.datetime.now(dt.timezone.utc).isoformat(), seconds=seconds, trained=done_count,
                       compile_wait_s=compiler.waited_s, runs_per_s=done_count / seconds if seconds > 0 else None)

@@ -13,6 +13,8 @@ only its own orphaned curves files (another host's may be between its two writes
 
 from __future__ import annotations
 
+import concurrent.futures
+import dataclasses
 import json
 import sys
 
@@ -20,7 +22,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from contamination.config import log_steps
@@ -75,14 +76,6 @@ def table_bytes(table: pa.Table) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
-def read_column(out: Location, table: str, name: str, column: str) -> list | None:
-    """One column of a Parquet file, or None when the file (its footer) does not read."""
-    try:
-        return out.read_parquet(table, name, columns=[column]).column(column).to_pylist()
-    except (*UNREADABLE, KeyError):
-        return None
-
-
 def chunk_prefix(process_index: int, process_count: int) -> str:
     """Chunk names of a host: `p{index}-` with several hosts, none with one."""
     return f"p{process_index}-" if process_count > 1 else ""
@@ -103,38 +96,145 @@ def recover(out: Location, process_index: int = 0, process_count: int = 1) -> No
             out.delete("curves", name)
 
 
+# Each host's index of the runs files it knows (hidden, beside the manifest): a resume takes
+# the run ids of a runs file from it while the file's size and modification time are those the
+# index recorded, instead of reading every runs file's footer (on a CPU, where chunks hold a few
+# runs, 10^5 runs are tens of thousands of files). A file that changed, or that no index names,
+# is read (and removed when it does not read); entries of files that are gone are ignored.
+INDEX_PREFIX = ".run-index-"
+READ_THREADS = 16  # runs files read at once from an object store (each read waits on the network)
+
+
+def index_name(process_index: int) -> str:
+    return f"{INDEX_PREFIX}p{process_index}.parquet"
+
+
+@dataclasses.dataclass
+class Done:
+    """The runs already written: each one's run id (as a uint64 digest, `ids.id_keys`) and the
+    runs file that holds it (an index into `files`)."""
+
+    files: list[str]
+    file_of: np.ndarray  # int32, per run
+    keys: np.ndarray  # uint64, per run
+    changed: bool = False  # whether the indexes on disk miss some of this (`write_index`)
+
+    def add(self, name: str, keys: np.ndarray) -> None:
+        """A runs file this process has just written."""
+        self.file_of = np.concatenate([self.file_of, np.full(len(keys), len(self.files), np.int32)])
+        self.keys = np.concatenate([self.keys, np.asarray(keys, np.uint64)])
+        self.files.append(name)
+        self.changed = True
+
+
 def done_run_ids(out: Location) -> set[str]:
     """Run ids in readable runs files; a runs file whose footer does not read is removed with its curves."""
-    return set(hex_ids(done_run_keys(out)))
+    return set(hex_ids(done_runs(out).keys))
 
 
 def done_run_keys(out: Location) -> np.ndarray:
-    """The run ids in readable runs files, as uint64 digests (`ids.id_keys`; sorted, unique).
+    """The run ids of `done_runs` as sorted, distinct uint64 digests."""
+    return np.unique(done_runs(out).keys)
 
-    Only the `run_id` column is read (Parquet column projection), of every runs file at once on
-    several threads; where that fails, file by file, and a runs file whose footer (or run_id
-    column) does not read is removed with its curves, with a warning."""
-    names = out.files("runs", suffix=".parquet")
-    if not names:
-        return np.zeros(0, np.uint64)
-    try:
-        column = ds.dataset([out.path("runs", n) for n in names], filesystem=out.fs, format="parquet") \
-            .to_table(columns=["run_id"]).column("run_id")
-        if not column.null_count:  # (a file without the column reads as nulls: file by file, below)
-            return np.unique(id_column_keys(column))
-    except (*UNREADABLE, KeyError):
-        pass
-    keys = []
-    for name in names:
-        try:
-            column = out.read_parquet("runs", name, columns=["run_id"]).column("run_id")
-        except (*UNREADABLE, KeyError):
+
+def done_runs(out: Location) -> Done:
+    """The runs in readable runs files (reading nothing else of them).
+
+    A file an index (`write_index`) names, unchanged, is taken from it; the others are read, the
+    `run_id` column alone (Parquet column projection; several at once from an object store),
+    and one whose footer (or run_id column) does not read is removed with its curves, with a
+    warning."""
+    listed = out.listing("runs", suffix=".parquet")
+    if not listed:
+        return Done([], np.zeros(0, np.int32), np.zeros(0, np.uint64))
+    files, file_of, keys, stale = read_index(out, listed)
+    known = set(files)
+    new = [n for n in listed if n not in known]
+    for name, got in zip(new, read_run_keys(out, new)):
+        if got is None:
             warn(f"{out}: removing runs/{name} and its curves: not a readable Parquet file; its runs will train again")
             out.delete("runs", name)
             out.delete("curves", name)
             continue
-        keys.append(id_column_keys(column))
-    return np.unique(np.concatenate(keys)) if keys else np.zeros(0, np.uint64)
+        file_of.append(np.full(len(got), len(files), np.int32))
+        keys.append(got)
+        files.append(name)
+    return Done(files, np.concatenate(file_of), np.concatenate(keys), changed=bool(new) or stale)
+
+
+def read_index(out: Location, listed: dict[str, tuple[int, int]]) \
+        -> tuple[list[str], list[np.ndarray], list[np.ndarray], bool]:
+    """The files of `listed` (name -> size, mtime) that some index names with their size and
+    mtime (each from the first index naming it), the index of each of their runs' file and its
+    key; and whether an index names a file that is gone or changed. An index that does not read
+    is ignored."""
+    at: dict[str, int] = {}
+    file_of, keys = [np.zeros(0, np.int32)], [np.zeros(0, np.uint64)]
+    stale = False
+    for name in out.files(prefix=INDEX_PREFIX, suffix=".parquet", hidden=True):
+        try:
+            with out.fs.open_input_file(out.path(name)) as f:
+                table = pq.ParquetFile(f).read()
+            column = table.column("file").combine_chunks()
+            if not pa.types.is_dictionary(column.type):
+                column = column.dictionary_encode()
+            rows = column.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+            size, mtime = (table.column(c).to_numpy() for c in ("size", "mtime_ns"))
+            run_keys = table.column("run_key").to_numpy().astype(np.uint64)
+        except (*UNREADABLE, KeyError, ValueError):
+            continue
+        names = column.dictionary.to_pylist()
+        first = np.full(len(names), -1, np.int64)
+        first[rows[::-1]] = np.arange(len(rows))[::-1]  # each file's first row
+        index = np.full(len(names), -1, np.int64)
+        for k, n in enumerate(names):
+            valid = first[k] >= 0 and listed.get(n) == (int(size[first[k]]), int(mtime[first[k]]))
+            stale |= not valid
+            if valid and n not in at:
+                index[k] = at[n] = len(at)
+        got = index[rows]
+        keep = got >= 0
+        file_of.append(got[keep].astype(np.int32))
+        keys.append(run_keys[keep])
+    return list(at), file_of, keys, stale
+
+
+def write_index(out: Location, process_index: int, done: Done) -> None:
+    """Record `done` as this host's index (each file with the size and mtime it has now), where
+    it changed; a best effort: a resume without it reads the runs files."""
+    if not done.changed:
+        return
+    try:
+        listed = out.listing("runs", suffix=".parquet")
+        stats = np.array([listed.get(n, (-1, -1)) for n in done.files], np.int64).reshape(-1, 2)
+        here = np.array([n in listed for n in done.files], bool)[done.file_of]  # files since removed: left out
+        file_of = done.file_of[here]
+        size, mtime = stats[:, 0], stats[:, 1]
+        table = pa.table({"file": pa.DictionaryArray.from_arrays(pa.array(file_of, pa.int32()),
+                                                                 pa.array(done.files, pa.string())),
+                          "size": pa.array(size[file_of]), "mtime_ns": pa.array(mtime[file_of]),
+                          "run_key": pa.array(done.keys[here], pa.uint64())})
+        out.write_bytes(table_bytes(table), index_name(process_index))
+        done.changed = False
+    except (*UNREADABLE, ValueError) as e:
+        warn(f"{out}: could not write {index_name(process_index)} ({e}); the next resume reads the runs files")
+
+
+def read_run_keys(out: Location, names: list[str]) -> list[np.ndarray | None]:
+    """The run ids (uint64 digests) of each runs file, its `run_id` column alone; None where the
+    file does not read."""
+    def one(name: str) -> np.ndarray | None:
+        try:
+            with out.fs.open_input_file(out.path("runs", name)) as f:
+                column = pq.ParquetFile(f).read(columns=["run_id"], use_threads=False).column("run_id")
+            return id_column_keys(column)
+        except (*UNREADABLE, KeyError, ValueError):
+            return None
+
+    if out.local or len(names) < 2:
+        return [one(n) for n in names]
+    with concurrent.futures.ThreadPoolExecutor(READ_THREADS) as pool:
+        return list(pool.map(one, names))
 
 
 def id_column_keys(column: pa.ChunkedArray) -> np.ndarray:
