@@ -72,8 +72,9 @@ class NetworkSet:
     """Networks as columns: each network's shape (an index into `statics`, its distinct static
     specs), its run count and its place in run-id order; a `Network` is built only when asked for.
 
-    `of_table` groups rows of a `RunTable` (a million runs in a few numpy sorts, networks in order
-    of their first run id, as `networks_of`); `of_networks` wraps a list of `Network`s, in its order.
+    `TableNetworks` groups rows of a `RunTable` (a million runs in a few numpy sorts, networks in
+    order of their first run id, as `networks_of`); `of_networks` wraps a list of `Network`s, in
+    its order.
     """
 
     def __init__(self, statics: list[Static], shape: np.ndarray, pos: np.ndarray, n_runs: np.ndarray,
@@ -117,10 +118,6 @@ class NetworkSet:
             return list(dict.fromkeys(r.config.activation for i in indices for r in networks[i].runs))
 
         return cls(list(index), shape, pos, n_runs, networks.__getitem__, activation)
-
-    @classmethod
-    def of_table(cls, table: RunTable, rows: np.ndarray | None = None) -> "TableNetworks":
-        return TableNetworks(table, rows)
 
 
 class TableNetworks(NetworkSet):

@@ -14,7 +14,6 @@ only its own orphaned curves files (another host's may be between its two writes
 from __future__ import annotations
 
 import concurrent.futures
-import dataclasses
 import json
 import sys
 
@@ -109,22 +108,35 @@ def index_name(process_index: int) -> str:
     return f"{INDEX_PREFIX}p{process_index}.parquet"
 
 
-@dataclasses.dataclass
 class Done:
     """The runs already written: each one's run id (as a uint64 digest, `ids.id_keys`) and the
     runs file that holds it (an index into `files`)."""
 
-    files: list[str]
-    file_of: np.ndarray  # int32, per run
-    keys: np.ndarray  # uint64, per run
-    changed: bool = False  # whether the indexes on disk miss some of this (`write_index`)
+    def __init__(self, files: list[str], file_of: np.ndarray, keys: np.ndarray, changed: bool = False):
+        self.files = files
+        self._parts = [(np.asarray(file_of, np.int32), np.asarray(keys, np.uint64))]
+        self.changed = changed  # whether the indexes on disk miss some of this (`write_index`)
 
     def add(self, name: str, keys: np.ndarray) -> None:
         """A runs file this process has just written."""
-        self.file_of = np.concatenate([self.file_of, np.full(len(keys), len(self.files), np.int32)])
-        self.keys = np.concatenate([self.keys, np.asarray(keys, np.uint64)])
+        self._parts.append((np.full(len(keys), len(self.files), np.int32), np.asarray(keys, np.uint64)))
         self.files.append(name)
         self.changed = True
+
+    def _joined(self) -> tuple[np.ndarray, np.ndarray]:
+        if len(self._parts) > 1:
+            self._parts = [tuple(np.concatenate(c) for c in zip(*self._parts))]
+        return self._parts[0]
+
+    @property
+    def file_of(self) -> np.ndarray:
+        """int32, per run: its file in `files`."""
+        return self._joined()[0]
+
+    @property
+    def keys(self) -> np.ndarray:
+        """uint64, per run: its run id."""
+        return self._joined()[1]
 
 
 def done_run_ids(out: Location) -> set[str]:
