@@ -1,23 +1,26 @@
 """Planning at scale: `python -m sweeps plan` of grids of 10^4, 10^5 and 10^6 runs, and the resume
 check of a results directory that holds 10^5 done runs (issue 32).
 
-    python benchmarks/plan_scale.py [--sizes 1e4,1e5,1e6] [--resume 1e5] [--code DIR] [--json FILE]
+    python benchmarks/plan_scale.py [--sizes 1e4,1e5,1e6] [--resume 1e5] [--runs-per-file 8] [--code DIR]
+                                    [--no-phases] [--json FILE]
 
 The grids are the toy preset's, widths 10 x lr 10 x weight_decay W x S seeds: 10^4 = W 10, S 10;
 10^5 = W 10, S 100 (the issue's grid); 10^6 = W 100, S 100. Each `plan` runs in a fresh process
 (as every task of an array job would) with an empty `--out`; its wall seconds and peak resident
-memory (the process's maxrss) are printed, and, beside them, the same process's seconds to load
-(parse, expand and hash) the grid and to plan it (`engine.plan_pending`), in a second fresh
-process. The 16-run quickstart grid is planned too: the start-up (Python, JAX) that every plan
+memory (the process's maxrss) are printed, and, beside them, the seconds to load (parse, expand
+and hash) the grid and to plan it (`engine.plan_pending`), timed inside a second fresh process. The 16-run quickstart grid is planned too: the start-up (Python, JAX) that every plan
 pays. The device model is measured once first (a warm-up plan, not timed) into a temporary cache.
 
 The resume check: a directory with the --resume grid's runs all written (runs files of
 --runs-per-file rows with the runs table's columns), then, in a fresh process, the seconds to
 decide which runs are done (read the run_id columns, test every grid run against them), and
-the wall of `python -m sweeps plan` on it (nothing left to train).
+the wall of `python -m sweeps plan` on it (nothing left to train); first with no index (every
+runs file's run_id column read), then with the index a run leaves when it ends
+(`results.write_index`).
 
 `--code DIR` runs the commands against another checkout (e.g. the code before issue 32:
-`git worktree add /tmp/before ec221b9`); the benchmark's own helpers run in this checkout.
+`mkdir /tmp/before && git archive ec221b9 | tar -x -C /tmp/before`); the benchmark's own
+helpers (writing the grids and the results directory) run in this checkout.
 """
 
 from __future__ import annotations
@@ -159,6 +162,7 @@ def main() -> None:
     ap.add_argument("--runs-per-file", type=int, default=8,
                     help="rows per runs file of the resume check (default 8: CPU chunks are small)")
     ap.add_argument("--code", default=str(ROOT), help="the checkout whose `python -m sweeps` is measured")
+    ap.add_argument("--no-phases", action="store_true", help="time the plan command only (not load and plan apart)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     code = Path(args.code).resolve()
@@ -178,13 +182,16 @@ def main() -> None:
             path = t / f"scale{n}.toml"
             path.write_text(grid_text(n))
             r = measured(plan + [str(path), "--out", str(t / "empty")], code, env)
-            phases = json.loads(measured([sys.executable, "-c", PHASES, str(path), str(t / "empty")], code, env)
-                                ["stdout"].strip().splitlines()[-1])
             summary = r["stdout"].splitlines()[1] if r["stdout"] else ""
-            row = {"runs": n, "wall_s": r["wall_s"], "peak_mb": r["peak_mb"], **phases, "summary": summary}
+            row = {"runs": n, "wall_s": r["wall_s"], "peak_mb": r["peak_mb"], "summary": summary}
+            line = f"{n:>9} runs: plan {r['wall_s']:6.2f} s wall, peak {r['peak_mb']:6.0f} MB"
+            if not args.no_phases:
+                phases = json.loads(measured([sys.executable, "-c", PHASES, str(path), str(t / "empty")], code, env)
+                                    ["stdout"].strip().splitlines()[-1])
+                row.update(phases)
+                line += f" | in-process: load {phases['load_s']:.2f} s, plan_pending {phases['plan_s']:.2f} s"
             report["plans"].append(row)
-            print(f"{n:>9} runs: plan {r['wall_s']:6.2f} s wall, peak {r['peak_mb']:6.0f} MB | in-process: "
-                  f"load {phases['load_s']:.2f} s, plan_pending {phases['plan_s']:.2f} s | {summary}", flush=True)
+            print(f"{line} | {summary}", flush=True)
         if args.resume:
             n = int(float(args.resume))
             path = t / f"scale{n}.toml"

@@ -100,7 +100,7 @@ def run_id(cfg: Config) -> str:
 # digests are `stable_hash`'s (its first 8 bytes, as big-endian unsigned 64-bit integers: sorting
 # them sorts the hex ids).
 
-_SEED_MARK = 7_919_000_000_000_000_001  # a seed no config can hold (seeds are below 2^63)
+_SEED_MARK = 7_919_000_000_000_000_001  # stands for the seed in the text: `"seed":MARK` occurs once
 
 
 class SeedHasher:
@@ -108,7 +108,8 @@ class SeedHasher:
 
     def __init__(self, obj: dict[str, Any]):
         text = json.dumps({**obj, "seed": _SEED_MARK}, sort_keys=True, separators=(",", ":"))
-        head, tail = text.split(f'"seed":{_SEED_MARK}')  # exactly one: keys are unique, strings escape '"'
+        # exactly once: a key occurs once, values are not objects, and a string escapes its '"'
+        head, tail = text.split(f'"seed":{_SEED_MARK}')
         self._head = hashlib.sha256(f'{head}"seed":'.encode())
         self._tail = tail.encode()
 
