@@ -196,6 +196,9 @@ def _run_grid(grid: Grid, out: storage.Location, stop: StopFlag, *, memory_budge
             runs_df, curves_df = results.build_tables(grid, chunk, host, extra, provenance["metrics"])
             results.write_chunk(out, name, runs_df, curves_df, provenance)
             p.done.add(name, id_keys(list(runs_df["run_id"])))
+            if time.perf_counter() - index_at[0] > results.INDEX_EVERY_S:  # bounds what a SIGKILL leaves unindexed
+                results.write_index(out, process[0], p.done)
+                index_at[0] = time.perf_counter()
             written[0] += n_runs
             if bar:
                 bar.update(n_runs)
@@ -203,6 +206,7 @@ def _run_grid(grid: Grid, out: storage.Location, stop: StopFlag, *, memory_budge
             result, t0 = nxt, time.perf_counter()
 
     compiler = Compiler(p.buckets, mesh, store, ahead=compile_ahead)
+    index_at = [time.perf_counter()]  # when this host's index of runs files was last written
     done_count = 0
     stopped: Preempted | None = None
     written = [0]

@@ -102,6 +102,7 @@ def recover(out: Location, process_index: int = 0, process_count: int = 1) -> No
 # is read (and removed when it does not read); entries of files that are gone are ignored.
 INDEX_PREFIX = ".run-index-"
 READ_THREADS = 16  # runs files read at once from an object store (each read waits on the network)
+INDEX_EVERY_S = 120.0  # a run also writes its index after a chunk when this long has passed since the last
 
 
 def index_name(process_index: int) -> str:
