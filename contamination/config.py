@@ -101,7 +101,7 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         # Shallow: every value is immutable (a tuple is listed below), so no deep copy is needed.
-        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d = {name: getattr(self, name) for name in self.__dataclass_fields__}
         d["bg_train"] = list(self.bg_train)
         d["bg_ood"] = list(self.bg_ood)
         d["widths"] = list(self.widths)

@@ -146,8 +146,9 @@ def point_keys(cfg: Config, seeds) -> tuple[str, np.ndarray, np.ndarray]:
     """The config id of `cfg` (its seed aside), and the run ids and training keys (uint64 digests)
     of `cfg` with each of `seeds`: equal to `config_id`, `run_id` and `training_key` of
     `cfg.replace(seed=s)`, without building those configs."""
-    ids = _id_dict(cfg)
-    train = training_dict(cfg)
+    d = cfg.to_dict()
+    ids = id_fields(d)
+    train = {k: v for k, v in d.items() if k not in EVAL_ONLY_FIELDS}
     seeded = "seed" in ids
     ids.pop("seed", None)
     cid = stable_hash(ids)
