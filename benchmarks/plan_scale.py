@@ -2,10 +2,12 @@
 check of a results directory that holds 10^5 done runs (issue 32).
 
     python benchmarks/plan_scale.py [--sizes 1e4,1e5,1e6] [--resume 1e5] [--runs-per-file 8] [--code DIR]
-                                    [--no-phases] [--json FILE]
+                                    [--distinct] [--no-phases] [--json FILE]
 
-The grids are the toy preset's, widths 10 x lr 10 x weight_decay W x S seeds: 10^4 = W 10, S 10;
-10^5 = W 10, S 100 (the issue's grid); 10^6 = W 100, S 100. Each `plan` runs in a fresh process
+The grids are the toy preset's, widths 10 x lr L x weight_decay W x S seeds: 10^4 = L 10, W 10,
+S 10; 10^5 = L 10, W 10, S 100 (the issue's grid); 10^6 = L 10, W 100, S 100. With --distinct,
+every run is a config of its own (S 1): 10^4 = L 10, W 100; 10^5 = L 100, W 100; 10^6 = L 1000,
+W 100. Each `plan` runs in a fresh process
 (as every task of an array job would) with an empty `--out`; its wall seconds and peak resident
 memory (the process's maxrss) are printed, and, beside them, the seconds to load (parse, expand
 and hash) the grid and to plan it (`engine.plan_pending`), timed inside a second fresh process. The 16-run quickstart grid is planned too: the start-up (Python, JAX) that every plan
@@ -36,15 +38,16 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-SHAPES = {10_000: (10, 10), 100_000: (10, 100), 1_000_000: (100, 100)}  # runs -> (weight decays, seeds)
+SHAPES = {10_000: (10, 10, 10), 100_000: (10, 10, 100), 1_000_000: (10, 100, 100)}  # runs -> lrs, wds, seeds
+DISTINCT = {10_000: (10, 100, 1), 100_000: (100, 100, 1), 1_000_000: (1000, 100, 1)}  # --distinct: one seed
 
 
-def grid_text(n_runs: int) -> str:
+def grid_text(n_runs: int, distinct: bool = False) -> str:
     import numpy as np
 
-    n_wd, seeds = SHAPES[n_runs]
+    n_lr, n_wd, seeds = (DISTINCT if distinct else SHAPES)[n_runs]
     widths = [16 * (i + 1) for i in range(10)]
-    lrs = [float(f"{x:.3g}") for x in np.geomspace(1e-4, 1e-1, 10)]
+    lrs = [float(f"{x:.4g}") for x in np.geomspace(1e-4, 1e-1, n_lr)]
     wds = [float(f"{x:.4g}") for x in np.geomspace(1e-6, 1e-1, n_wd)]
     return (f'description = "plan_scale: {n_runs} runs"\npreset = "toy"\nseeds = {seeds}\n[axes]\n'
             f"width = {widths}\nlr = {lrs}\nweight_decay = {wds}\n")
@@ -162,6 +165,8 @@ def main() -> None:
     ap.add_argument("--runs-per-file", type=int, default=8,
                     help="rows per runs file of the resume check (default 8: CPU chunks are small)")
     ap.add_argument("--code", default=str(ROOT), help="the checkout whose `python -m sweeps` is measured")
+    ap.add_argument("--distinct", action="store_true",
+                    help="plan grids of one seed, every run its own config (widths 10 x lr x weight_decay)")
     ap.add_argument("--no-phases", action="store_true", help="time the plan command only (not load and plan apart)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
@@ -180,7 +185,7 @@ def main() -> None:
         report["startup"] = {k: v for k, v in start.items() if k != "stdout"}
         for n in sizes:
             path = t / f"scale{n}.toml"
-            path.write_text(grid_text(n))
+            path.write_text(grid_text(n, args.distinct))
             r = measured(plan + [str(path), "--out", str(t / "empty")], code, env)
             summary = r["stdout"].splitlines()[1] if r["stdout"] else ""
             row = {"runs": n, "wall_s": r["wall_s"], "peak_mb": r["peak_mb"], "summary": summary}
