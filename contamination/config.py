@@ -112,7 +112,8 @@ class Config:
         return from_dict({**self.to_dict(), **changes})
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
+        # Shallow: every value is immutable (a tuple is listed below), so no deep copy is needed.
+        d = {name: getattr(self, name) for name in self.__dataclass_fields__}
         d["bg_train"] = list(self.bg_train)
         d["bg_ood"] = list(self.bg_ood)
         d["widths"] = list(self.widths)

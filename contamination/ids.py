@@ -45,10 +45,7 @@ def key_words(purpose: str, cfg: Config, fields: tuple[str, ...]) -> np.ndarray:
 
 def training_key(cfg: Config) -> str:
     """Runs with equal training keys train the same network (they differ in EVAL_ONLY_FIELDS only)."""
-    d = cfg.to_dict()
-    for f in EVAL_ONLY_FIELDS:
-        d.pop(f)
-    return stable_hash(d)
+    return stable_hash(training_dict(cfg))
 
 
 # The rule for ids: fields the run's experiment does not read are left out (`experiments.py`),
@@ -95,3 +92,81 @@ def config_id(cfg: Config) -> str:
 def run_id(cfg: Config) -> str:
     """Stable id of a run: the config and its seed."""
     return stable_hash(_id_dict(cfg))
+
+
+# --- many seeds at once ---------------------------------------------------------------------------
+# A grid point's runs differ only in their seeds: its JSON text is split once around the seed's
+# value, the hash of the text before it is computed once, and each seed hashes only the rest. The
+# digests are `stable_hash`'s (its first 8 bytes, as big-endian unsigned 64-bit integers: sorting
+# them sorts the hex ids).
+
+_SEED_MARK = 7_919_000_000_000_000_001  # stands for the seed in the text: `"seed":MARK` occurs once
+
+
+class SeedHasher:
+    """`stable_hash` of one dict with its `seed` key set to each of many seeds."""
+
+    def __init__(self, obj: dict[str, Any]):
+        text = json.dumps({**obj, "seed": _SEED_MARK}, sort_keys=True, separators=(",", ":"))
+        # exactly once: a key occurs once, values are not objects, and a string escapes its '"'
+        head, tail = text.split(f'"seed":{_SEED_MARK}')
+        self._head = hashlib.sha256(f'{head}"seed":'.encode())
+        self._tail = tail.encode()
+
+    def digests(self, seeds) -> np.ndarray:
+        """uint64 digests of the object with each of `seeds` (Python ints) as its seed."""
+        head, tail = self._head, self._tail
+        out = bytearray()
+        for s in seeds:
+            h = head.copy()
+            h.update(b"%d%s" % (s, tail))
+            out += h.digest()[:8]
+        return np.frombuffer(bytes(out), dtype=">u8").astype(np.uint64)
+
+
+def hex_ids(keys: np.ndarray) -> list[str]:
+    """The hex ids (`stable_hash`, 8 bytes) of uint64 digests."""
+    return np.asarray(keys, dtype=">u8").tobytes().hex(" ", 8).split(" ") if len(keys) else []
+
+
+def id_keys(ids: list[str]) -> np.ndarray:
+    """uint64 digests of hex ids (each 16 hex digits)."""
+    return np.frombuffer(bytes.fromhex("".join(ids)), dtype=">u8").astype(np.uint64)
+
+
+# The fields a training key (network id) hashes whatever their value: every field Config had when
+# network ids were first compared across versions (commit ec221b9). A field added since is hashed
+# only away from its default, as in run ids, so adding one never changes a network id. Never add a
+# name to this list.
+TRAINING_KEY_FIELDS = (
+    "width", "depth", "widths", "core_dim", "bg_dim", "input_dim", "core", "n_classes", "dataset", "border",
+    "digit_classes", "model", "bg_train", "n_train", "n_test", "batch_size", "online", "activation",
+    "leaky_slope", "bias", "output", "init", "init_scale", "loss", "optimizer", "lr", "weight_decay", "momentum",
+    "steps", "log_every", "log_schedule", "seed", "experiment", "rep_dim", "teacher", "teacher_bias",
+    "teacher_steps", "teacher_lr",
+)
+
+
+def training_fields(d: dict[str, Any]) -> dict[str, Any]:
+    """What a training key hashes of a config's dict: the frozen fields, and every later one (but
+    EVAL_ONLY_FIELDS) away from its default."""
+    return {k: v for k, v in d.items() if k not in EVAL_ONLY_FIELDS and (k in TRAINING_KEY_FIELDS or v != DEFAULTS[k])}
+
+
+def training_dict(cfg: Config) -> dict[str, Any]:
+    """What a training key hashes (`training_fields`)."""
+    return training_fields(cfg.to_dict())
+
+
+def point_keys(cfg: Config, seeds) -> tuple[str, np.ndarray, np.ndarray]:
+    """The config id of `cfg` (its seed aside), and the run ids and training keys (uint64 digests)
+    of `cfg` with each of `seeds`: equal to `config_id`, `run_id` and `training_key` of
+    `cfg.replace(seed=s)`, without building those configs."""
+    d = cfg.to_dict()
+    ids = id_fields(d)
+    train = training_fields(d)
+    seeded = "seed" in ids
+    ids.pop("seed", None)
+    cid = stable_hash(ids)
+    runs = SeedHasher(ids).digests(seeds) if seeded else np.full(len(seeds), id_keys([stable_hash(ids)])[0])
+    return cid, runs, SeedHasher(train).digests(seeds)

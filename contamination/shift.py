@@ -102,7 +102,7 @@ def shift_metrics(params, ablated, evaluate, data: Data, *, core_dim: int, sizes
             def at(s):
                 return evaluate(p, ood_split(data, core_dim, sizes, bg_train + s * e))
 
-            curve_loss, curve_acc = jax.vmap(at)(shifts)
+            curve_loss, curve_acc = jax.lax.map(at, shifts)  # one shift at a time: a small peak of memory
             crit, censored = critical(at, shifts, curve_acc, id_acc - level * (id_acc - 1.0 / n_classes))
             ood_loss, ood_acc = evaluate(p, ood_split(data, core_dim, sizes, rng))
             return {"critical_shift": crit, "critical_shift_censored": censored.astype(id_acc.dtype),

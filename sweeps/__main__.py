@@ -111,9 +111,9 @@ def main(argv: list[str] | None = None) -> int:
         check_reachable(out)
         check_version(out)
         if args.command != "plan":
-            check_numerics(out, {r.config.precision for r in grid.runs()}, float_name())
+            check_numerics(out, {pt.config.precision for pt in grid.table.points}, float_name())
         # before JAX starts its backends; no more devices than the grid has runs (padding)
-        use_host_devices(host_devices, runs=len(grid.runs()))
+        use_host_devices(host_devices, runs=len(grid.table))
     except (PlanError, ResultsError, StorageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -19,7 +19,7 @@ import numpy as np
 
 from contamination.cache import setup_jax
 from contamination.cost import trains_teacher
-from contamination.ids import stable_hash
+from contamination.ids import id_keys, stable_hash
 from contamination.numerics import float_name
 from contamination.spec import static_spec
 from contamination.train import metric_names as _metric_names
@@ -27,7 +27,8 @@ from contamination.train import metric_names as _metric_names
 from . import calibrate, executables, results, storage
 from .environment import default_memory_budget, device_info
 from .grid import Grid, Run
-from .plan import Bucket, Network, Planning, bucketize, fmt_bytes, networks_of
+from .plan import Bucket, Network, Planning, TableNetworks, bucketize, fmt_bytes
+from .runs import RunTable
 from .preempt import Preempted, StopFlag, tree_ready
 from .programs import Compiler, chunk_inputs, in_store
 from .provenance import provenance as make_provenance
@@ -53,16 +54,18 @@ class Summary:
 
 
 def share(networks: list[Network], process_index: int, process_count: int) -> list[Network]:
-    """This process's deterministic, disjoint share (round robin over networks sorted by id)."""
+    """This process's deterministic, disjoint share (round robin over networks sorted by id;
+    `TableNetworks.share` is the same over columns)."""
     ordered = sorted(networks, key=lambda n: n.id)
     return ordered[process_index::process_count]
 
 
 @dataclasses.dataclass
 class Pending:
-    all_runs: list[Run]
-    pending: list[Run]  # this process's share, less what is already written
+    table: RunTable  # every run of the grid
+    pending: np.ndarray  # rows of `table`: this process's share, less what is already written
     skipped: int  # runs of this process's share already written
+    done: results.Done  # what the results directory holds (the run writes its index at the end)
     budget: int
     model: calibrate.DeviceModel
     buckets: list[Bucket]
@@ -84,25 +87,36 @@ def this_process() -> tuple[int, int]:
 def plan_pending(grid: Grid, out: storage.Location, mesh, cache: Path | None, *, memory_budget: int | None,
                  min_efficiency: float | None, chunk_size: int | None,
                  process: tuple[int, int] | None = None) -> Pending:
-    """What this process still has to train, and its plan (the run and the dry run share it)."""
-    all_runs = grid.runs()
-    done = results.done_run_ids(out)
+    """What this process still has to train, and its plan (the run and the dry run share it).
+
+    Over the grid's columns (`Grid.table`): the runs are grouped into networks by a few sorts,
+    and what is done is the `run_id` column of the results (`results.done_runs`)."""
+    table = grid.table
+    done = results.done_runs(out)
     # Share first, then skip what is done: the shares stay disjoint and complete even when
     # each host of a slice sees only its own results directory.
-    mine = [r for n in share(networks_of(all_runs), *(process or this_process())) for r in n.runs]
-    pending = [r for r in mine if r.run_id not in done]
+    networks = TableNetworks(table)
+    mine = networks.share(*(process or this_process()))
+    todo = ~np.isin(table.run_key[mine], done.keys)
+    pending = mine[todo]
+    if len(pending) < len(table):
+        networks = TableNetworks(table, pending)
     budget = memory_budget or default_memory_budget()
     model = calibrate.load_or_measure(mesh, calibrate.model_dir(cache))
     store = cache / "executables" if cache is not None else None
     planning = Planning(budget, mesh.devices.size, model, min_efficiency, chunk_size, in_store(store, mesh))
-    buckets = bucketize(networks_of(pending), planning)
-    return Pending(all_runs, pending, len(mine) - len(pending), budget, model, buckets)
+    buckets = bucketize(networks, planning)
+    return Pending(table, pending, len(mine) - len(pending), done, budget, model, buckets)
 
 
-def metric_names(runs: list[Run]) -> list[str]:
+def metric_names(runs: list[Run] | RunTable) -> list[str]:
     """Metric columns of these runs (the union over their experiments, in first-seen order)."""
+    if isinstance(runs, RunTable):
+        configs = [runs.points[k].config for k in runs.live_points()]
+    else:
+        configs = [r.config for r in runs]
     names: list[str] = []
-    for spec in dict.fromkeys(static_spec(r.config) for r in runs):
+    for spec in dict.fromkeys(static_spec(c) for c in configs):
         names += [m for m in _metric_names(spec) if m not in names]
     return names
 
@@ -142,13 +156,13 @@ def _run_grid(grid: Grid, out: storage.Location, stop: StopFlag, *, memory_budge
     # Planning raises on an impossible budget before anything is written.
     p = plan_pending(grid, out, mesh, cache, memory_budget=memory_budget, min_efficiency=min_efficiency,
                      chunk_size=chunk_size, process=process)
-    precisions = {r.config.precision for r in p.all_runs}
+    precisions = {p.table.points[k].config.precision for k in p.table.live_points()}
     results.check_numerics(out, precisions, float_name())  # before anything is written
     stop.check()  # a signal while planning: nothing written yet
     results.recover(out, *process)
-    provenance = make_provenance(grid, dev, metric_names(p.all_runs), float_name(), precisions)
+    provenance = make_provenance(grid, dev, metric_names(p.table), float_name(), precisions)
     networks = sum(len(b.networks) for b in p.buckets)
-    invocation = {"started": started, "runs_in_grid": len(p.all_runs), "already_done": p.skipped,
+    invocation = {"started": started, "runs_in_grid": len(p.table), "already_done": p.skipped,
                   "planned": len(p.pending), "networks_trained": networks, "memory_budget_bytes": p.budget,
                   "min_efficiency": "auto" if min_efficiency is None else min_efficiency,
                   "compile_ahead": compile_ahead,
@@ -167,11 +181,13 @@ def _run_grid(grid: Grid, out: storage.Location, stop: StopFlag, *, memory_budge
 
     def train_chunks(bucket: Bucket, prog, written: list[int]) -> None:
         s, size = bucket.static, bucket.chunk_size
-        chunks = bucket.chunks()
+        chunks = bucket.chunks()  # each chunk's networks are built when it is read: read each once
         # Dispatch chunk i+1 before fetching chunk i, so the device trains while the host writes.
-        result, t0 = prog.compiled(chunk_inputs(s, size, chunks[0], prog.sharding)), time.perf_counter()
-        for i, chunk in enumerate(chunks):
-            nxt = prog.compiled(chunk_inputs(s, size, chunks[i + 1], prog.sharding)) if i + 1 < len(chunks) else None
+        following = chunks[0]
+        result, t0 = prog.compiled(chunk_inputs(s, size, following, prog.sharding)), time.perf_counter()
+        for i in range(len(chunks)):
+            chunk, following = following, chunks[i + 1] if i + 1 < len(chunks) else None
+            nxt = prog.compiled(chunk_inputs(s, size, following, prog.sharding)) if following is not None else None
             stop.wait(tree_ready(result))  # a signal first: this chunk and the next are abandoned
             host = jax.tree_util.tree_map(np.asarray, result)
             chunk_s = time.perf_counter() - t0
@@ -183,6 +199,10 @@ def _run_grid(grid: Grid, out: storage.Location, stop: StopFlag, *, memory_budge
                      "process_index": process[0]}
             runs_df, curves_df, shifts_df = results.build_tables(grid, chunk, host, extra, provenance["metrics"])
             results.write_chunk(out, name, runs_df, curves_df, provenance, shifts_df)
+            p.done.add(name, id_keys(list(runs_df["run_id"])))
+            if time.perf_counter() - index_at[0] > results.INDEX_EVERY_S:  # bounds what a SIGKILL leaves unindexed
+                results.write_index(out, process[0], p.done)
+                index_at[0] = time.perf_counter()
             written[0] += n_runs
             if bar:
                 bar.update(n_runs)
@@ -190,6 +210,7 @@ def _run_grid(grid: Grid, out: storage.Location, stop: StopFlag, *, memory_budge
             result, t0 = nxt, time.perf_counter()
 
     compiler = Compiler(p.buckets, mesh, store, ahead=compile_ahead)
+    index_at = [time.perf_counter()]  # when this host's index of runs files was last written
     done_count = 0
     stopped: Preempted | None = None
     written = [0]
@@ -229,13 +250,14 @@ def _run_grid(grid: Grid, out: storage.Location, stop: StopFlag, *, memory_budge
         compiler.close(wait=stopped is None)
         if bar:
             bar.close()
+        results.write_index(out, process[0], p.done)
     seconds = time.perf_counter() - t_start
     invocation.update(finished=dt.datetime.now(dt.timezone.utc).isoformat(), seconds=seconds, trained=done_count,
                       compile_wait_s=compiler.waited_s, runs_per_s=done_count / seconds if seconds > 0 else None)
     if stopped is not None:
         invocation["stopped_by"] = stopped.name
     results.write_manifest(out, manifest_name, grid, provenance, invocation, manifest)
-    summary = Summary(out, len(p.all_runs), p.skipped, done_count, networks, len(p.buckets), seconds,
+    summary = Summary(out, len(p.table), p.skipped, done_count, networks, len(p.buckets), seconds,
                       compiler.waited_s, invocation["buckets"])
     if stopped is not None:
         stopped.summary = summary
@@ -247,11 +269,11 @@ def bucket_record(b: Bucket, compile_s: float, source: str, compile_wait_s: floa
     """The manifest's entry of one bucket: its plan, predicted and measured seconds, throughput."""
     return {
         "bucket": b.id, "static": b.static._asdict(), "shapes": len(b.shapes), "widths": b.widths,
-        "networks": len(b.networks), "runs": len(b.runs), "chunk_size": b.chunk_size, "chunks": b.n_chunks,
+        "networks": len(b.networks), "runs": b.n_runs, "chunk_size": b.chunk_size, "chunks": b.n_chunks,
         "padding_efficiency": b.efficiency, "program": source,
         "predicted_compile_s": b.predicted_compile_s, "compile_s": compile_s, "compile_wait_s": compile_wait_s,
         "predicted_run_s": b.predicted_run_s, "run_s": run_s,
-        "runs_per_s": len(b.runs) / run_s if run_s > 0 else None,
+        "runs_per_s": b.n_runs / run_s if run_s > 0 else None,
         "flops": b.flops, "executed_flops": b.executed_flops,
         "flop_per_s": b.executed_flops / run_s if run_s > 0 else None,
         "run_steps_per_s": len(b.networks) * b.static.steps / run_s if run_s > 0 else None,
@@ -272,17 +294,17 @@ def describe_plan(grid: Grid, out, *, memory_budget: int | None, min_efficiency:
     p = plan_pending(grid, out, mesh, cache, memory_budget=memory_budget, min_efficiency=min_efficiency,
                      chunk_size=chunk_size)
     n_dev = mesh.devices.size
-    n_cfg = len({r.config_id for r in p.all_runs})
+    n_cfg = len({p.table.points[k].config_id for k in p.table.live_points()})
     networks = sum(len(b.networks) for b in p.buckets)
     m = p.model
     lines = [
         f"grid {grid.name} (scale {grid.scale}): {grid.description}",
-        f"{n_cfg} configs x {len(grid.seeds)} seeds = {len(p.all_runs)} runs; {p.skipped} already in {out}; "
+        f"{n_cfg} configs x {len(grid.seeds)} seeds = {len(p.table)} runs; {p.skipped} already in {out}; "
         f"{len(p.pending)} to train as {networks} networks",
         f"devices: {n_dev} x {jax.local_devices()[0].device_kind} ({jax.default_backend()}); "
         f"memory budget {fmt_bytes(p.budget)} per device",
         f"device model: {m.flop_rate / 1e9:.1f} GFLOP/s, {m.step_s * 1e6:.0f} us per step, "
-        f"compile {m.compile_s(static_spec(p.all_runs[0].config)):.2f} s"
+        f"compile {m.compile_s(static_spec(p.table.points[p.table.point[0]].config)):.2f} s"
         f" (planning: {'auto, least predicted time' if min_efficiency is None else f'min efficiency {min_efficiency}'})",
         f"{len(p.buckets)} compiled programs (buckets):",
         f"  {'bucket':8} {'shapes':>6} {'nets':>5} {'runs':>5} {'chunk':>5} {'chunks':>6} {'eff':>5} "
@@ -291,14 +313,14 @@ def describe_plan(grid: Grid, out, *, memory_budget: int | None, min_efficiency:
     total_flops = total_exec = compile_total = run_total = 0.0
     for b in p.buckets:
         s = b.static
-        acts = "/".join(dict.fromkeys(r.config.activation for r in b.runs))
+        acts = "/".join(b.activations)
         widths = "x".join(str(w) for w in (s.width, *s.hidden))
         shape = (f"m={widths} d0={s.core_dim}+{s.bg_dim} d={s.input_dim} n={s.n_train}/{s.n_test} "
                  + (f"K={s.n_classes} " if s.n_classes > 2 else "")
                  + (f"{s.teacher} teacher p={s.rep_dim} " if s.experiment == "distill" else "")
                  + (f"teacher_steps={s.teacher_steps} " if trains_teacher(s) else "") +
                  f"evals={s.n_evals} steps={s.steps} {acts} {s.optimizer} {s.loss}")
-        lines.append(f"  {b.id:8} {len(b.shapes):>6} {len(b.networks):>5} {len(b.runs):>5} {b.chunk_size:>5} "
+        lines.append(f"  {b.id:8} {len(b.shapes):>6} {len(b.networks):>5} {b.n_runs:>5} {b.chunk_size:>5} "
                      f"{b.n_chunks:>6} {b.efficiency:5.2f} {fmt_bytes(b.run_memory):>10} "
                      f"{b.executed_flops / 1e9:>9.1f} {b.predicted_compile_s:>7.1f}s {b.predicted_run_s:>6.1f}s "
                      f"{b.predicted_s:>6.1f}s  {shape}")

@@ -15,9 +15,10 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from contamination.config import FIELDS, Config, ConfigError, check_field, from_dict
-from contamination.ids import config_id, run_id
+from contamination.config import FIELDS, ConfigError, check_field, from_dict
 from contamination.presets import PRESETS, preset
+
+from .runs import Run, RunTable
 
 GRID_DIR = Path(__file__).parent / "grids"
 TOP_KEYS = ("description", "preset", "seeds", "fixed", "axes", "headline", "scales")
@@ -27,19 +28,6 @@ RESERVED_COLUMNS = {"run_id", "config_id", "step", "grid", "scale", "bucket", "c
 
 class GridError(ValueError):
     """A user-caused grid error: one line naming the file and the key."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Run:
-    config: Config
-    labels: dict[str, str]  # label column -> value, for table-valued axes
-    run_id: str
-    config_id: str
-    round: int = 0  # the grid's own points: 0; a point `sweeps refine` added in round k: k
-
-    @classmethod
-    def of(cls, config: Config, labels: dict[str, str], round: int = 0) -> "Run":
-        return cls(config, labels, run_id(config), config_id(config), round)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,18 +74,20 @@ class Grid:
         return {a: [label_of(v) if isinstance(v, dict) else v for v in vals] for a, vals in self.axes.items()}
 
     def runs(self) -> list[Run]:
+        """Every run as a `Run` (built on first use; the engine reads `table`, its columns)."""
         return list(self._runs)
 
     @functools.cached_property
     def _runs(self) -> tuple[Run, ...]:
-        # Expanded once: `load` expands to validate, and the engine reuses the result.
-        runs = expand(self)
-        seen = {r.run_id for r in runs}
-        for r in self.extra:  # a refined point that is already a grid point stays the grid's
-            if r.run_id not in seen:
-                seen.add(r.run_id)
-                runs.append(r)
-        return tuple(runs)
+        return tuple(self.table.runs())
+
+    @functools.cached_property
+    def table(self) -> RunTable:
+        """The runs as columns: the axes' product (grid order, duplicates dropped), then the
+        refined runs (`extra`) that are not grid runs already. Built once: `load` builds it to
+        validate, and the engine reuses it."""
+        extra = ((r.config, r.labels, r.round, (r.config.seed,)) for r in self.extra)
+        return RunTable.build(itertools.chain(points(self), extra))
 
 
 def label_of(table: dict) -> str:
@@ -133,6 +123,8 @@ def _seeds(path: str, key: str, value: Any) -> tuple[int, ...]:
                                                  for s in value):
         if len(set(value)) != len(value):
             raise _err(path, key, "seeds must be distinct")
+        if max(value) >= 2**63:
+            raise _err(path, key, f"seed: must be in [0, 2^63), got {max(value)}")
         return tuple(value)
     raise _err(path, key, f"expected a positive integer (count) or a non-empty list of non-negative integers, got {value!r}")
 
@@ -230,7 +222,7 @@ def load(name_or_path: str, scale: str | None = None) -> Grid:
     headline = _headline(path, doc.get("headline", {}), axes)
     grid = Grid(name=p.stem, path=path, text=text, scale=scale or "default", description=str(description),
                 preset=preset_name, seeds=seeds, fixed=dict(fixed), axes=dict(axes), headline=headline)
-    grid.runs()  # validates every config before any work starts (and caches them)
+    grid.table  # validates every config before any work starts (and caches the runs' columns)
     return grid
 
 
@@ -268,11 +260,10 @@ def _combos(grid: Grid):
         yield fields, labels, keys
 
 
-def expand(grid: Grid) -> list[Run]:
-    """All runs of the grid, in grid order (axes outermost-first, then seeds); duplicates dropped."""
+def points(grid: Grid):
+    """`(config, labels, round, seeds)` of each point of the axes' product, in grid order (axes
+    outermost-first); each config is built and validated once, for all its seeds."""
     base = preset(grid.preset)
-    runs: list[Run] = []
-    seen: set[str] = set()
     for fields, labels, keys in _combos(grid):
         values = {**grid.fixed, **fields}
         try:
@@ -281,9 +272,9 @@ def expand(grid: Grid) -> list[Run]:
             field = str(e).split(":", 1)[0].split(",")[0].strip()
             where = keys.get(field, f"fixed.{field}" if field in grid.fixed else "fixed")
             raise GridError(f"{grid.path}: {where}: {e}") from None
-        for s in grid.seeds:
-            run = Run.of(cfg0.replace(seed=s), labels)
-            if run.run_id not in seen:
-                seen.add(run.run_id)
-                runs.append(run)
-    return runs
+        yield cfg0, labels, 0, grid.seeds
+
+
+def expand(grid: Grid) -> list[Run]:
+    """All runs of the grid, in grid order (axes outermost-first, then seeds); duplicates dropped."""
+    return RunTable.build(points(grid)).runs()

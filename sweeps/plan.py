@@ -21,13 +21,28 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Callable
+from fractions import Fraction
+from typing import Callable, Sequence
 
-from contamination.ids import stable_hash, training_key
+import numpy as np
+
+from contamination.ids import hex_ids, stable_hash, training_key
 from contamination.spec import Static, pad_key, padded_spec, static_spec
 from contamination.cost import flops, memory_bytes
 
-from .grid import Run
+from .runs import Run, RunTable
+
+
+# Static fields added after bucket ids were first compared across versions (commit ec221b9): left
+# out of a bucket's id at their default, so that adding one leaves existing ids alone.
+LATER_STATIC = ("precision",)
+
+
+def bucket_id(static: Static) -> str:
+    """A bucket's id: a short hash of its static spec (later fields at their default left out)."""
+    defaults = Static._field_defaults
+    return stable_hash([v for f, v in zip(Static._fields, static) if not (f in LATER_STATIC and v == defaults[f])],
+                       nbytes=4)
 
 
 class PlanError(ValueError):
@@ -44,7 +59,7 @@ class Network:
     def config(self):
         return self.runs[0].config
 
-    @property
+    @functools.cached_property
     def id(self) -> str:
         return training_key(self.config)
 
@@ -65,10 +80,190 @@ def networks_of(runs: list[Run]) -> list[Network]:
     return [Network(tuple(g)) for g in groups.values()]
 
 
+class NetworkSet:
+    """Networks as columns: each network's shape (an index into `statics`, its distinct static
+    specs), its run count and its place in run-id order; a `Network` is built only when asked for.
+
+    `TableNetworks` groups rows of a `RunTable` (a million runs in a few numpy sorts, networks in
+    order of their first run id, as `networks_of`); `of_networks` wraps a list of `Network`s, in
+    its order.
+    """
+
+    def __init__(self, statics: list[Static], shape: np.ndarray, pos: np.ndarray, n_runs: np.ndarray,
+                 build: Callable[[int], Network], activation: Callable[[np.ndarray], list[str]]):
+        self.statics = statics
+        self.flops = [flops(s) for s in statics]
+        self.shape = shape  # shape index of each network
+        self.pos = pos  # each network's place when sorted by first run id
+        self.n_runs = n_runs  # runs of each network
+        self._build, self._activation = build, activation
+        first = np.full(len(statics), len(shape), np.int64)
+        np.minimum.at(first, shape, np.arange(len(shape)))
+        self.shape_first = first  # the first network of each shape (this set's order)
+        first_pos = np.full(len(statics), len(shape), np.int64)
+        np.minimum.at(first_pos, shape, pos)
+        self.shape_first_pos = first_pos  # the first network of each shape in run-id order
+        self.shape_count = np.bincount(shape, minlength=len(statics))
+        self.shape_runs = np.bincount(shape, weights=n_runs, minlength=len(statics)).astype(np.int64)
+
+    def __len__(self) -> int:
+        return len(self.shape)
+
+    def network(self, i: int) -> Network:
+        return self._build(int(i))
+
+    def activations(self, indices: np.ndarray) -> list[str]:
+        """The activations of the networks at `indices`, first seen first."""
+        return self._activation(indices)
+
+    @classmethod
+    def of_networks(cls, networks: list[Network]) -> "NetworkSet":
+        networks = list(networks)
+        index: dict[Static, int] = {}
+        shape = np.array([index.setdefault(n.static, len(index)) for n in networks], dtype=np.int64)
+        order = sorted(range(len(networks)), key=lambda i: networks[i].runs[0].run_id)
+        pos = np.empty(len(networks), np.int64)
+        pos[order] = np.arange(len(networks))
+        n_runs = np.array([len(n.runs) for n in networks], dtype=np.int64)
+
+        def activation(indices):
+            return list(dict.fromkeys(r.config.activation for i in indices for r in networks[i].runs))
+
+        return cls(list(index), shape, pos, n_runs, networks.__getitem__, activation)
+
+
+class TableNetworks(NetworkSet):
+    """The networks of rows of a `RunTable` (`rows`: grouped by network, networks in order of
+    their first run id, each network's runs in run-id order, as `networks_of`)."""
+
+    def __init__(self, table: RunTable, rows: np.ndarray | None = None):
+        rows = np.arange(len(table)) if rows is None else np.asarray(rows, dtype=np.int64)
+        rows = rows[np.argsort(table.run_key[rows], kind="stable")]
+        keys, first, inverse = np.unique(table.net_key[rows], return_index=True, return_inverse=True)
+        rank = np.empty(len(keys), np.int64)
+        rank[np.argsort(first)] = np.arange(len(keys))
+        net_of_row = rank[inverse.reshape(-1)]
+        self.rows = rows[np.argsort(net_of_row, kind="stable")]
+        n_runs = np.bincount(net_of_row, minlength=len(keys)).astype(np.int64)
+        self.starts = np.concatenate([[0], np.cumsum(n_runs)]).astype(np.int64)
+        self.table = table
+        first_rows = self.rows[self.starts[:-1]]
+        self.keys = table.net_key[first_rows]  # training keys, as uint64
+        self.point = table.point[first_rows]
+        # A network's static spec is its point's (every run of a network shares the static
+        # fields) with its run count as evaluation variants: one spec per (point, count).
+        m = int(n_runs.max(initial=0)) + 1
+        pairs, pair_of = np.unique(self.point.astype(np.int64) * m + n_runs, return_inverse=True)
+        index: dict[Static, int] = {}
+        of_pair = [index.setdefault(static_spec(table.points[k // m].config, n_evals=k % m), len(index))
+                   for k in pairs.tolist()]
+        shape = np.array(of_pair, dtype=np.int64)[pair_of.reshape(-1)] if len(pairs) else np.zeros(0, np.int64)
+        super().__init__(list(index), shape, np.arange(len(keys)), n_runs, self._network, self._activations)
+
+    def network_rows(self, i: int) -> np.ndarray:
+        return self.rows[self.starts[i]:self.starts[i + 1]]
+
+    def _network(self, i: int) -> Network:
+        net = Network(tuple(self.table.runs(self.network_rows(i))))
+        net.__dict__["static"] = self.statics[self.shape[i]]
+        net.__dict__["id"] = hex_ids(self.keys[i:i + 1])[0]
+        return net
+
+    def _activations(self, indices: np.ndarray) -> list[str]:
+        points = self.point[np.asarray(indices, dtype=np.int64)]
+        _, first = np.unique(points, return_index=True)
+        return list(dict.fromkeys(self.table.points[p].config.activation for p in points[np.sort(first)].tolist()))
+
+    def share(self, process_index: int, process_count: int) -> np.ndarray:
+        """The rows of this process's share of the networks (`engine.share`: round robin over
+        the networks sorted by id)."""
+        if process_count == 1:
+            return self.rows
+        mine = np.zeros(len(self), bool)
+        mine[np.argsort(self.keys, kind="stable")[process_index::process_count]] = True
+        return self.rows[np.repeat(mine, self.n_runs)]
+
+
+class Networks(Sequence):
+    """The networks of some shapes of a `NetworkSet`, ordered by first run id: a bucket's
+    networks, counted and summed over its shapes, built as `Network`s only when read."""
+
+    def __init__(self, nets: NetworkSet, shapes):
+        self.nets = nets
+        self.shapes = tuple(sorted(set(int(s) for s in shapes), key=lambda s: nets.shape_first_pos[s]))
+        self._len = int(sum(nets.shape_count[s] for s in self.shapes))
+
+    def __len__(self) -> int:
+        return self._len
+
+    @functools.cached_property
+    def indices(self) -> np.ndarray:
+        """The networks' indices in the set, in run-id order."""
+        idx = np.flatnonzero(np.isin(self.nets.shape, self.shapes))
+        return idx[np.argsort(self.nets.pos[idx], kind="stable")]
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self.nets.network(k) for k in self.indices[i]]
+        return self.nets.network(self.indices[i])
+
+    def __iter__(self):
+        return (self.nets.network(k) for k in self.indices)
+
+    def __add__(self, other):
+        if isinstance(other, Networks) and other.nets is self.nets:
+            return Networks(self.nets, self.shapes + other.shapes)
+        return list(self) + list(other)
+
+    def only(self, shape: int) -> "Networks":
+        return Networks(self.nets, (shape,))
+
+    def without(self, shape: int) -> "Networks":
+        return Networks(self.nets, [s for s in self.shapes if s != shape])
+
+    @property
+    def statics(self) -> list[Static]:
+        return [self.nets.statics[s] for s in self.shapes]
+
+    @property
+    def n_runs(self) -> int:
+        return int(sum(self.nets.shape_runs[s] for s in self.shapes))
+
+    @property
+    def flops(self) -> float:
+        """The networks' FLOPs summed exactly (and rounded once)."""
+        return float(sum(Fraction(self.nets.flops[s]) * int(self.nets.shape_count[s]) for s in self.shapes))
+
+    def activations(self) -> list[str]:
+        return self.nets.activations(self.indices)
+
+
+class _Chunks(Sequence):
+    """A bucket's chunks, each a list of `Network`s built when it is read."""
+
+    def __init__(self, networks: Sequence[Network], size: int):
+        self.networks, self.size = networks, size
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.networks) / self.size) if self.size else 0
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[k] for k in range(len(self))[i]]
+        if not -len(self) <= i < len(self):
+            raise IndexError(i)
+        i %= len(self)
+        return list(self.networks[i * self.size:(i + 1) * self.size])
+
+
+def _statics(networks) -> list[Static]:
+    return networks.statics if isinstance(networks, Networks) else [n.static for n in networks]
+
+
 @dataclasses.dataclass
 class Bucket:
     static: Static  # padded sizes
-    networks: list[Network]
+    networks: Sequence[Network]  # a list, or `Networks` (the planner's)
     chunk_size: int = 0  # networks per compiled call
     predicted_compile_s: float = 0.0
     predicted_run_s: float = 0.0
@@ -76,19 +271,32 @@ class Bucket:
 
     @property
     def id(self) -> str:
-        return stable_hash(list(self.static), nbytes=4)
+        return bucket_id(self.static)
 
     @property
     def runs(self) -> list[Run]:
         return [r for n in self.networks for r in n.runs]
 
     @property
+    def n_runs(self) -> int:
+        if isinstance(self.networks, Networks):
+            return self.networks.n_runs
+        return sum(len(n.runs) for n in self.networks)
+
+    @property
+    def activations(self) -> list[str]:
+        """The activations of its runs, first seen first."""
+        if isinstance(self.networks, Networks):
+            return self.networks.activations()
+        return list(dict.fromkeys(r.config.activation for r in self.runs))
+
+    @property
     def widths(self) -> list[int]:
-        return sorted({n.config.width for n in self.networks})
+        return sorted({s.width for s in _statics(self.networks)})
 
     @property
     def shapes(self) -> list[Static]:
-        return sorted({n.static for n in self.networks})
+        return sorted(set(_statics(self.networks)))
 
     @property
     def efficiency(self) -> float:
@@ -99,13 +307,14 @@ class Bucket:
     def n_chunks(self) -> int:
         return math.ceil(len(self.networks) / self.chunk_size) if self.chunk_size else 0
 
-    def chunks(self) -> list[list[Network]]:
-        c = self.chunk_size
-        return [self.networks[i:i + c] for i in range(0, len(self.networks), c)]
+    def chunks(self) -> Sequence[list[Network]]:
+        return _Chunks(self.networks, self.chunk_size)
 
     @property
     def flops(self) -> float:
         """FLOPs of the true networks (what a researcher asked for)."""
+        if isinstance(self.networks, Networks):
+            return self.networks.flops
         return sum(n.flops for n in self.networks)
 
     @property
@@ -180,9 +389,12 @@ class Planning:
     in_store: Callable[[Static, int], bool] = lambda static, chunk: False  # noqa: E731
 
 
-def make_bucket(networks: list[Network], p: Planning) -> Bucket:
-    """A bucket of `networks` padded to their largest sizes, chunked, with its predicted seconds."""
-    b = Bucket(padded_spec(n.static for n in networks), sorted(networks, key=lambda n: n.runs[0].run_id))
+def make_bucket(networks: Sequence[Network], p: Planning) -> Bucket:
+    """A bucket of `networks` (a list, or `Networks`: already in order) padded to their largest
+    sizes, ordered by first run id, chunked, with its predicted seconds."""
+    if not isinstance(networks, Networks):
+        networks = sorted(networks, key=lambda n: n.runs[0].run_id)
+    b = Bucket(padded_spec(_statics(networks)), networks)
     choose_chunk(b, p.memory_budget, p.n_devices, chunk_size=p.chunk_size, model=p.model)
     if p.model is not None:
         b.predicted_compile_s = 0.0 if p.in_store(b.static, b.chunk_size) else p.model.compile_s(b.static)
@@ -221,11 +433,15 @@ def _greedy(clusters: list[Bucket], merge_score, p: Planning) -> list[Bucket]:
     return [alive[k] for k in sorted(alive)]
 
 
-def bucketize(networks: list[Network], p: Planning) -> list[Bucket]:
-    """Group networks into programs: by categorical choices, then by the chosen padding."""
-    groups: dict[Static, dict[Static, list[Network]]] = {}
-    for n in networks:
-        groups.setdefault(pad_key(n.static), {}).setdefault(n.static, []).append(n)
+def bucketize(networks: list[Network] | NetworkSet, p: Planning) -> list[Bucket]:
+    """Group networks into programs: by categorical choices, then by the chosen padding. Buckets
+    are unions of exact shapes, so the search works on shapes (a count and FLOPs each), however
+    many networks each holds."""
+    nets = networks if isinstance(networks, NetworkSet) else NetworkSet.of_networks(networks)
+    groups: dict[Static, list[int]] = {}  # pad key -> its shapes, first seen first
+    for shape in np.argsort(nets.shape_first, kind="stable").tolist():
+        if nets.shape_first[shape] < len(nets):
+            groups.setdefault(pad_key(nets.statics[shape]), []).append(shape)
     if p.min_efficiency is None:
         def merge_score(a, b, merged):  # seconds saved
             return a.predicted_s + b.predicted_s - merged.predicted_s
@@ -233,8 +449,8 @@ def bucketize(networks: list[Network], p: Planning) -> list[Bucket]:
         def merge_score(a, b, merged):  # the most efficient merge first, while it is efficient enough
             return merged.efficiency + 1e-9 if merged.efficiency >= p.min_efficiency - 1e-12 else None
     buckets = []
-    for by_shape in groups.values():
-        exact = [make_bucket(nets, p) for _, nets in sorted(by_shape.items())]
+    for shapes in groups.values():
+        exact = [make_bucket(Networks(nets, (s,)), p) for s in sorted(shapes, key=nets.statics.__getitem__)]
         merged = _greedy(exact, merge_score, p)
         buckets += _improve(merged, p) if p.min_efficiency is None else merged
     return buckets
@@ -242,20 +458,18 @@ def bucketize(networks: list[Network], p: Planning) -> list[Bucket]:
 
 def _improve(buckets: list[Bucket], p: Planning, rounds: int = 20) -> list[Bucket]:
     """Local search after the greedy merges: move one shape's networks to another bucket (or to
-    a bucket of its own) while that lowers the predicted total."""
+    a bucket of its own) while that lowers the predicted total (buckets of `Networks`)."""
     buckets = list(buckets)
     for _ in range(rounds):
         best = None  # (gain, source index, target index or None, the shape's networks)
         for i, src in enumerate(buckets):
-            by_shape: dict[Static, list[Network]] = {}
-            for n in src.networks:
-                by_shape.setdefault(n.static, []).append(n)
-            if len(by_shape) < 2:
+            if len(src.networks.shapes) < 2:
                 continue
-            for shape, nets in by_shape.items():
-                rest = make_bucket([n for n in src.networks if n.static != shape], p)
+            for shape in src.networks.shapes:  # first seen (in run-id order) first
+                rest = make_bucket(src.networks.without(shape), p)
+                nets = src.networks.only(shape)
                 for j in [None] + [j for j in range(len(buckets)) if j != i]:
-                    moved = make_bucket(nets + (buckets[j].networks if j is not None else []), p)
+                    moved = make_bucket(nets + buckets[j].networks if j is not None else nets, p)
                     before = src.predicted_s + (buckets[j].predicted_s if j is not None else 0.0)
                     gain = before - rest.predicted_s - moved.predicted_s
                     if gain > 1e-9 and (best is None or gain > best[0]):

@@ -460,14 +460,14 @@ def refine(grid: Grid, out, *, metric: str, level: float, rounds: int = 3, batch
     out = storage.location(out)
     ax = refinable_axes(grid, axes)
     facets = facet_columns(grid.axes, ax)
-    names = metric_names(grid.runs())
+    names = metric_names(grid.table)
     if metric not in names:
         raise RefineError(f"--metric: {metric!r} is not a metric of {grid.name}; metrics: {', '.join(names)}")
     if rounds < 0 or (batch is not None and batch < 1) or (seeds_per_point is not None and seeds_per_point < 1):
         raise RefineError("--rounds must be >= 0, --batch and --seeds-per-point >= 1")
     spp = seeds_per_point or max(1, round(0.75 * len(grid.seeds)))
     split_cost = (3 ** len(ax) - 2 ** len(ax)) * spp  # the new points of one split, their seeds
-    batch = batch or max(split_cost, len(grid.runs()) // 4)
+    batch = batch or max(split_cost, len(grid.table) // 4)
     if batch < split_cost:
         raise RefineError(f"--batch: {batch} runs cannot hold one split ({3 ** len(ax) - 2 ** len(ax)} new points "
                           f"x {spp} seeds = {split_cost} runs)")
@@ -483,7 +483,7 @@ def refine(grid: Grid, out, *, metric: str, level: float, rounds: int = 3, batch
         train(refined, out, {"refine": {"round": k, **setting, "reasons": reasons}})
 
     last = state["rounds"][-1]["round"] if state["rounds"] else 0
-    run(last, state["rounds"][-1]["reasons"] if state["rounds"] else {"grid": len(grid.runs())})
+    run(last, state["rounds"][-1]["reasons"] if state["rounds"] else {"grid": len(grid.table)})
     stopped = f"{rounds} rounds"
     for k in range(last + 1, rounds + 1):
         runs = read_runs(out)

@@ -8,21 +8,25 @@ the same name. A run is done when its row is in a readable `runs/` file. On star
 curves files without their runs file (a crash between the two writes) and files whose Parquet
 footer does not read are removed with a warning, so a killed sweep resumes with no lost and no
 duplicate rows. With several hosts, chunk names carry the host (`p{index}-`), and a host removes
-only its own orphaned curves files (another host's may be between its two writes).
+only its own orphaned curves files (another host's may be between its two writes). What is done
+is read from the runs files' `run_id` column alone, or from the hosts' indexes of their runs
+files (`done_runs`, `write_index`).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import sys
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from contamination.config import log_steps
-from contamination.ids import RESULTS_VERSION
+from contamination.ids import RESULTS_VERSION, hex_ids
 from contamination.shift import SHIFT_CURVES, SHIFT_METRICS as FINAL_ONLY
 
 from .grid import Grid
@@ -107,14 +111,6 @@ def table_bytes(table: pa.Table) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
-def read_column(out: Location, table: str, name: str, column: str) -> list | None:
-    """One column of a Parquet file, or None when the file (its footer) does not read."""
-    try:
-        return out.read_parquet(table, name, columns=[column]).column(column).to_pylist()
-    except (*UNREADABLE, KeyError):
-        return None
-
-
 def chunk_prefix(process_index: int, process_count: int) -> str:
     """Chunk names of a host: `p{index}-` with several hosts, none with one."""
     return f"p{process_index}-" if process_count > 1 else ""
@@ -136,19 +132,175 @@ def recover(out: Location, process_index: int = 0, process_count: int = 1) -> No
                 out.delete(table, name)
 
 
+# Each host's index of the runs files it knows (hidden, beside the manifest): a resume takes
+# the run ids of a runs file from it while the file's size and modification time are those the
+# index recorded, instead of reading every runs file's footer (on a CPU, where chunks hold a few
+# runs, 10^5 runs are tens of thousands of files). A file that changed, or that no index names,
+# is read (and removed when it does not read); entries of files that are gone are ignored.
+INDEX_PREFIX = ".run-index-"
+READ_THREADS = 16  # runs files read at once from an object store (each read waits on the network)
+INDEX_EVERY_S = 120.0  # a run also writes its index after a chunk when this long has passed since the last
+
+
+def index_name(process_index: int) -> str:
+    return f"{INDEX_PREFIX}p{process_index}.parquet"
+
+
+class Done:
+    """The runs already written: each one's run id (as a uint64 digest, `ids.id_keys`) and the
+    runs file that holds it (an index into `files`)."""
+
+    def __init__(self, files: list[str], file_of: np.ndarray, keys: np.ndarray, changed: bool = False):
+        self.files = files
+        self._parts = [(np.asarray(file_of, np.int32), np.asarray(keys, np.uint64))]
+        self.changed = changed  # whether the indexes on disk miss some of this (`write_index`)
+
+    def add(self, name: str, keys: np.ndarray) -> None:
+        """A runs file this process has just written."""
+        self._parts.append((np.full(len(keys), len(self.files), np.int32), np.asarray(keys, np.uint64)))
+        self.files.append(name)
+        self.changed = True
+
+    def _joined(self) -> tuple[np.ndarray, np.ndarray]:
+        if len(self._parts) > 1:
+            self._parts = [tuple(np.concatenate(c) for c in zip(*self._parts))]
+        return self._parts[0]
+
+    @property
+    def file_of(self) -> np.ndarray:
+        """int32, per run: its file in `files`."""
+        return self._joined()[0]
+
+    @property
+    def keys(self) -> np.ndarray:
+        """uint64, per run: its run id."""
+        return self._joined()[1]
+
+
 def done_run_ids(out: Location) -> set[str]:
     """Run ids in readable runs files; a runs file whose footer does not read is removed with its curves."""
-    ids: set[str] = set()
-    for name in out.files("runs", suffix=".parquet"):
-        got = read_column(out, "runs", name, "run_id")
+    return set(hex_ids(done_runs(out).keys))
+
+
+def done_run_keys(out: Location) -> np.ndarray:
+    """The run ids of `done_runs` as sorted, distinct uint64 digests."""
+    return np.unique(done_runs(out).keys)
+
+
+def done_runs(out: Location) -> Done:
+    """The runs in readable runs files (reading nothing else of them).
+
+    A file an index (`write_index`) names, unchanged, is taken from it; the others are read, the
+    `run_id` column alone (Parquet column projection; several at once from an object store),
+    and one whose footer (or run_id column) does not read is removed with its curves, with a
+    warning."""
+    listed = out.listing("runs", suffix=".parquet")
+    if not listed:
+        return Done([], np.zeros(0, np.int32), np.zeros(0, np.uint64))
+    files, file_of, keys, stale = read_index(out, listed)
+    known = set(files)
+    new = [n for n in listed if n not in known]
+    for name, got in zip(new, read_run_keys(out, new)):
         if got is None:
             warn(f"{out}: removing runs/{name} and its curves: not a readable Parquet file; its runs will train again")
             out.delete("runs", name)
             for table in BEFORE_RUNS:
                 out.delete(table, name)
             continue
-        ids.update(got)
-    return ids
+        file_of.append(np.full(len(got), len(files), np.int32))
+        keys.append(got)
+        files.append(name)
+    return Done(files, np.concatenate(file_of), np.concatenate(keys), changed=bool(new) or stale)
+
+
+def read_index(out: Location, listed: dict[str, tuple[int, int]]) \
+        -> tuple[list[str], list[np.ndarray], list[np.ndarray], bool]:
+    """The files of `listed` (name -> size, mtime) that some index names with their size and
+    mtime (each from the first index naming it), the index of each of their runs' file and its
+    key; and whether an index names a file that is gone or changed. An index that does not read
+    is ignored."""
+    at: dict[str, int] = {}
+    file_of, keys = [np.zeros(0, np.int32)], [np.zeros(0, np.uint64)]
+    stale = False
+    for name in out.files(prefix=INDEX_PREFIX, suffix=".parquet", hidden=True):
+        try:
+            with out.fs.open_input_file(out.path(name)) as f:
+                table = pq.ParquetFile(f).read()
+            column = table.column("file").combine_chunks()
+            if not pa.types.is_dictionary(column.type):
+                column = column.dictionary_encode()
+            rows = column.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+            size, mtime = (table.column(c).to_numpy() for c in ("size", "mtime_ns"))
+            run_keys = table.column("run_key").to_numpy().astype(np.uint64)
+        except (*UNREADABLE, KeyError, ValueError):
+            continue
+        names = column.dictionary.to_pylist()
+        first = np.full(len(names), -1, np.int64)
+        first[rows[::-1]] = np.arange(len(rows))[::-1]  # each file's first row
+        index = np.full(len(names), -1, np.int64)
+        for k, n in enumerate(names):
+            valid = first[k] >= 0 and listed.get(n) == (int(size[first[k]]), int(mtime[first[k]]))
+            stale |= not valid
+            if valid and n not in at:
+                index[k] = at[n] = len(at)
+        got = index[rows]
+        keep = got >= 0
+        file_of.append(got[keep].astype(np.int32))
+        keys.append(run_keys[keep])
+    return list(at), file_of, keys, stale
+
+
+def write_index(out: Location, process_index: int, done: Done) -> None:
+    """Record `done` as this host's index (each file with the size and mtime it has now), where
+    it changed; a best effort: a resume without it reads the runs files."""
+    if not done.changed:
+        return
+    try:
+        listed = out.listing("runs", suffix=".parquet")
+        stats = np.array([listed.get(n, (-1, -1)) for n in done.files], np.int64).reshape(-1, 2)
+        here = np.array([n in listed for n in done.files], bool)[done.file_of]  # files since removed: left out
+        file_of = done.file_of[here]
+        size, mtime = stats[:, 0], stats[:, 1]
+        table = pa.table({"file": pa.DictionaryArray.from_arrays(pa.array(file_of, pa.int32()),
+                                                                 pa.array(done.files, pa.string())),
+                          "size": pa.array(size[file_of]), "mtime_ns": pa.array(mtime[file_of]),
+                          "run_key": pa.array(done.keys[here], pa.uint64())})
+        out.write_bytes(table_bytes(table), index_name(process_index))
+        done.changed = False
+    except (*UNREADABLE, ValueError) as e:
+        warn(f"{out}: could not write {index_name(process_index)} ({e}); the next resume reads the runs files")
+
+
+def read_run_keys(out: Location, names: list[str]) -> list[np.ndarray | None]:
+    """The run ids (uint64 digests) of each runs file, its `run_id` column alone; None where the
+    file does not read."""
+    def one(name: str) -> np.ndarray | None:
+        try:
+            with out.fs.open_input_file(out.path("runs", name)) as f:
+                column = pq.ParquetFile(f).read(columns=["run_id"], use_threads=False).column("run_id")
+            return id_column_keys(column)
+        except (*UNREADABLE, KeyError, ValueError):
+            return None
+
+    if out.local or len(names) < 2:
+        return [one(n) for n in names]
+    with concurrent.futures.ThreadPoolExecutor(READ_THREADS) as pool:
+        return list(pool.map(one, names))
+
+
+def id_column_keys(column: pa.ChunkedArray) -> np.ndarray:
+    """uint64 digests of an id column's 16-hex-digit values (others, and nulls, are no run's id)."""
+    out = [np.zeros(0, np.uint64)]
+    for chunk in column.chunks:
+        chunk = pc.drop_null(chunk.cast(pa.string()))
+        ok = pc.match_substring_regex(chunk, "^[0-9a-f]{16}$")
+        if not pc.all(ok).as_py():
+            chunk = chunk.filter(ok)
+        if len(chunk):
+            offsets = np.frombuffer(chunk.buffers()[1], np.int32)[chunk.offset:chunk.offset + len(chunk) + 1]
+            text = chunk.buffers()[2].to_pybytes()[offsets[0]:offsets[-1]]
+            out.append(np.frombuffer(bytes.fromhex(text.decode()), ">u8").astype(np.uint64))
+    return np.concatenate(out)
 
 
 def widths_label(widths) -> str:

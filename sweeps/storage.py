@@ -95,10 +95,16 @@ class Location:
 
     def files(self, sub: str = "", *, suffix: str = "", prefix: str = "", hidden: bool = False) -> list[str]:
         """Sorted names of the files directly in `sub` (none when it does not exist)."""
+        return list(self.listing(sub, suffix=suffix, prefix=prefix, hidden=hidden))
+
+    def listing(self, sub: str = "", *, suffix: str = "", prefix: str = "",
+                hidden: bool = False) -> dict[str, tuple[int, int]]:
+        """`files`, each with its size and modification time in ns (-1 where the store gives none)."""
         infos = self.fs.get_file_info(pafs.FileSelector(self.path(sub) if sub else self.root, allow_not_found=True))
-        names = [i.base_name for i in infos if i.type == pafs.FileType.File]
-        return sorted(n for n in names if n.endswith(suffix) and n.startswith(prefix)
-                      and (hidden or not n.startswith(".")))
+        found = {i.base_name: (i.size, -1 if i.mtime_ns is None else i.mtime_ns)
+                 for i in infos if i.type == pafs.FileType.File}
+        return {n: found[n] for n in sorted(found) if n.endswith(suffix) and n.startswith(prefix)
+                and (hidden or not n.startswith("."))}
 
     def read_bytes(self, *parts: str) -> bytes:
         with self.fs.open_input_file(self.path(*parts)) as f:
