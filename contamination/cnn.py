@@ -191,7 +191,7 @@ def cnn_training(s: Static, traced: dict) -> Training:
 
     def final(p: ConvParams):
         # the critical shift and its curve; the mean-direction ablation is the MLP's only (NaN here)
-        return shift_metrics(p, None, lambda q, split: split_metrics(q, split)[:2], data, core_dim=s.core_dim,
+        return shift_metrics(p, None, lambda q, split, _: split_metrics(q, split)[:2], data, core_dim=s.core_dim,
                              sizes=sizes, bg_train=bg_train, bg_ood=bg_ood, critical_level=traced["critical_level"],
                              shift_range=traced["shift_range"], n_classes=s.n_classes)
 

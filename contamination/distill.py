@@ -50,6 +50,7 @@ from .metrics import (activation_asymmetry, bg_direction, init_spread, masked_me
                       projection_metrics)
 from .model import Params, activate, forward, init_params, loss_values
 from .experiments import Experiment
+from .shift import SHIFT_METRICS, ablate, shift_metrics
 from .loop import Training, init_carry, make_optimizer, make_step, train_for
 from .setup import make_get_batch, prepare
 
@@ -277,6 +278,23 @@ def distill_training(static: Static, traced: dict) -> Training:
         }
         return {k: jnp.broadcast_to(out[k], (n_evals,)) for k in DISTILL_METRICS}
 
+    def probe_on(p: Student, split, ridge):
+        """The student's probe (refitted on its own training representation) on a split: its mean
+        squared error on the +-1 labels (the probe's loss) and accuracy."""
+        probe = ridge_probe(student_rep(p, train.x, s.activation, slope, mask)[0], train.y, train.mask, ridge)
+        h, _ = student_rep(p, split.x, s.activation, slope, mask)
+        w, b = probe
+        return masked_mean((split.y - (h @ w + b)) ** 2, split.mask), probe_accuracy(probe, h, split.y, split.mask)
+
+    def final(p: Student):
+        # the critical shift of the student's probe, and of the student with its first layer's
+        # component along the background mean removed (folded into its biases, as the classifier's)
+        ablated = ablate(p, u, masked_mean(train.x @ u, train.mask), s.bias)
+        return shift_metrics(p, ablated, probe_on, data, core_dim=s.core_dim, sizes=sizes,
+                             bg_train=traced["bg_train"], bg_ood=traced["bg_ood"],
+                             critical_level=traced["critical_level"], shift_range=traced["shift_range"],
+                             n_classes=2, per_variant=traced["probe_ridge"])
+
     get_batch = make_get_batch(s, setup, traced["bg_train"])
     full_batch = not s.online and not s.batch_size
 
@@ -289,7 +307,7 @@ def distill_training(static: Static, traced: dict) -> Training:
     tx = make_optimizer(s.optimizer, traced["lr"], traced["weight_decay"], traced["momentum"])
     step = make_step(objective, tx, trainable, get_batch)
     # A diverged teacher (kept at its last finite parameters) voids the run: flagged at step 0.
-    return Training(step, init_carry(student, tx), measure, void=teacher_diverged)
+    return Training(step, init_carry(student, tx), measure, void=teacher_diverged, final=final)
 
 
-EXPERIMENT = Experiment("distill", DISTILL_METRICS, distill_training)
+EXPERIMENT = Experiment("distill", DISTILL_METRICS, distill_training, spec_metrics=lambda s: SHIFT_METRICS)

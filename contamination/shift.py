@@ -88,23 +88,26 @@ def critical(at, shifts: jax.Array, accs: jax.Array, level: jax.Array):
 
 def shift_metrics(params, ablated, evaluate, data: Data, *, core_dim: int, sizes: Sizes, bg_train: jax.Array,
                   bg_ood: jax.Array, critical_level: jax.Array, shift_range: jax.Array,
-                  n_classes: int) -> tuple[dict, dict]:
+                  n_classes: int, per_variant: jax.Array | None = None) -> tuple[dict, dict]:
     """SHIFT_METRICS, each (n_evals,), and SHIFT_CURVES, each (n_evals, SHIFT_POINTS), for one
     network `params` and its ablation `ablated` (None: not defined for this model, NaN), per
-    evaluation variant (its OOD range, level and ladder). `evaluate(params, split) -> (loss, acc)`."""
+    evaluation variant (its OOD range, level and ladder). `evaluate(params, split, extra) -> (loss,
+    acc)`, with `extra` the variant's entry of `per_variant` (e.g. a probe's ridge), or None."""
+    extras = jnp.zeros(bg_ood.shape[0]) if per_variant is None else per_variant
 
-    def variant(rng, level, shift_range):
+    def variant(rng, level, shift_range, extra):
         e, shifts = direction(bg_train, rng), ladder(shift_range)
+        extra = None if per_variant is None else extra
 
         def measure(p):  # one network: traced once, vmapped over the network and its ablation
-            id_loss, id_acc = evaluate(p, data.test)
+            id_loss, id_acc = evaluate(p, data.test, extra)
 
             def at(s):
-                return evaluate(p, ood_split(data, core_dim, sizes, bg_train + s * e))
+                return evaluate(p, ood_split(data, core_dim, sizes, bg_train + s * e), extra)
 
             curve_loss, curve_acc = jax.lax.map(at, shifts)  # one shift at a time: a small peak of memory
             crit, censored = critical(at, shifts, curve_acc, id_acc - level * (id_acc - 1.0 / n_classes))
-            ood_loss, ood_acc = evaluate(p, ood_split(data, core_dim, sizes, rng))
+            ood_loss, ood_acc = evaluate(p, ood_split(data, core_dim, sizes, rng), extra)
             return {"critical_shift": crit, "critical_shift_censored": censored.astype(id_acc.dtype),
                     "id_acc": id_acc, "id_loss": id_loss, "ood_acc": ood_acc, "ood_loss": ood_loss,
                     "curve_acc": curve_acc, "curve_loss": curve_loss}
@@ -126,14 +129,14 @@ def shift_metrics(params, ablated, evaluate, data: Data, *, core_dim: int, sizes
                                              jnp.where(enough, lost, 1.0), jnp.nan)
         return {k: out[k] for k in SHIFT_METRICS}, curves
 
-    return jax.vmap(variant)(bg_ood, critical_level, shift_range)
+    return jax.vmap(variant)(bg_ood, critical_level, shift_range, extras)
 
 
 def mlp_shift_metrics(params: Params, data: Data, *, u: jax.Array, net: Net, bias: bool, **kw) -> tuple[dict, dict]:
     """`shift_metrics` of an MLP, with its mean-direction ablation (module docstring)."""
     ablated = ablate(params, u, masked_mean(data.train.x @ u, data.train.mask), bias)
 
-    def evaluate(p, split):
+    def evaluate(p, split, _):
         f, _ = forward(p, split.x, net.activation, net.slope, net.mask, deep=net.deep)
         loss, acc, _ = output_metrics(f, split, net.loss)
         return loss, acc
