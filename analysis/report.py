@@ -167,8 +167,7 @@ def build_figures(results: Results) -> list[Panel]:
             others = _rest(axes, "activation")
             row = others[0] if others and curves[others[0]].nunique() <= MAX_ROWS else None
             out.append(Panel("curves_background_by_activation", "Training curves",
-                             " (left) and ".join(short(m) for m in bg) + (" (right)" if len(bg) > 1 else "")
-                             + " by activation",
+                             bg_caption(bg) + " by activation",
                              curves_figure(curves, BG_PANELS, hue="activation", row=row,
                                            averaged=_rest(others, row), logx=log_steps,
                                            title="The drift along the background mean and the class gradients "
@@ -182,6 +181,14 @@ def build_figures(results: Results) -> list[Panel]:
                              collapse_figure(c, collapse, averaged=_rest(axes, "lr", "width")),
                              collapse_note(c, collapse)))
     return out
+
+
+def bg_caption(bg: list[str]) -> str:
+    """The caption of the background figure's panels, left to right."""
+    if bg == [m for p in BG_PANELS for m in p]:
+        return ("the drift along the background mean (left), the net and total class gradients along it per "
+                "training sample (middle) and their ratio (right)")
+    return " (left) and ".join(short(m) for m in bg) + (" (right)" if len(bg) > 1 else "")
 
 
 def depth_class_panels(results: Results, axes: list[str]) -> list[Panel]:

@@ -115,6 +115,9 @@ def memory_bytes(s: Static) -> int:
         acts = (1.8 if minibatch else 2.75) * n_eval * m + 2 * nb * m
     if s.hidden or extra_out:  # the gradient balance by autodiff on the training set
         acts += 2 * s.n_train * s.width
+    # the critical shift (shift.py), at the end: a shifted copy of the test set, inputs and
+    # activations (fitted to the XLA buffers like the rest)
+    acts += s.n_test * (d + s.width)
     n_metrics = len(METRICS) + s.depth
     if s.experiment == "distill":
         p = s.rep_dim

@@ -183,7 +183,8 @@ def test_report_links_only_existing_files(tiny_report):
                 "bg_grad_balance", "n", "n_diverged"):
         assert f" {col} " in header
     assert "bg_signed" not in header
-    assert "*projection on the background mean (left) and class gradient imbalance (right) by activation.*" in text
+    assert ("*the drift along the background mean (left), the net and total class gradients along it per training "
+            "sample (middle) and their ratio (right) by activation.*") in text
     assert f"{COLLAPSE_HEADER}:" in text  # width is an axis (lr fixed): the collapse figure and its scores
 
 
