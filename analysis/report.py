@@ -75,8 +75,11 @@ def shift_panels(results: Results, axes: list[str]) -> list[Panel]:
         x, y = free[0], free[1]
         facet = free[2] if len(free) >= 3 else None
         averaged = _rest(free, x, y, facet)
-        for m, what in (("ood_acc", "OOD accuracy"), ("critical_shift", "the background shift at which accuracy "
-                                                                           "falls midway to chance")):
+        acc = "ood_acc" if "ood_acc" in runs else "student_probe_ood_acc"  # a distillation run: its probe
+        for m, what in ((acc, "OOD accuracy"), ("critical_shift", "the background shift at which accuracy "
+                                                                      "falls midway to chance")):
+            if m not in runs:
+                continue
             out.append(Panel(phase_stem(m, x, y, facet) + ("_headline" if where else ""), "OOD accuracy and the "
                              "critical shift", f"{what} over {x} × {y}" + (f", by {facet}" if facet else "") + at
                              + (f"; pooled over {', '.join(averaged)}" if averaged else ""),

@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
-import re
 import os
 import subprocess
 import sys
@@ -42,9 +41,11 @@ def reference_module():
 
 
 def test_every_shipped_grid_expands_and_plans_as_at_ec221b9(tmp_path):
-    """Run ids (order included), config ids, labels, networks, each host's share, the buckets of
-    three plans and `sweeps plan`'s text of every shipped grid at every scale are those the code
-    of ec221b9 computed (`tests/data/make_grid_ids_reference.py`, in a fresh process)."""
+    """Run ids (order included), config ids, labels, networks and each host's share of every
+    shipped grid at every scale are those the code of ec221b9 computed; the buckets of three plans
+    and `sweeps plan`'s text are those recorded when the cost model last changed (it counted the
+    critical shift's evaluation, which moved chunk sizes): regenerate those two entries with
+    today's code whenever the cost model changes (`tests/data/make_grid_ids_reference.py`)."""
     out = tmp_path / "now.json"
     res = subprocess.run([sys.executable, str(DATA / "make_grid_ids_reference.py"), str(out), "now"], cwd=ROOT,
                          capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
@@ -52,12 +53,7 @@ def test_every_shipped_grid_expands_and_plans_as_at_ec221b9(tmp_path):
     now, then = json.loads(out.read_text())["grids"], REFERENCE["grids"]
     assert REFERENCE["commit"] == "ec221b9" and now.keys() == then.keys()
     for name in then:
-        # `sweeps plan`'s memory estimates grew since ec221b9 by the curves of two metrics added
-        # after it (bg_grad_net, bg_grad_total: cost.memory_bytes counts logged metrics); the rest
-        # of its text, and every id and plan, are those of ec221b9
-        a, b = dict(now[name]), dict(then[name])
-        a["plan_text"], b["plan_text"] = (re.sub(r"[0-9.]+ [KMG]iB", "-", t["plan_text"]) for t in (a, b))
-        assert a == b, name
+        assert now[name] == then[name], name
 
 
 @pytest.mark.parametrize("name", sorted(k for k in REFERENCE["grids"] if k.endswith("/default")))
