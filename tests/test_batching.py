@@ -16,8 +16,9 @@ def assert_same(a, b, **tol):
 
 @pytest.mark.parametrize("preset_name,extra", [
     ("toy_theory", {}),
-    ("toy", {"activation": "sigmoid"}),
-    ("theory", {"input_dim": 64, "batch_size": 8}),
+    # (under `make test-all`; by default test_padding.py pads a sigmoid network and online batches)
+    pytest.param("toy", {"activation": "sigmoid"}, marks=pytest.mark.slow),
+    pytest.param("theory", {"input_dim": 64, "batch_size": 8}, marks=pytest.mark.slow),
     pytest.param("toy", {"optimizer": "adam", "batch_size": 16, "activation": "gelu"},
                  marks=pytest.mark.slow),  # minibatches stay tested by the `theory` case
 ])
@@ -38,6 +39,7 @@ def test_batch_equals_alone(preset_name, extra):
 # The output mode whose signs depend on the true width (+1/m for its first half), with a
 # sigmoid (f(0) != 0: padded neurons must be masked). The other output modes and activations
 # are padded on every axis in tests/test_padding.py.
+@pytest.mark.slow  # (by default: test_padding.py pads the width of a sigmoid network with the rest)
 @pytest.mark.parametrize("activation,output", [("sigmoid", "frozen_half")])
 @identity
 def test_padded_width_equals_unpadded(activation, output):
@@ -62,7 +64,7 @@ def test_divergent_run_is_flagged_and_isolated():
     assert_same({k: v[0] for k, v in batch["curves"].items()}, alone["curves"], rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("activation", ["relu", "linear"])
+@pytest.mark.parametrize("activation", ["relu", pytest.param("linear", marks=pytest.mark.slow)])
 @identity
 def test_relu_and_linear_share_the_leaky_program_exactly(activation):
     """ReLU and linear compile as LeakyReLU with a traced slope of 0 and 1; the results are

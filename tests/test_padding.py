@@ -84,7 +84,8 @@ def programs(name, **extra):
     return [compiled_batch_run(static_spec(base)._replace(**pad)) for pad in (SMALL_PAD, BIG_PAD)]
 
 
-@pytest.mark.parametrize("name,extra", [("toy_theory", {}), ("toy", {"activation": "tanh"}),
+@pytest.mark.parametrize("name,extra", [("toy_theory", {}),
+                                        pytest.param("toy", {"activation": "tanh"}, marks=pytest.mark.slow),
                                         ("theory", {"batch_size": 4})])
 @settings(max_examples=12, deadline=None, derandomize=True,  # the same examples every run (test_depth_classes.py)
           suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -55,6 +55,7 @@ def final(out: Path) -> pd.DataFrame:
     return pd.read_parquet(out / "runs").set_index("run_id")[METRICS].sort_index()
 
 
+@pytest.mark.slow  # (by default: test_depth_classes.py's one-program grid against runs alone, test_padding.py)
 @identity
 def test_one_program_equals_one_program_per_shape(tmp_path):
     grid = load(str(write(tmp_path, SHAPES)))
