@@ -5,14 +5,14 @@
 """
 
 import importlib.metadata
-import os
-import platform
 import re
 import sys
 import tomllib
 from pathlib import Path
 
 import pytest
+from packaging.markers import Marker
+from packaging.specifiers import SpecifierSet
 
 ROOT = Path(__file__).resolve().parent.parent
 REQ = ROOT / "requirements"
@@ -38,86 +38,9 @@ def parse_lock(path):
     return pins
 
 
-def _environment():
-    impl = sys.implementation
-    version = f"{impl.version.major}.{impl.version.minor}.{impl.version.micro}"
-    if impl.version.releaselevel != "final":
-        version += impl.version.releaselevel[0] + str(impl.version.serial)
-    return {
-        "implementation_name": impl.name,
-        "implementation_version": version,
-        "os_name": os.name,
-        "platform_machine": platform.machine(),
-        "platform_python_implementation": platform.python_implementation(),
-        "platform_release": platform.release(),
-        "platform_system": platform.system(),
-        "python_full_version": platform.python_version(),
-        "python_version": ".".join(platform.python_version_tuple()[:2]),
-        "sys_platform": sys.platform,
-        "extra": "",
-    }
-
-
-def _simple_marker(marker):
-    """A small PEP 508 marker evaluator (and/or/parentheses, comparisons); used without packaging."""
-    tokens = re.findall(r"\(|\)|'[^']*'|\"[^\"]*\"|===|==|!=|<=|>=|~=|<|>|(?:not in|in|and|or)\b|[\w.]+", marker)
-    env = _environment()
-
-    def vers(s):
-        parts = [int(p) if p.isdigit() else 0 for p in s.split(".")]
-        return tuple(parts + [0] * (3 - len(parts)))
-
-    def value(tok):
-        return tok[1:-1] if tok[0] in "'\"" else env[tok]
-
-    def compare(lhs, op, rhs):
-        if op in ("in", "not in"):
-            return (lhs in rhs) == (op == "in")
-        if re.fullmatch(r"[\d.]+", lhs) and re.fullmatch(r"[\d.]+", rhs):
-            lhs, rhs = vers(lhs), vers(rhs)
-        return {"==": lhs == rhs, "===": lhs == rhs, "!=": lhs != rhs, "<": lhs < rhs,
-                "<=": lhs <= rhs, ">": lhs > rhs, ">=": lhs >= rhs, "~=": lhs >= rhs}[op]
-
-    pos = 0
-
-    def expr():
-        nonlocal pos
-        result = conj()
-        while pos < len(tokens) and tokens[pos] == "or":
-            pos += 1
-            result = conj() or result
-        return result
-
-    def conj():
-        nonlocal pos
-        result = atom()
-        while pos < len(tokens) and tokens[pos] == "and":
-            pos += 1
-            result = atom() and result
-        return result
-
-    def atom():
-        nonlocal pos
-        if tokens[pos] == "(":
-            pos += 1
-            result = expr()
-            pos += 1
-            return result
-        lhs, op, rhs = tokens[pos:pos + 3]
-        pos += 3
-        return compare(value(lhs), op, value(rhs))
-
-    return expr()
-
-
 def applies(marker):
-    if not marker:
-        return True
-    try:
-        from packaging.markers import Marker
-    except ImportError:
-        return _simple_marker(marker)
-    return Marker(marker).evaluate()
+    """Whether a pin's PEP 508 marker holds here (packaging comes with pytest)."""
+    return not marker or Marker(marker).evaluate()
 
 
 def installed():
@@ -166,10 +89,6 @@ def test_pip_is_the_locked_one():
 
 
 def _satisfied(version, spec):
-    try:
-        from packaging.specifiers import SpecifierSet
-    except ImportError:
-        return True  # names only
     return version in SpecifierSet(spec)
 
 
@@ -204,15 +123,3 @@ def test_accelerator_locks_agree_with_the_cpu_lock(lock_name):
     differ = {k: (cpu[k], accel[k]) for k in cpu.keys() & accel.keys() if cpu[k] != accel[k]}
     assert not differ
     assert cpu.keys() <= accel.keys(), sorted(cpu.keys() - accel.keys())
-
-
-def test_simple_marker_evaluator_agrees_with_packaging():
-    markers = {m for lock in ("test", "tpu", "gpu") for _, _, m, _ in parse_lock(REQ / f"{lock}.lock") if m}
-    markers |= {"python_version >= '3.11' and (sys_platform == 'linux' or os_name == 'nt')",
-                "python_full_version < '3.11.5' or platform_machine != 'x86_64'"}
-    try:
-        from packaging.markers import Marker
-    except ImportError:
-        pytest.skip("packaging is not installed")
-    for marker in markers:
-        assert _simple_marker(marker) == Marker(marker).evaluate(), marker
