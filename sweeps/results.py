@@ -354,8 +354,9 @@ def axis_columns(grid: Grid) -> list[str]:
 
 
 def build_tables(grid: Grid, networks: list, out: dict, extra: dict,
-                 metrics: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The runs rows and the long-format curves rows of one chunk of trained networks.
+                 metrics: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame | None]:
+    """The runs rows, the long-format curves rows and the shifts rows (`shift_rows`) of one chunk
+    of trained networks.
 
     `out` is the program's output for the chunk: metrics (chunk, [n_logs,] n_evals); run `e`
     of network `i` is variant `e` (padded networks and variants are dropped). `metrics` are the
@@ -389,7 +390,7 @@ def build_tables(grid: Grid, networks: list, out: dict, extra: dict,
     steps = np.asarray(log_steps(first.steps, first.log_every, first.log_schedule))
     L, n = len(steps), len(rows)
     net_i, var_e = (np.array(ix) for ix in zip(*curve_index))
-    curves = {c: np.repeat(runs_df[c].to_numpy(), L) for c in ["run_id", "config_id", "seed", *axis_columns(grid)]}
+    curves = long_keys(grid, runs_df, L)
     curves["step"] = np.tile(steps, n)
     for k, v in out["curves"].items():
         # (chunk, n_logs, n_evals) -> one row per (run, step)
@@ -397,13 +398,18 @@ def build_tables(grid: Grid, networks: list, out: dict, extra: dict,
     return runs_df, pd.DataFrame(curves), shift_rows(grid, runs_df, out["shifts"], net_i, var_e)
 
 
+def long_keys(grid: Grid, runs_df: pd.DataFrame, repeats: int) -> dict[str, np.ndarray]:
+    """The key columns of a long table (curves, shifts): each run's ids, seed and axis columns,
+    repeated for its `repeats` rows."""
+    return {c: np.repeat(runs_df[c].to_numpy(), repeats) for c in ["run_id", "config_id", "seed", *axis_columns(grid)]}
+
+
 def shift_rows(grid: Grid, runs_df: pd.DataFrame, shifts: dict | None, net_i, var_e) -> pd.DataFrame | None:
     """The `shifts` table of a chunk: one row per run and ladder point (None where the program
     measures no shift curve, e.g. another experiment's)."""
     if not shifts:
         return None
-    points = np.asarray(shifts["shift"]).shape[-1]
-    cols = {c: np.repeat(runs_df[c].to_numpy(), points) for c in ["run_id", "config_id", "seed", *axis_columns(grid)]}
+    cols = long_keys(grid, runs_df, np.asarray(shifts["shift"]).shape[-1])
     for k in SHIFT_CURVES:  # (chunk, n_evals, points) -> one row per (run, point)
         cols[k] = np.asarray(shifts[k], dtype=np.float64)[net_i, var_e, :].reshape(-1)
     return pd.DataFrame(cols)
