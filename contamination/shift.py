@@ -68,22 +68,40 @@ def ablate(params: Params, u: jax.Array, train_mean_u: jax.Array, bias: bool) ->
     return params._replace(w=params.w - p[:, None] * u[None, :], b=b)
 
 
-def critical(at, shifts: jax.Array, accs: jax.Array, level: jax.Array):
-    """The smallest shift at which accuracy (`at(s)[1]`; `accs` at `shifts`) falls below `level`:
-    (shift, censored)."""
-    below = accs < level
-    i = jnp.argmax(below)
-    hi, lo = shifts[i], shifts[jnp.maximum(i - 1, 0)]
+def sweep(evaluate, test, shifted, ood, shifts: jax.Array, level_of):
+    """Every evaluation the shift measurements make of one network, in one loop with one call of
+    `evaluate(split) -> (loss, acc)` (a single traced copy of the network: compiling it once, not
+    once per use, is most of what these measurements cost): the ID test set, the OOD set `ood`,
+    the ladder `shifts` (`shifted(s)`: the test set moved by s), then `BISECTIONS` log-space
+    bisections of the first ladder interval whose upper end falls below `level_of(id_acc)`.
 
-    def bisect(_, bracket):
-        a, b = bracket
-        mid = jnp.sqrt(a * b)
-        fails = at(mid)[1] < level
-        return jnp.where(fails, a, mid), jnp.where(fails, mid, b)
+    Returns (id_loss, id_acc, ood_loss, ood_acc, curve_loss, curve_acc, critical, censored)."""
+    n = 2 + SHIFT_POINTS
+    zero = jnp.zeros((), shifts.dtype)
 
-    _, b = jax.lax.fori_loop(0, BISECTIONS, bisect, (lo, hi))
-    censored = ~jnp.any(below)
-    return jnp.where(censored, shifts[-1], b), censored
+    def body(i, carry):
+        losses, accs, lo, hi, found = carry
+        ladder_i = shifts[jnp.clip(i - 2, 0, SHIFT_POINTS - 1)]
+        s = jnp.where(i < n, ladder_i, jnp.sqrt(lo * hi))
+        split = jax.tree_util.tree_map(lambda a, b, c: jnp.where(i == 0, a, jnp.where(i == 1, b, c)),
+                                       test, ood, shifted(s))
+        loss, acc = evaluate(split)
+        losses, accs = losses.at[jnp.minimum(i, n - 1)].set(jnp.where(i < n, loss, losses[n - 1])), \
+            accs.at[jnp.minimum(i, n - 1)].set(jnp.where(i < n, acc, accs[n - 1]))
+        fails = acc < level_of(accs[0])
+        # the ladder: the first point below the level brackets the crossing with the point before it
+        first = (i >= 2) & (i < n) & fails & ~found
+        lo = jnp.where(first, shifts[jnp.clip(i - 3, 0, SHIFT_POINTS - 1)], lo)
+        hi = jnp.where(first, s, hi)
+        # a bisection: keep the half whose upper end fails
+        bisecting = i >= n
+        lo, hi = jnp.where(bisecting & ~fails, s, lo), jnp.where(bisecting & fails, s, hi)
+        return losses, accs, lo, hi, found | first
+
+    init = (jnp.zeros(n, shifts.dtype), jnp.zeros(n, shifts.dtype), zero + shifts[-1], zero + shifts[-1],
+            jnp.bool_(False))
+    losses, accs, _, hi, found = jax.lax.fori_loop(0, n + BISECTIONS, body, init)
+    return (losses[0], accs[0], losses[1], accs[1], losses[2:], accs[2:], jnp.where(found, hi, shifts[-1]), ~found)
 
 
 def shift_metrics(params, ablated, evaluate, data: Data, *, core_dim: int, sizes: Sizes, bg_train: jax.Array,
@@ -100,14 +118,11 @@ def shift_metrics(params, ablated, evaluate, data: Data, *, core_dim: int, sizes
         extra = None if per_variant is None else extra
 
         def measure(p):  # one network: traced once, vmapped over the network and its ablation
-            id_loss, id_acc = evaluate(p, data.test, extra)
-
-            def at(s):
-                return evaluate(p, ood_split(data, core_dim, sizes, bg_train + s * e), extra)
-
-            curve_loss, curve_acc = jax.lax.map(at, shifts)  # one shift at a time: a small peak of memory
-            crit, censored = critical(at, shifts, curve_acc, id_acc - level * (id_acc - 1.0 / n_classes))
-            ood_loss, ood_acc = evaluate(p, ood_split(data, core_dim, sizes, rng), extra)
+            id_loss, id_acc, ood_loss, ood_acc, curve_loss, curve_acc, crit, censored = sweep(
+                lambda split: evaluate(p, split, extra), data.test,
+                lambda s: ood_split(data, core_dim, sizes, bg_train + s * e),
+                ood_split(data, core_dim, sizes, rng), shifts,
+                lambda id_acc: id_acc - level * (id_acc - 1.0 / n_classes))
             return {"critical_shift": crit, "critical_shift_censored": censored.astype(id_acc.dtype),
                     "id_acc": id_acc, "id_loss": id_loss, "ood_acc": ood_acc, "ood_loss": ood_loss,
                     "curve_acc": curve_acc, "curve_loss": curve_loss}
