@@ -32,7 +32,8 @@ def mlp_training(s: Static, traced: dict):
     setup = prepare(s, traced)
     data, params, trainable, mask = setup.data, setup.params, setup.trainable, setup.mask
     slope = traced["leaky_slope"]
-    tx = make_optimizer(s.optimizer, traced["lr"], traced["weight_decay"], traced["momentum"])
+    tx = make_optimizer(s.optimizer, traced["lr"], traced["weight_decay"], traced["momentum"],
+                        traced["warmup_steps"])
     u = bg_direction(data.M, s.core_dim, setup.sizes.bg, traced["bg_train"])
     evaluate_md = functools.partial(evaluate, data=data, core_dim=s.core_dim, sizes=setup.sizes,
                                     bg_train=traced["bg_train"], bg_ood=traced["bg_ood"], u=u,

@@ -195,6 +195,7 @@ def cnn_training(s: Static, traced: dict) -> Training:
                              sizes=sizes, bg_train=bg_train, bg_ood=bg_ood, critical_level=traced["critical_level"],
                              shift_range=traced["shift_range"], n_classes=s.n_classes)
 
-    tx = make_optimizer(s.optimizer, traced["lr"], traced["weight_decay"], traced["momentum"])
+    tx = make_optimizer(s.optimizer, traced["lr"], traced["weight_decay"], traced["momentum"],
+                        traced["warmup_steps"])
     step = make_step(objective, tx, trainable(s, mask), make_get_batch(s, setup, bg_train))
     return Training(step, init_carry(params, tx), measure, final=final)

@@ -80,6 +80,9 @@ class Config:
     lr: float = 1e-3
     weight_decay: float = 1e-3
     momentum: float = 0.9
+    # A linear learning-rate warm-up: step t (from 0) trains at lr * min(1, (t + 1) / warmup_steps);
+    # 0: none. Traced (changing it never recompiles); the distillation teacher trains without it.
+    warmup_steps: int = 0
     steps: int = 20000
     log_every: int = 1000
     # `linear`: log at 0, log_every, 2 log_every, ..., steps. `geometric`: as many points as
@@ -238,6 +241,8 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"batch_size: online batches need at least one point per class ({cfg.n_classes})")
     if not cfg.online and cfg.batch_size > cfg.n_train:
         raise ConfigError(f"batch_size: {cfg.batch_size} exceeds n_train = {cfg.n_train}")
+    if not 0 <= cfg.warmup_steps <= max(cfg.steps, 1):
+        raise ConfigError(f"warmup_steps: must be between 0 and steps ({cfg.steps}), got {cfg.warmup_steps}")
     if cfg.lr <= 0:
         raise ConfigError(f"lr: must be > 0, got {cfg.lr}")
     if cfg.weight_decay < 0:

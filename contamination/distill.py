@@ -304,7 +304,8 @@ def distill_training(static: Static, traced: dict) -> Training:
         h, _ = student_rep(p, batch.x, s.activation, slope, mask)
         return masked_mean(jnp.mean((h - target) ** 2, axis=1), batch.mask)
 
-    tx = make_optimizer(s.optimizer, traced["lr"], traced["weight_decay"], traced["momentum"])
+    tx = make_optimizer(s.optimizer, traced["lr"], traced["weight_decay"], traced["momentum"],
+                        traced["warmup_steps"])
     step = make_step(objective, tx, trainable, get_batch)
     # A diverged teacher (kept at its last finite parameters) voids the run: flagged at step 0.
     return Training(step, init_carry(student, tx), measure, void=teacher_diverged, final=final)

@@ -56,10 +56,18 @@ def _adamw(learning_rate, weight_decay, momentum):
 OPTIMIZERS = {"sgd": _sgd, "adam": _adam, "adamw": _adamw}
 
 
-def make_optimizer(name: str, lr, weight_decay, momentum) -> optax.GradientTransformation:
-    """The optimizer with its numbers as traced hyperparameters (one compile for all values)."""
+def warmed_up(lr, warmup_steps):
+    """The learning rate of step t (the optimizer's count, from 0): lr * min(1, (t + 1) / warmup_steps),
+    exactly lr from the first step when warmup_steps is 0 (`Config.warmup_steps`)."""
+    return lambda count: lr * jnp.minimum(1.0, (count + 1) / jnp.maximum(warmup_steps, 1.0))
+
+
+def make_optimizer(name: str, lr, weight_decay, momentum, warmup_steps=None) -> optax.GradientTransformation:
+    """The optimizer with its numbers as traced hyperparameters (one compile for all values);
+    with `warmup_steps` (traced), the learning rate warms up linearly over them (`warmed_up`)."""
+    learning_rate = lr if warmup_steps is None else warmed_up(lr, warmup_steps)
     return optax.inject_hyperparams(OPTIMIZERS[name])(
-        learning_rate=lr, weight_decay=weight_decay, momentum=momentum)
+        learning_rate=learning_rate, weight_decay=weight_decay, momentum=momentum)
 
 
 def _all_finite(tree) -> jax.Array:

@@ -58,7 +58,7 @@ class Static(NamedTuple):
 
 DERIVED_FIELDS = ("n_evals", "hidden")  # not config fields: from the runs and from `widths`/`depth`
 STATIC_FIELDS = tuple(f for f in Static._fields if f not in DERIVED_FIELDS)
-TRACED_FIELDS = ("lr", "weight_decay", "momentum", "leaky_slope", "init_scale", "bg_train", "bg_ood", "seed",
+TRACED_FIELDS = ("lr", "weight_decay", "momentum", "warmup_steps", "leaky_slope", "init_scale", "bg_train", "bg_ood", "seed",
                  "teacher_bias", "teacher_lr", "probe_ridge", "critical_level", "shift_min", "shift_max")
 assert set(STATIC_FIELDS) | set(TRACED_FIELDS) | {"depth", "widths"} == set(FIELDS)
 
@@ -157,6 +157,7 @@ def traced_values(cfgs: Config | list[Config], n_evals: int | None = None,
         "lr": f32(cfg.lr),
         "weight_decay": f32(cfg.weight_decay),
         "momentum": f32(cfg.momentum),
+        "warmup_steps": f32(cfg.warmup_steps),
         "leaky_slope": f32(effective_slope(cfg)),
         "init_scale": f32(cfg.init_scale),
         "bg_train": np.array(cfg.bg_train, dtype=f32),

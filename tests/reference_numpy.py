@@ -36,8 +36,10 @@ def loss_and_grad(f, y, name):
     raise ValueError(name)
 
 
-def train(params, trainable, x, y, *, activation, loss, optimizer, lr, wd, momentum, steps):
-    """Full-batch training; returns the training loss before each step and after the last."""
+def train(params, trainable, x, y, *, activation, loss, optimizer, lr, wd, momentum, steps, warmup=0):
+    """Full-batch training; returns the training loss before each step and after the last. With
+    `warmup` > 0, step t (from 1) trains at lr * min(1, t / warmup)."""
+    base_lr = lr
     p = {k: np.asarray(v, dtype=np.float64).copy() for k, v in params.items()}
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
     state = {k: {"buf": None, "m": np.zeros_like(v), "v": np.zeros_like(v)} for k, v in p.items()}
@@ -50,6 +52,7 @@ def train(params, trainable, x, y, *, activation, loss, optimizer, lr, wd, momen
         losses.append(L)
         if t == steps + 1:
             break
+        lr = base_lr * min(1.0, t / warmup) if warmup else base_lr
         dpre = g[:, None] * p["a"][None, :] * dact
         grads = {"w": dpre.T @ x, "b": dpre.sum(0), "a": h.T @ g, "c": g.sum()}
         for k in p:

@@ -14,25 +14,28 @@ from reference_numpy import train
 TOL = dict(rtol=1e-8, atol=1e-10)
 
 
-@pytest.mark.parametrize("activation,loss,optimizer,output", [
-    ("relu", "logistic", "adamw", "train"),
-    ("sigmoid", "mse", "adam", "train"),
-    ("relu", "hinge", "sgd", "frozen_half"),
-    ("tanh", "logistic", "sgd", "train"),
-    ("linear", "hinge", "adamw", "frozen_half"),
+@pytest.mark.parametrize("activation,loss,optimizer,output,warmup", [
+    ("relu", "logistic", "adamw", "train", 0),
+    ("sigmoid", "mse", "adam", "train", 0),
+    ("relu", "hinge", "sgd", "frozen_half", 0),
+    ("tanh", "logistic", "sgd", "train", 0),
+    ("linear", "hinge", "adamw", "frozen_half", 0),
+    ("relu", "logistic", "adamw", "train", 6),  # a learning-rate warm-up over 6 of the 15 steps
+    ("tanh", "hinge", "sgd", "train", 15),
 ])
 @identity
-def test_matches_numpy_reference(activation, loss, optimizer, output):
+def test_matches_numpy_reference(activation, loss, optimizer, output, warmup):
     from contamination.setup import prepare
 
     steps = 15
     cfg = small("toy", activation=activation, loss=loss, optimizer=optimizer, output=output,
-                steps=steps, log_every=1, lr=0.05, weight_decay=0.01)
+                steps=steps, log_every=1, lr=0.05, weight_decay=0.01, warmup_steps=warmup)
     setup = prepare(static_spec(cfg), traced_values(cfg))
     params = {k: np.asarray(getattr(setup.params, k)) for k in ("w", "b", "a", "c")}
     trainable = {"w": True, "b": True, "a": output == "train", "c": output == "train"}
     ref = train(params, trainable, setup.data.train.x, setup.data.train.y, activation=activation, loss=loss,
-                optimizer=optimizer, lr=0.05, wd=0.01, momentum=cfg.momentum, steps=steps)
+                optimizer=optimizer, lr=0.05, wd=0.01, momentum=cfg.momentum, steps=steps,
+                warmup=warmup)
     ours = simulate(cfg)["curves"]["train_loss"]
     assert ref[-1] < ref[0]  # it trained
     np.testing.assert_allclose(ours, ref, **TOL)
