@@ -120,3 +120,18 @@ def test_theory_scaling_id_risk_small_and_ood_risk_order_one(tmp_path):
     assert len(by_d0) >= 4
     assert by_d0["id_loss"].iloc[-1] < 0.6 * by_d0["id_loss"].iloc[0], by_d0  # ID risk falls with d0 ...
     assert by_d0["ood_loss"].iloc[-1] > 0.8 * by_d0["ood_loss"].iloc[0], by_d0  # ... OOD risk does not
+
+
+def test_width_vs_dim_logs_the_id_loss_falling():
+    """Issue 31: the fastest-learning cell of width_vs_dim (width 256, 32+32 in 256) logs at least 5
+    points before its ID loss falls below half its step-0 value, per run, for both activations
+    (without the grid's warm-up, 1-2: the fall happened between logged points)."""
+    from contamination.simulate import simulate_batch
+
+    runs = [r.config for r in load("width_vs_dim").runs()
+            if r.config.width == 256 and r.config.core_dim == 32 and r.config.seed in (0, 1)]
+    assert len({c.activation for c in runs}) == 2 and len(runs) == 4
+    loss = np.asarray(simulate_batch(runs)["curves"]["id_loss"])  # (runs, logged steps)
+    loss = loss.reshape(len(runs), loss.shape[1], -1)[..., 0]
+    before = np.argmax(loss < 0.5 * loss[:, :1], axis=1)
+    assert (loss < 0.5 * loss[:, :1]).any(axis=1).all() and (before >= 5).all(), before
