@@ -11,7 +11,7 @@ from matplotlib.lines import Line2D
 from .aggregate import aggregate
 from .phase import diverged_note
 from .select import values_of
-from .style import fmt, fmt_value, new_figure, plain_log_ticks, short, wrap
+from .style import fmt, fmt_value, new_figure, noise_note, plain_log_ticks, short, wrap
 
 PAPER_PANELS = (("id_loss", "ood_loss"), ("core_norm", "bg_norm"))
 BG_PANELS = (("bg_mean_proj",), ("bg_grad_net", "bg_grad_total"), ("bg_grad_balance",))
@@ -124,6 +124,7 @@ def curves_figure(curves: pd.DataFrame, panels=PAPER_PANELS, *, hue: str | None 
         sub = table if rv is None else table[table[row] == rv]
         for j, group in enumerate(panels):
             ax = axes[i, j]
+            drawn, halves = [], []
             for c, hv in zip(colours, hues):
                 h = sub if hv is None else sub[sub[hue] == hv]
                 h = h.sort_values(x)
@@ -141,6 +142,9 @@ def curves_figure(curves: pd.DataFrame, panels=PAPER_PANELS, *, hue: str | None 
                     ax.plot(xs[keep], mean[keep], STYLES[k % len(STYLES)], color=c, lw=1.6)
                     ax.fill_between(xs[keep], (mean - spread)[keep], (mean + spread)[keep], color=c, lw=0,
                                     alpha=0.18 if len(hues) <= 4 else 0.1)
+                    drawn.append(mean[keep])
+                    halves.append(np.where(np.isfinite(mean), spread, np.nan)[keep])
+            noise_note(ax, drawn, halves)
             if not np.isfinite(sub[[f"{m}_mean" for m in group]].to_numpy(dtype=float)).any():
                 ax.text(0.5, 0.5, "no runs left: every run diverged", transform=ax.transAxes, ha="center",
                         va="center", color="0.4")
@@ -169,8 +173,8 @@ def curves_figure(curves: pd.DataFrame, panels=PAPER_PANELS, *, hue: str | None 
         + f"); bands: {what}"
     lines = [title or "Training curves", sub_line]
     if floor is not None:
-        lines.append(f"class gradient imbalance drawn where the total class gradient is at least {RATIO_FLOOR:.0%} of "
-                     f"its largest value here ({fmt(floor)}): below it there is nothing to cancel")
+        lines.append(f"class gradient imbalance drawn where the total class gradient is at least {fmt(floor)} "
+                     f"({RATIO_FLOOR:.0%} of its largest value here): below it there is nothing to cancel")
     n_div = _n_diverged_runs(curves)
     if n_div:
         lines.append(diverged_note(n_div, "curves"))
@@ -199,6 +203,7 @@ def collapse_figure(curves: pd.DataFrame, metrics=("bg_mean_proj",), *, averaged
         for j, x in enumerate(("step", RESCALED)):
             table = curve_table(curves, ["config"], [m], x)
             ax = axes[i, j]
+            drawn, halves = [], []
             for c, cfg in zip(colours, key):
                 h = table[table["config"] == cfg].sort_values(x)
                 xs = h[x].to_numpy(dtype=float)
@@ -207,6 +212,9 @@ def collapse_figure(curves: pd.DataFrame, metrics=("bg_mean_proj",), *, averaged
                 ax.plot(xs[keep], mean[keep], color=c, lw=1.6)
                 ax.fill_between(xs[keep], (mean - sp)[keep], (mean + sp)[keep], color=c, lw=0,
                                 alpha=0.15 if len(key) <= 4 else 0.08)
+                drawn.append(mean[keep])
+                halves.append(sp[keep])
+            noise_note(ax, drawn, halves)
             if logx and j == 1:
                 ax.set_xscale("log")
                 plain_log_ticks(ax, table[x])

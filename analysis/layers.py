@@ -10,7 +10,7 @@ import pandas as pd
 
 from .aggregate import aggregate
 from .select import values_of
-from .style import fmt_value, new_figure, short
+from .style import fmt_value, new_figure, noise_note, short
 
 # OOD gap, drift along the background mean, share of contaminated neurons, margin kept OOD
 CONTAMINATION_PANELS = ("ood_minus_id_loss", "bg_mean_proj", "contaminated_frac", "margin_kept")
@@ -36,11 +36,15 @@ def contamination_figure(runs: pd.DataFrame, x: str, hue: str | None = None, *, 
     fig = new_figure(3.3 * len(panels) + 0.4, 3.3)
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for ax, m in zip(axes, panels):
+        drawn, halves = [], []
         for h in _hue_values(runs, hue):
             rows = table if h is None else table[table[hue] == h]
             rows = rows.set_index(x).reindex(xs)
             ax.errorbar(pos, rows[f"{m}_mean"], yerr=rows[f"{m}_ci95"].fillna(0), marker="o", capsize=3,
                         label=None if h is None else fmt_value(h))
+            drawn.append(rows[f"{m}_mean"])
+            halves.append(rows[f"{m}_ci95"])
+        noise_note(ax, drawn, halves)
         ax.set_xticks(pos, [fmt_value(v) for v in xs])
         ax.set_xlabel(x)
         ax.set_ylabel(short(m))

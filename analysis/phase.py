@@ -14,7 +14,7 @@ from matplotlib.patches import Rectangle
 from .aggregate import aggregate, long_stats
 from .select import values_of
 from .style import (ACCURACY, LOGARITHMIC, SIGNED, axis_label, fmt, fmt_value, is_geometric, label, new_figure, short, text_colour,
-                    plain_log_ticks, tick_labels, wide_positive, wrap)
+                    noise_note, plain_log_ticks, tick_labels, wide_positive, wrap)
 
 DEFAULT_PANELS = (("id_acc", "ood_acc"), ("id_loss", "ood_loss"), ("bg_mean_proj",), ("act_asym",))
 # A cell that does not fit its ID data says little about contamination: below this mean ID
@@ -187,6 +187,7 @@ def line_figure(runs: pd.DataFrame, x: str, panels=DEFAULT_PANELS, *, averaged: 
         for k, m in enumerate(group):
             ax.errorbar(pos, row[f"{m}_mean"], yerr=row[f"{m}_ci95"].fillna(0), marker="o", capsize=3,
                         linestyle="-" if k == 0 else "--", label=short(m))
+        noise_note(ax, [row[f"{m}_mean"] for m in group], [row[f"{m}_ci95"] for m in group])
         for p in lost:  # every run at this value diverged: say so where the point would be
             ax.axvline(p, color="0.75", ls=":", lw=1)
             ax.text(p, 0.5, "all diverged", transform=ax.get_xaxis_transform(), rotation=90, ha="right",

@@ -41,6 +41,27 @@ matplotlib.rcParams.update({"figure.dpi": 110, "savefig.dpi": 150, "axes.grid": 
                      "axes.spines.top": False, "axes.spines.right": False})
 
 
+NOISE_NOTE = "noise-note"  # the gid of `noise_note`'s text (the figure check finds it by it)
+
+
+def noise_note(ax, means, halfwidths) -> bool:
+    """Say so on the panel where its widest band or error bar (2 x half-width) is wider than the
+    range its lines span (`means`, `halfwidths`: the panel's arrays): there the lines' differences
+    are within the runs' spread and a reader must not read a trend into them. Returns whether it did."""
+    m = np.concatenate([np.asarray(v, dtype=float).ravel() for v in means]) if means else np.array([])
+    h = np.concatenate([np.asarray(v, dtype=float).ravel() for v in halfwidths]) if halfwidths else np.array([])
+    m, h = m[np.isfinite(m)], h[np.isfinite(h)]
+    if not len(m) or not len(h):
+        return False
+    span, widest = float(m.max() - m.min()), 2.0 * float(h.max())
+    if widest <= span:
+        return False
+    text = ax.text(0.98, 0.02, f"bands wider than the lines' range\n({fmt(widest)} > {fmt(span)}): within noise",
+                   transform=ax.transAxes, ha="right", va="bottom", fontsize=7, color="0.35")
+    text.set_gid(NOISE_NOTE)
+    return True
+
+
 def label(metric: str) -> str:
     """A metric's name in words, with its column name: 'OOD accuracy (ood_acc)'."""
     words = LABELS.get(metric)

@@ -667,14 +667,41 @@ def test_censored_critical_shift_cells_are_marked():
     assert texts[0] == "> 64.0" and texts[1].startswith("2.25") and texts[2].startswith("≥ 33.5"), texts
 
 
-def test_figures_share_one_scale_per_metric(tiny):
-    """A figure check, read from the matplotlib objects of every figure the report draws: panels of
-    one metric share their y-limits across rows (curves) and one colour scale across facets (phase
-    diagrams), so that a reader can compare them at a glance."""
+def band_and_span(ax) -> tuple[float, float]:
+    """Read from the artists: the widest band (fill_between) or error bar on the panel, and the
+    range its data lines span."""
+    from matplotlib.collections import LineCollection, PolyCollection
+
+    ys = [np.asarray(ln.get_ydata(), dtype=float) for ln in ax.get_lines()
+          if ln.get_transform() is ax.transData and ln.get_linestyle() not in ("None", "none", "")]
+    ys = np.concatenate(ys) if ys else np.array([])
+    ys = ys[np.isfinite(ys)]
+    widest = 0.0
+    for coll in ax.collections:
+        if isinstance(coll, PolyCollection):
+            for path in coll.get_paths():
+                v = path.vertices
+                for x in np.unique(v[:, 0]):
+                    at = v[v[:, 0] == x, 1]
+                    widest = max(widest, float(at.max() - at.min()))
+        elif isinstance(coll, LineCollection):
+            for seg in coll.get_segments():
+                if len(seg) == 2 and seg[0][0] == seg[1][0]:
+                    widest = max(widest, abs(float(seg[1][1] - seg[0][1])))
+    return widest, float(ys.max() - ys.min()) if len(ys) else np.nan
+
+
+def check_figures(panels) -> int:
+    """The figure check of issue 31, read from the matplotlib objects of each figure: panels of one
+    metric share their y-limits across rows (curves) and one colour scale across facets (phase
+    diagrams), and a panel whose band or error bar is wider than the range its lines span carries
+    the note that says so. Returns how many figures it checked."""
     from matplotlib.image import AxesImage
 
+    from analysis.style import NOISE_NOTE
+
     checked = 0
-    for panel in build_figures(tiny):
+    for panel in panels:
         fig = panel.figure
         images = [im for ax in fig.axes for im in ax.get_images() if isinstance(im, AxesImage)]
         if images:  # a phase diagram: one norm for every facet
@@ -687,10 +714,41 @@ def test_figures_share_one_scale_per_metric(tiny):
             spec = ax.get_subplotspec()
             if spec is not None:
                 by_column.setdefault((spec.colspan.start, ax.get_ylabel()), []).append(ax.get_ylim())
+            widest, span = band_and_span(ax)
+            if widest > span * (1 + 1e-9):
+                assert any(t.get_gid() == NOISE_NOTE for t in ax.texts), (panel.stem, ax.get_ylabel(), widest, span)
         for key, limits in by_column.items():
             assert len(set(limits)) == 1, (panel.stem, key, limits)
         checked += 1
-    assert checked >= 8
+    return checked
+
+
+def test_figures_share_one_scale_per_metric(tiny):
+    """The figure check on every figure the report draws of the tiny grid."""
+    assert check_figures(build_figures(tiny)) >= 8
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """The demo's grid (quickstart) as shipped but for 2 seeds and 400 steps: the demo's figures."""
+    text = (REPO / "sweeps" / "grids" / "quickstart.toml").read_text()
+    assert text.count("seeds = 4\n") == 1 and text.count("steps = 2000\n") == 1
+    base = tmp_path_factory.mktemp("demo")
+    (base / "quickstart.toml").write_text(text.replace("seeds = 4\n", "seeds = 2\n")
+                                          .replace("steps = 2000\n", "steps = 400\n"))
+    run_grid(load_grid(str(base / "quickstart.toml")), base / "quickstart", progress=False)
+    return load(base / "quickstart")
+
+
+def test_the_demos_figures_read_right(demo):
+    """The figure check on the demo's figures, and the note where it applies: the zero-mean
+    control's drift is within its seeds' spread."""
+    from analysis.style import NOISE_NOTE
+
+    panels = build_figures(demo)
+    assert check_figures(panels) >= 6
+    notes = [p.stem for p in panels for ax in p.figure.axes for t in ax.texts if t.get_gid() == NOISE_NOTE]
+    assert notes, "the zero-mean control's flat curves carry the note"
 
 
 def test_the_zero_mean_control_reads_nothing_to_cancel(tiny):
