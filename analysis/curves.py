@@ -11,7 +11,7 @@ from matplotlib.lines import Line2D
 from .aggregate import aggregate
 from .phase import diverged_note
 from .select import values_of
-from .style import fmt, fmt_value, new_figure, noise_note, plain_log_ticks, short, wrap
+from .style import NOISE_CAPTION, bounds, fmt, group_label, fmt_value, new_figure, noise_note, plain_log_ticks, short, wrap
 
 PAPER_PANELS = (("id_loss", "ood_loss"), ("core_norm", "bg_norm"))
 BG_PANELS = (("bg_mean_proj",), ("bg_grad_net", "bg_grad_total"), ("bg_grad_balance",))
@@ -78,15 +78,6 @@ def collapse_score(curves: pd.DataFrame, metric: str, n_points: int = 50) -> flo
     return at_s / at_steps if at_steps > 0 else float("nan")
 
 
-GROUP_LABELS = {("id_loss", "ood_loss"): "loss", ("id_acc", "ood_acc"): "accuracy",
-                ("id_margin", "ood_margin"): "margin", ("core_norm", "bg_norm"): "mean projection norm"}
-
-
-def group_label(group) -> str:
-    """A panel's y label: a common name for known pairs, else the metric names, wrapped."""
-    return GROUP_LABELS.get(tuple(group)) or wrap(", ".join(short(m) for m in group), 30)
-
-
 def _colours(n: int, sequential: bool):
     if sequential and n > 2:
         cmap = colormaps["viridis"]
@@ -120,6 +111,7 @@ def curves_figure(curves: pd.DataFrame, panels=PAPER_PANELS, *, hue: str | None 
     colours = _colours(len(hues), numeric_hue)
     fig = new_figure(3.9 * len(panels) + (1.6 if hue else 0.3), 2.9 * len(rows) + 0.8)
     axes = fig.subplots(len(rows), len(panels), squeeze=False, sharex=True)
+    noted = False
     for i, rv in enumerate(rows):
         sub = table if rv is None else table[table[row] == rv]
         for j, group in enumerate(panels):
@@ -140,11 +132,11 @@ def curves_figure(curves: pd.DataFrame, panels=PAPER_PANELS, *, hue: str | None 
                                     "to cancel)", transform=ax.transAxes, ha="center", va="center", color="0.4",
                                     fontsize=8)
                     ax.plot(xs[keep], mean[keep], STYLES[k % len(STYLES)], color=c, lw=1.6)
-                    ax.fill_between(xs[keep], (mean - spread)[keep], (mean + spread)[keep], color=c, lw=0,
-                                    alpha=0.18 if len(hues) <= 4 else 0.1)
+                    lo, hi = np.clip(mean - spread, *bounds(m)), np.clip(mean + spread, *bounds(m))
+                    ax.fill_between(xs[keep], lo[keep], hi[keep], color=c, lw=0, alpha=0.18 if len(hues) <= 4 else 0.1)
                     drawn.append(mean[keep])
-                    halves.append(np.where(np.isfinite(mean), spread, np.nan)[keep])
-            noise_note(ax, drawn, halves)
+                    halves.append(np.where(np.isfinite(mean), (hi - lo) / 2, np.nan)[keep])
+            noted |= noise_note(ax, drawn, halves)
             if not np.isfinite(sub[[f"{m}_mean" for m in group]].to_numpy(dtype=float)).any():
                 ax.text(0.5, 0.5, "no runs left: every run diverged", transform=ax.transAxes, ha="center",
                         va="center", color="0.4")
@@ -156,7 +148,7 @@ def curves_figure(curves: pd.DataFrame, panels=PAPER_PANELS, *, hue: str | None 
             if i == len(rows) - 1:
                 ax.set_xlabel(xlabel or x)
             head = f"{row} = {fmt_value(rv)}" if rv is not None else ""
-            ax.set_title(head if j == 0 or not head else "")
+            ax.set_title(head if j == 0 or not head else "", loc="left")
             if len(group) > 1:
                 ax.legend([Line2D([], [], color="0.3", ls=STYLES[k % len(STYLES)]) for k in range(len(group))],
                           [short(m) for m in group], frameon=False, fontsize=8)
@@ -175,6 +167,8 @@ def curves_figure(curves: pd.DataFrame, panels=PAPER_PANELS, *, hue: str | None 
     if floor is not None:
         lines.append(f"class gradient imbalance drawn where the total class gradient is at least {fmt(floor)} "
                      f"({RATIO_FLOOR:.0%} of its largest value here): below it there is nothing to cancel")
+    if noted:
+        lines.append(NOISE_CAPTION)
     n_div = _n_diverged_runs(curves)
     if n_div:
         lines.append(diverged_note(n_div, "curves"))
@@ -199,6 +193,7 @@ def collapse_figure(curves: pd.DataFrame, metrics=("bg_mean_proj",), *, averaged
     logx = bool(span >= 10)
     fig = new_figure(8.6 + 1.8, 2.9 * len(metrics) + 0.9)
     axes = fig.subplots(len(metrics), 2, squeeze=False)
+    noted = False
     for i, m in enumerate(metrics):
         for j, x in enumerate(("step", RESCALED)):
             table = curve_table(curves, ["config"], [m], x)
@@ -210,11 +205,11 @@ def collapse_figure(curves: pd.DataFrame, metrics=("bg_mean_proj",), *, averaged
                 keep = xs > 0 if logx and j == 1 else np.ones_like(xs, dtype=bool)
                 mean, sp = h[f"{m}_mean"].to_numpy(dtype=float), h[f"{m}_{band}"].fillna(0).to_numpy(dtype=float)
                 ax.plot(xs[keep], mean[keep], color=c, lw=1.6)
-                ax.fill_between(xs[keep], (mean - sp)[keep], (mean + sp)[keep], color=c, lw=0,
-                                alpha=0.15 if len(key) <= 4 else 0.08)
+                lo, hi = np.clip(mean - sp, *bounds(m)), np.clip(mean + sp, *bounds(m))
+                ax.fill_between(xs[keep], lo[keep], hi[keep], color=c, lw=0, alpha=0.15 if len(key) <= 4 else 0.08)
                 drawn.append(mean[keep])
-                halves.append(sp[keep])
-            noise_note(ax, drawn, halves)
+                halves.append((hi - lo)[keep] / 2)
+            noted |= noise_note(ax, drawn, halves)
             if logx and j == 1:
                 ax.set_xscale("log")
                 plain_log_ticks(ax, table[x])
@@ -228,6 +223,8 @@ def collapse_figure(curves: pd.DataFrame, metrics=("bg_mean_proj",), *, averaged
     lines = [title or "Time-scale collapse: curves against η t / m",
              f"lines: seed means{pooled}; bands: {BAND_WORDS[band]}"
              + ("; rescaled time on a log axis (step 0 not shown)" if logx else "")]
+    if noted:
+        lines.append(NOISE_CAPTION)
     n_div = _n_diverged_runs(curves)
     if n_div:
         lines.append(diverged_note(n_div, "curves"))

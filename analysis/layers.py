@@ -10,7 +10,7 @@ import pandas as pd
 
 from .aggregate import aggregate
 from .select import values_of
-from .style import fmt_value, new_figure, noise_note, short
+from .style import NOISE_CAPTION, clipped_err, fmt_value, new_figure, noise_note, short
 
 # OOD gap, drift along the background mean, share of contaminated neurons, margin kept OOD
 CONTAMINATION_PANELS = ("ood_minus_id_loss", "bg_mean_proj", "contaminated_frac", "margin_kept")
@@ -35,16 +35,18 @@ def contamination_figure(runs: pd.DataFrame, x: str, hue: str | None = None, *, 
     pos = np.asarray(xs, dtype=float) if pd.api.types.is_numeric_dtype(runs[x]) else np.arange(len(xs))
     fig = new_figure(3.3 * len(panels) + 0.4, 3.3)
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    noted = False
     for ax, m in zip(axes, panels):
         drawn, halves = [], []
         for h in _hue_values(runs, hue):
             rows = table if h is None else table[table[hue] == h]
             rows = rows.set_index(x).reindex(xs)
-            ax.errorbar(pos, rows[f"{m}_mean"], yerr=rows[f"{m}_ci95"].fillna(0), marker="o", capsize=3,
+            err = clipped_err(rows[f"{m}_mean"], rows[f"{m}_ci95"], m)
+            ax.errorbar(pos, rows[f"{m}_mean"], yerr=err, marker="o", capsize=3,
                         label=None if h is None else fmt_value(h))
             drawn.append(rows[f"{m}_mean"])
-            halves.append(rows[f"{m}_ci95"])
-        noise_note(ax, drawn, halves)
+            halves.append(err.sum(axis=0) / 2)
+        noted |= noise_note(ax, drawn, halves)
         ax.set_xticks(pos, [fmt_value(v) for v in xs])
         ax.set_xlabel(x)
         ax.set_ylabel(short(m))
@@ -54,7 +56,8 @@ def contamination_figure(runs: pd.DataFrame, x: str, hue: str | None = None, *, 
         axes[0].legend(title=hue, frameon=False)
     n = table["n_runs"]
     fig.suptitle(f"Contamination against {x}\nmean ± 95% CI of {int(n.min())} runs per point"
-                 + (f", pooled over {', '.join(averaged)}" if averaged else ""))
+                 + (f", pooled over {', '.join(averaged)}" if averaged else "")
+                 + (f"\n{NOISE_CAPTION}" if noted else ""))
     return fig
 
 

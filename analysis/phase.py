@@ -9,12 +9,13 @@ import numpy as np
 import pandas as pd
 from matplotlib import colormaps
 from matplotlib.colors import LogNorm, Normalize
+from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 
 from .aggregate import aggregate, long_stats
 from .select import values_of
-from .style import (ACCURACY, LOGARITHMIC, SIGNED, axis_label, fmt, fmt_value, is_geometric, label, new_figure, short, text_colour,
-                    noise_note, plain_log_ticks, tick_labels, wide_positive, wrap)
+from .style import (NOISE_CAPTION, ACCURACY, bounds, LOGARITHMIC, SIGNED, axis_label, fmt, fmt_value, group_label, is_geometric, label, new_figure, short, text_colour,
+                    clipped_err, noise_note, plain_log_ticks, tick_labels, wide_positive, wrap)
 
 DEFAULT_PANELS = (("id_acc", "ood_acc"), ("id_loss", "ood_loss"), ("bg_mean_proj",), ("act_asym",))
 # A cell that does not fit its ID data says little about contamination: below this mean ID
@@ -169,25 +170,38 @@ def _cell_text(r) -> str:
     return f"{'≥ ' if censored > 0 else ''}{fmt(r['mean'])}{dag}{ci}"
 
 
-def line_figure(runs: pd.DataFrame, x: str, panels=DEFAULT_PANELS, *, averaged: list[str] = (),
-                title: str | None = None):
-    """Metrics against one axis: a panel per group of metrics, seed mean with 95% CI error bars."""
+def line_figure(runs: pd.DataFrame, x: str, panels=DEFAULT_PANELS, *, hue: str | None = None,
+                averaged: list[str] = (), title: str | None = None):
+    """Metrics against one axis: a panel per group of metrics, seed mean with 95% CI error bars; a
+    line style per metric of a group and, with `hue`, a colour per value of that axis."""
     panels = [[m for m in p if m in runs] for p in panels]
     panels = [p for p in panels if p]
     metrics = [m for p in panels for m in p]
-    table = aggregate(runs, [x], metrics)
+    table = aggregate(runs, [x] + ([hue] if hue else []), metrics)
     xs = values_of(table, x)
+    hues = values_of(table, hue) if hue else [None]
     numeric = pd.api.types.is_numeric_dtype(table[x]) and not pd.api.types.is_bool_dtype(table[x])
     pos = np.asarray(xs, dtype=float) if numeric else np.arange(len(xs))
-    fig = new_figure(3.4 * len(panels) + 0.4, 3.3)
+    fig = new_figure(3.4 * len(panels) + (1.6 if hue else 0.4), 3.3)
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
-    row = table.set_index(x).reindex(xs)
-    lost = pos[(row["n"] == 0).to_numpy()]
+    rows = {h: (table if h is None else table[table[hue] == h]).set_index(x).reindex(xs) for h in hues}
+    lost = pos[np.all([(r["n"].fillna(0) == 0).to_numpy() for r in rows.values()], axis=0)]
+    colours = [f"C{i}" for i in range(len(hues))]
+    noted = False
     for ax, group in zip(axes, panels):
-        for k, m in enumerate(group):
-            ax.errorbar(pos, row[f"{m}_mean"], yerr=row[f"{m}_ci95"].fillna(0), marker="o", capsize=3,
-                        linestyle="-" if k == 0 else "--", label=short(m))
-        noise_note(ax, [row[f"{m}_mean"] for m in group], [row[f"{m}_ci95"] for m in group])
+        drawn, halves = [], []
+        for c, h in zip(colours, hues):
+            row = rows[h]
+            for k, m in enumerate(group):
+                err = clipped_err(row[f"{m}_mean"], row[f"{m}_ci95"], m)
+                ax.errorbar(pos, row[f"{m}_mean"], yerr=err, marker="o", capsize=3, color=c,
+                            linestyle="-" if k == 0 else "--", label=short(m) if h == hues[0] else None)
+                drawn.append(row[f"{m}_mean"])
+                halves.append(err.sum(axis=0) / 2)
+        noted |= noise_note(ax, drawn, halves)
+        lo, hi = np.max([bounds(m)[0] for m in group]), np.min([bounds(m)[1] for m in group])
+        if np.isfinite(lo) and np.isfinite(hi):  # shares: their whole range, so that 1.00 reads as the top
+            ax.set_ylim(lo - 0.04 * (hi - lo), hi + 0.04 * (hi - lo))
         for p in lost:  # every run at this value diverged: say so where the point would be
             ax.axvline(p, color="0.75", ls=":", lw=1)
             ax.text(p, 0.5, "all diverged", transform=ax.get_xaxis_transform(), rotation=90, ha="right",
@@ -204,13 +218,19 @@ def line_figure(runs: pd.DataFrame, x: str, panels=DEFAULT_PANELS, *, averaged: 
         if not numeric:
             ax.set_xlim(-0.5, len(xs) - 0.5)
         ax.set_xlabel(f"{x} (log scale)" if log else x)
-        ax.set_ylabel(short(group[0]) if len(group) == 1 else ", ".join(short(m) for m in group))
+        ax.set_ylabel(short(group[0]) if len(group) == 1 else group_label(group))
         if len(group) > 1:
-            ax.legend(frameon=False)
+            ax.legend([Line2D([], [], color="0.3", ls="-" if k == 0 else "--") for k in range(len(group))],
+                      [short(m) for m in group], frameon=False, fontsize=8)
+    if hue:
+        fig.legend([Line2D([], [], color=c, lw=2) for c in colours], [fmt_value(v) for v in hues], title=hue,
+                   loc="outside right center", frameon=False)
     n = table["n_runs"]
     lines = [title or f"Final metrics against {x}",
              f"mean ± 95% CI of {int(n.min())} runs per point"
              + (f", pooled over {', '.join(averaged)}" if averaged else "")]
+    if noted:
+        lines.append(NOISE_CAPTION)
     n_div = int(table["n_diverged"].sum())
     if n_div:
         lines.append(diverged_note(n_div))

@@ -111,7 +111,8 @@ def shift_panels(results: Results, axes: list[str]) -> list[Panel]:
                      "OOD accuracy of each network and of the same network with its first layer's component along "
                      "the background mean removed (the mean's contribution folded into the biases)" + at,
                      line_figure(runs, free[0], (("ood_acc", "ood_acc_ablated"), ("failure_explained",)),
-                                 averaged=_rest(free, free[0])) if free else None,
+                                 hue=free[1] if len(free) > 1 else None,
+                                 averaged=_rest(free, *free[:2])) if free else None,
                      "The mean-direction ablation per config (mean ± 95% CI over seeds): `failure_explained` is the "
                      "share of the OOD accuracy loss it recovers (NaN: nothing lost).\n\n" + _md_table(table)))
     return [p for p in out if p.figure is not None]

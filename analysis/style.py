@@ -33,6 +33,30 @@ LABELS = {
 # Metrics whose sign matters: a diverging colour map centred on zero when the data cross it.
 SIGNED = {"bg_signed", "bg_mean_proj", "ood_minus_id_loss", "id_margin", "ood_margin"}
 ACCURACY = {"id_acc", "ood_acc", "id_acc_ablated", "ood_acc_ablated"}
+# The range a metric cannot leave: bands and error bars are clipped to it (a t interval of a few
+# seeds reaches past accuracy 1 or below loss 0, which no run can).
+SHARES = ACCURACY | {"contaminated_frac", "failure_explained", "student_probe_id_acc", "student_probe_ood_acc"}
+NONNEGATIVE = {"train_loss", "id_loss", "ood_loss", "ood_loss_ablated", "id_loss_ablated", "core_norm", "bg_norm",
+               "bg_shift_rms", "bg_grad_net", "bg_grad_total", "bg_grad_balance", "act_asym", "critical_shift",
+               "critical_shift_ablated"}
+
+
+def bounds(metric: str) -> tuple[float, float]:
+    """The interval `metric`'s values lie in (a share: [0, 1]; a loss or norm: [0, inf))."""
+    if metric in SHARES:
+        return 0.0, 1.0
+    return (0.0, np.inf) if metric in NONNEGATIVE else (-np.inf, np.inf)
+
+
+def clipped_err(mean, half, metric: str) -> np.ndarray:
+    """Error bars mean ± half clipped to `bounds(metric)`: matplotlib's (2, n) yerr (NaN half: 0)."""
+    mean = np.asarray(mean, dtype=float)
+    half = np.nan_to_num(np.asarray(half, dtype=float))
+    lo, hi = bounds(metric)
+    # (a mean a rounding past its bound, e.g. 1 + 2e-16, keeps a zero-length bar on that side)
+    return np.maximum(np.stack([mean - np.clip(mean - half, lo, hi), np.clip(mean + half, lo, hi) - mean]), 0.0)
+
+
 # Metrics drawn on a logarithmic colour scale (they span orders of magnitude).
 LOGARITHMIC = {"critical_shift", "critical_shift_ablated"}
 
@@ -42,12 +66,16 @@ matplotlib.rcParams.update({"figure.dpi": 110, "savefig.dpi": 150, "axes.grid": 
 
 
 NOISE_NOTE = "noise-note"  # the gid of `noise_note`'s text (the figure check finds it by it)
+# What the note means, for the caption of a figure that has one
+NOISE_CAPTION = ("band > range: that panel's widest band is wider than the range its lines span; where bands "
+                 "overlap, its lines differ within the runs' spread")
 
 
 def noise_note(ax, means, halfwidths) -> bool:
-    """Say so on the panel where its widest band or error bar (2 x half-width) is wider than the
-    range its lines span (`means`, `halfwidths`: the panel's arrays): there the lines' differences
-    are within the runs' spread and a reader must not read a trend into them. Returns whether it did."""
+    """Say so on the panel (a line above it) where its widest band or error bar (2 x half-width) is
+    wider than the range its lines span (`means`, `halfwidths`: the panel's arrays): where bands
+    overlap, the lines' differences are within the runs' spread and a reader must not read a trend
+    into them. Returns whether it did."""
     m = np.concatenate([np.asarray(v, dtype=float).ravel() for v in means]) if means else np.array([])
     h = np.concatenate([np.asarray(v, dtype=float).ravel() for v in halfwidths]) if halfwidths else np.array([])
     m, h = m[np.isfinite(m)], h[np.isfinite(h)]
@@ -56,10 +84,27 @@ def noise_note(ax, means, halfwidths) -> bool:
     span, widest = float(m.max() - m.min()), 2.0 * float(h.max())
     if widest <= span:
         return False
-    text = ax.text(0.98, 0.02, f"bands wider than the lines' range\n({fmt(widest)} > {fmt(span)}): within noise",
-                   transform=ax.transAxes, ha="right", va="bottom", fontsize=7, color="0.35")
+    text = ax.text(1.0, 1.01, f"band {fmt(widest)} > range {fmt(span)}", transform=ax.transAxes, ha="right",
+                   va="bottom", fontsize=7, color="0.35")
     text.set_gid(NOISE_NOTE)
     return True
+
+
+GROUP_LABELS = {("id_loss", "ood_loss"): "loss", ("id_acc", "ood_acc"): "accuracy",
+                ("id_margin", "ood_margin"): "margin", ("core_norm", "bg_norm"): "mean projection norm"}
+
+
+def group_label(group) -> str:
+    """A panel's y label: a common name for known pairs or for metrics of one kind (accuracies,
+    losses: the legend tells them apart), else the metric names, wrapped."""
+    group = tuple(group)
+    if group in GROUP_LABELS:
+        return GROUP_LABELS[group]
+    for kind in ("accuracy", "loss"):
+        if len(group) > 1 and all(m.endswith(("acc", "acc_ablated") if kind == "accuracy" else ("loss", "loss_ablated"))
+                                  for m in group):
+            return kind
+    return wrap(", ".join(short(m) for m in group), 30)
 
 
 def label(metric: str) -> str:
