@@ -2,11 +2,13 @@
 
 - Teacher `phi_T(x) = ReLU(W_T x + b_T)`, `rep_dim` units whose weight rows lie in the core
   subspace, so no background shift can move it. `teacher = "core"`: constructed, rows
-  `g_i @ M_core` with `g_i ~ N(0, I_core_dim)`, biases `teacher_bias * N(0, 1)` (a teacher
-  without offsets barely contaminates its student; README). `teacher = "trained"`: learned, the
+  `g_i @ M_core` with `g_i ~ N(0, I_core_dim)`, biases `teacher_bias * N(0, 1)`, times each
+  unit's pre-activation spread with `teacher_bias_unit = "spread"` (a teacher without offsets
+  barely contaminates its student; docs/distillation.md). `teacher = "trained"`: learned, the
   hidden layer of a two-layer ReLU network of width `rep_dim` trained on the labels from the
   core coordinates `<x, m_j>` (j in core) only, i.e. with the background projected out
-  (full batch on the training set; the config's optimizer, loss, weight decay and momentum,
+  (full batch on the training set, or with `teacher_data = "student"` the student's batch mode;
+  the config's optimizer, loss, weight decay and momentum,
   at `teacher_lr` for `teacher_steps` steps; PyTorch-default init, biases if `bias`).
   `teacher = "linear"`: the `core` teacher without the ReLU, `W_T x + b_T`, which a linear
   student can represent exactly (with a linear core its probe reads the labels): the linear
