@@ -97,6 +97,27 @@ def _bg_key(low, high) -> tuple[float, float]:
     return float(low), float(high)
 
 
+def data_mode(runs: pd.DataFrame, teacher: bool = False) -> pd.Series:
+    """How each run's student saw its data: "fresh B" (a fresh batch of B points each step) or
+    "fixed B" (batches of B from the fixed training set; B = n_train for a full batch). With
+    `teacher`, how its `trained` or `standard` teacher did: the student's mode with `teacher_data =
+    "student"`, else (`full`, and tables from before the field) a full batch of the fixed set.
+    An effective-robustness baseline compares only with students of its own mode (issue 26)."""
+    idx = runs.index
+
+    def col(name, default):
+        return runs[name] if name in runs else pd.Series(default, index=idx)
+
+    online = col("online", False).astype(bool)
+    n = col("n_train", 0).astype(int)
+    bs = col("batch_size", 0).astype(int)
+    if teacher:
+        follows = col("teacher_data", "full").astype(str) == "student"
+        online, bs = online & follows, bs.where(follows, 0)
+    size = bs.where(bs > 0, n)
+    return pd.Series([f"{'fresh' if o else 'fixed'} {b}" for o, b in zip(online, size)], index=idx)
+
+
 def baseline_points(baseline_runs: pd.DataFrame) -> pd.DataFrame:
     """Per config of the standard runs (diverged left out): the seed-mean ID and OOD probe accuracy
     (`id`, `ood`) and the training background (`bg_train_low`, `bg_train_high`)."""

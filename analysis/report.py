@@ -143,6 +143,10 @@ def build_figures(results: Results) -> list[Panel]:
                          line_figure(runs, axes[0])))
     if "student_probe_ood_acc" in runs:
         out += distill_panels(results, axes)
+    from .matched import rate_varies_within_arm
+
+    if rate_varies_within_arm(runs):
+        out.append(matched_panel(runs, axes))
     out += depth_class_panels(results, axes)
     if "dataset" in runs and (runs["dataset"] == "digits").any():
         from .images import examples_figure, weights_figure
@@ -301,6 +305,37 @@ def distill_panels(results: Results, axes: list[str]) -> list[Panel]:
     return out
 
 
+def matched_panel(runs: pd.DataFrame, axes: list[str]) -> Panel:
+    """Optimizers compared at matched ID fit: per optimizer, the learning rate whose ID loss (the
+    student's ID error) reaches the loosest fit every optimizer reaches (`analysis.matched`)."""
+    from .matched import matched_figure, matched_rates, matched_table
+
+    table, metric, by = matched_table(runs, axes)
+    df = runs
+    sel = matched_rates(df, metric, None, by=by)
+    fig = matched_figure(df, metric, sel, by=by)
+
+    def cell(row, c):
+        v = row.get(c, np.nan)
+        if not np.isfinite(v):
+            return "–"
+        lo, hi = row.get(f"{c}_min", np.nan), row.get(f"{c}_max", np.nan)
+        return f"{fmt(v)} ({fmt(lo)}–{fmt(hi)})" if np.isfinite(lo) and lo != hi else fmt(v)
+
+    arm = [c for c in ("optimizer", "momentum", "weight_decay") if c in table]
+    shown = [c for c in table.columns if c not in (*by, *arm, "lr", "n", "target") and not c.endswith(("_min", "_max"))]
+    rows = []
+    for _, r in table.iterrows():
+        rows.append({**{c: r[c] for c in (*by, *arm)}, "lr": fmt(r["lr"]) if np.isfinite(r["lr"]) else "not reached",
+                     "target": fmt(r["target"]), **{c: cell(r, c) for c in shown}})
+    note = (f"Matched on `{metric}`: per optimizer the learning rate whose seed mean is the largest at or under the "
+            "target, the loosest fit every optimizer reaches (per group of the other axes). Seed means, min–max "
+            "over seeds in brackets.\n\n" + _md_table(pd.DataFrame(rows)))
+    return Panel("matched_fit_" + metric, "Optimizers at matched ID fit",
+                 f"{metric} against the learning rate, per optimizer; circled: the rate each optimizer is "
+                 "compared at", fig, note)
+
+
 def no_baseline(results: Results) -> str:
     from .distill import baseline_name
 
@@ -312,15 +347,17 @@ def no_baseline(results: Results) -> str:
 def robustness_note(results: Results, baseline: pd.DataFrame | None) -> str:
     """The markdown under the effective-robustness figure: per config, the teacher's and the student's
     OOD accuracy above the standard networks' line and the share the student keeps."""
-    from .distill import baseline_line, baseline_name, baseline_points, robustness_kept
+    from .distill import STANDARD, baseline_line, baseline_name, baseline_points, data_mode, robustness_kept
 
     if baseline is None:
         return no_baseline(results)
     n_cfg = len(baseline_points(baseline))
     head = (f"Effective robustness: OOD probe accuracy above the line that standard networks "
             f"({baseline_name(results)}, {n_cfg} configs) follow; `kept` is the share of the teacher's "
-            "advantage the student keeps. Lines are fitted per core type and training background (flat at "
-            "the mean OOD accuracy where the standard networks' ID accuracies span under 0.05); `–` "
+            "advantage the student keeps. Lines are fitted per core type, training background and data mode "
+            "(a student is compared with standard networks that saw data as it did: fresh batches or batches "
+            "of the fixed set, of one size), flat at "
+            "the mean OOD accuracy where the standard networks' ID accuracies span under 0.05; `–` "
             "where a probe's ID accuracy lies more than 0.02 below the standard networks' ID range (no "
             "extrapolation) or the teacher is not above the line.")
     labels = varying_axes(results) or [c for c in ("teacher", "teacher_bias", "activation") if c in results.runs]
@@ -331,16 +368,27 @@ def robustness_note(results: Results, baseline: pd.DataFrame | None) -> str:
     for core in cores:
         base = baseline if core is None else baseline[baseline["core"].astype(str) == core]
         mine = runs if core is None else runs[runs["core"].astype(str) == core]
-        line = baseline_line(base)
-        fits += [(f"{core} core, " if core else "") + f"bg_train {range_label(lo, hi)}: OOD = {fmt(a)} × ID "
-                 f"{'+' if b >= 0 else '−'} {fmt(abs(b))} ({n} configs)" for (lo, hi), (a, b, n) in line.items()]
-        part = robustness_kept(mine, line, axes=labels)
-        pts = baseline_points(base)
-        if len(pts) and len(part):
-            low = float(pts["id"].min()) - 0.02  # below the standard networks' ID range: no extrapolation
-            outside = (part["student_probe_id_acc"] < low) | (part["teacher_probe_id_acc"] < low)
-            part.loc[outside, "kept"] = np.nan
-        parts.append(part)
+        mine = mine[~(mine["teacher"].astype(str) == STANDARD)] if "teacher" in mine else mine
+        # each student against the line of standard networks trained in its own data mode
+        modes, base_modes = data_mode(mine), data_mode(base, teacher=True)
+        several = modes.nunique() > 1 or set(base_modes) != set(modes)
+        for mode in dict.fromkeys(modes):
+            b = base[base_modes == mode]
+            m = mine[modes == mode]
+            line = baseline_line(b)
+            where = ", ".join(x for x in ((f"{core} core" if core else ""), (mode if several else "")) if x)
+            fits += [(f"{where}, " if where else "") + f"bg_train {range_label(lo, hi)}: OOD = {fmt(a)} × ID "
+                     f"{'+' if b_ >= 0 else '−'} {fmt(abs(b_))} ({n} configs)"
+                     for (lo, hi), (a, b_, n) in line.items()]
+            if not line:
+                fits.append((f"{where}: " if where else "") + "no baseline trained in this data mode")
+            part = robustness_kept(m, line, axes=labels)
+            pts = baseline_points(b)
+            if len(pts) and len(part):
+                low = float(pts["id"].min()) - 0.02  # below the standard networks' ID range: no extrapolation
+                outside = (part["student_probe_id_acc"] < low) | (part["teacher_probe_id_acc"] < low)
+                part.loc[outside, "kept"] = np.nan
+            parts.append(part)
     kept = pd.concat(parts, ignore_index=True)
     fits = "; ".join(fits)
     labels = [c for c in labels if c in kept]

@@ -30,6 +30,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "optimizer": ("sgd", "adam", "adamw"),
     "experiment": tuple(EXPERIMENTS),  # the registry of experiments.py
     "teacher": ("core", "trained", "linear", "standard"),
+    "teacher_bias_unit": ("absolute", "spread"),
+    "teacher_data": ("full", "student"),
     "log_schedule": ("linear", "geometric"),
     "dataset": ("synthetic", "digits"),
     "model": ("mlp", "cnn"),
@@ -96,8 +98,19 @@ class Config:
     rep_dim: int = 64
     teacher: str = "core"
     teacher_bias: float = 3.0
+    # The unit of `teacher_bias`: `absolute` (the biases are teacher_bias * N(0, 1), whatever the
+    # pre-activations' scale: the first rounds' teacher, kept so their ids mean what they meant)
+    # or `spread` (teacher_bias * N(0, 1) times each unit's standard deviation of W_T x over the ID
+    # training inputs: the same share of a unit's range at every core type and dimension). The
+    # `distill` preset uses `spread`.
+    teacher_bias_unit: str = "absolute"
     teacher_steps: int = 2000
     teacher_lr: float = 1e-2
+    # How a `trained` or `standard` teacher sees its data: `full` (full batch on the fixed training
+    # set, whatever the student does: the first rounds') or `student` (the student's batch mode:
+    # fresh batches of batch_size with `online`, minibatches of the fixed set with batch_size > 0,
+    # else full batch), so an effective-robustness baseline trains as the students it is compared with.
+    teacher_data: str = "full"
     probe_ridge: float = 1e-4
     # The precision of float32 matrix products (contamination/numerics.py): `highest` (full
     # float32, what a CPU computes), `tf32` (JAX's default on NVIDIA GPUs) or `bf16`. A results

@@ -2,11 +2,13 @@
 
 - Teacher `phi_T(x) = ReLU(W_T x + b_T)`, `rep_dim` units whose weight rows lie in the core
   subspace, so no background shift can move it. `teacher = "core"`: constructed, rows
-  `g_i @ M_core` with `g_i ~ N(0, I_core_dim)`, biases `teacher_bias * N(0, 1)` (a teacher
-  without offsets barely contaminates its student; README). `teacher = "trained"`: learned, the
+  `g_i @ M_core` with `g_i ~ N(0, I_core_dim)`, biases `teacher_bias * N(0, 1)`, times each
+  unit's pre-activation spread with `teacher_bias_unit = "spread"` (a teacher without offsets
+  barely contaminates its student; docs/distillation.md). `teacher = "trained"`: learned, the
   hidden layer of a two-layer ReLU network of width `rep_dim` trained on the labels from the
   core coordinates `<x, m_j>` (j in core) only, i.e. with the background projected out
-  (full batch on the training set; the config's optimizer, loss, weight decay and momentum,
+  (full batch on the training set, or with `teacher_data = "student"` the student's batch mode;
+  the config's optimizer, loss, weight decay and momentum,
   at `teacher_lr` for `teacher_steps` steps; PyTorch-default init, biases if `bias`).
   `teacher = "linear"`: the `core` teacher without the ReLU, `W_T x + b_T`, which a linear
   student can represent exactly (with a linear core its probe reads the labels): the linear
@@ -45,7 +47,7 @@ import jax.numpy as jnp
 from .numerics import float_dtype
 
 from .spec import Static
-from .data import Data, first, ood_split, per_row
+from .data import Data, first, minibatch, online_batch, ood_split, per_row
 from .metrics import (activation_asymmetry, bg_direction, init_spread, masked_mean, mean_direction_metrics,
                       projection_metrics)
 from .model import Params, activate, forward, init_params, loss_values
@@ -64,6 +66,7 @@ DISTILL_METRICS = (
 # fold_in constants: one stream per purpose, derived from the run's data or init key.
 TEACHER_STREAM = 1001
 READOUT_STREAM = 1002
+TEACHER_BATCH_STREAM = 1003
 
 
 class Teacher(NamedTuple):
@@ -91,13 +94,30 @@ def student_rep(p: Student, x: jax.Array, activation: str, slope: jax.Array, mas
 
 
 def core_teacher(key: jax.Array, M: jax.Array, core_dim: int, true_core: jax.Array, rep_dim: int,
-                 bias_scale: jax.Array) -> Teacher:
+                 bias_scale: jax.Array, train=None) -> Teacher:
     """Rows `g_i @ M_core` and biases `bias_scale * n_i`, `g_i ~ N(0, I)`, `n_i ~ N(0, 1)`, drawn
-    per unit (a wider teacher extends a narrower one)."""
+    per unit (a wider teacher extends a narrower one).
+
+    With `train` (a Split: `teacher_bias_unit = "spread"`) the bias is in units of each unit's
+    spread: `bias_scale * n_i * sd_i`, sd_i the standard deviation of `<w_i, x>` over the rows of
+    `train` (the ID training inputs), so a scale means the same share of a unit's range at every
+    core type and dimension. The draws are the same as without it.
+    """
     k_g, k_n = jax.random.split(key)
     g = per_row(k_g, rep_dim, lambda k: jax.random.normal(k, (core_dim,))) * first(core_dim, true_core)
     n = per_row(k_n, rep_dim, lambda k: jax.random.normal(k, ()))
-    return Teacher(g @ M[:core_dim], bias_scale * n)
+    w = g @ M[:core_dim]
+    if train is None:
+        return Teacher(w, bias_scale * n)
+    return Teacher(w, bias_scale * n * pre_activation_spread(w, train))
+
+
+def pre_activation_spread(w: jax.Array, split) -> jax.Array:
+    """Each unit's standard deviation of `<w_i, x>` over the (masked) rows of `split`: (rep_dim,)."""
+    pre = split.x @ w.T
+    n = jnp.sum(split.mask)
+    mu = split.mask @ pre / n
+    return jnp.sqrt(split.mask @ (pre - mu) ** 2 / n)
 
 
 def trained_teacher(key: jax.Array, s: Static, data: Data, sizes, traced: dict):
@@ -123,9 +143,24 @@ def trained_teacher(key: jax.Array, s: Static, data: Data, sizes, traced: dict):
 
     def objective(p, batch):
         f, _ = forward(p, batch[0], "relu", jnp.zeros((), float_dtype()), ones)
-        return masked_mean(loss_values(f, batch[1], s.loss), data.train.mask)
+        return masked_mean(loss_values(f, batch[1], s.loss), batch[2])
 
-    step = make_step(objective, tx, trainable, lambda t: (z, data.train.y))
+    if s.teacher_data == "student" and (s.online or s.batch_size):
+        # The student's batch mode (fresh batches or minibatches of the fixed set), on a stream
+        # of its own: the baseline trains as the students it is compared with.
+        k_batch = jax.random.fold_in(key, TEACHER_BATCH_STREAM)
+
+        def get_batch(t):
+            if s.online:
+                b = online_batch(k_batch, t, data.M, s.batch_size, s.core_dim, s.core, sizes, traced["bg_train"])
+            else:
+                b = minibatch(k_batch, t, data.train, s.batch_size)
+            return b.x @ basis.T, b.y, b.mask
+    else:
+        def get_batch(t):
+            return z, data.train.y, data.train.mask
+
+    step = make_step(objective, tx, trainable, get_batch)
 
     def own_steps_only(carry, x):
         # A program padded to more teacher steps than the run's own: the steps past them leave
@@ -221,7 +256,8 @@ def distill_training(static: Static, traced: dict) -> Training:
     init_key = jax.random.wrap_key_data(traced["init_key"], impl="threefry2x32")
     k_teacher = jax.random.fold_in(data_key, TEACHER_STREAM)
     if s.teacher in ("core", "linear"):
-        teacher = core_teacher(k_teacher, data.M, s.core_dim, sizes.core, s.rep_dim, traced["teacher_bias"])
+        teacher = core_teacher(k_teacher, data.M, s.core_dim, sizes.core, s.rep_dim, traced["teacher_bias"],
+                               train=data.train if s.teacher_bias_unit == "spread" else None)
         teacher_diverged = jnp.bool_(False)
     else:
         teacher, teacher_diverged = trained_teacher(k_teacher, s, data, sizes, traced)

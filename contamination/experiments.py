@@ -23,7 +23,7 @@ REGISTRY = {
     "classify": Entry("contamination.classify", ()),
     # a student trained on a teacher's representation (section 5)
     "distill": Entry("contamination.distill", ("rep_dim", "teacher", "teacher_bias", "teacher_steps", "teacher_lr",
-                                               "probe_ridge")),
+                                               "probe_ridge", "teacher_bias_unit", "teacher_data")),
 }
 
 

@@ -32,7 +32,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     # Representation distillation, simulated (PAPER.md section 5; contamination/distill.py).
     # Teacher (`core`, constructed): phi_T(x) = ReLU(W_T x + b_T), rep_dim = 64 units whose rows
-    # lie in the core subspace, so it cannot see the background; biases 3 * N(0, 1) (without
+    # lie in the core subspace, so it cannot see the background; biases 2 * N(0, 1) spreads (without
     # them, teacher_bias = 0, the student needs no offsets and is barely contaminated). The
     # `trained` teacher is learned instead: a ReLU network of width rep_dim trained on the
     # labels from the core coordinates only. Student: the config's two-layer network with a
@@ -44,9 +44,16 @@ PRESETS: dict[str, dict[str, Any]] = {
     # set a student also fails OOD by fitting sample noise through background coordinates
     # (over-fitting, not contamination; `--set online=false --set batch_size=0` is that
     # control, `distill_controls` separates the two).
+    # The teacher's biases are in units of each unit's pre-activation spread (`teacher_bias_unit =
+    # "spread"`, issue 26): 2 spreads is about the first rounds' absolute 3 on the non-linear core
+    # (whose units' pre-activations have a standard deviation of ~1.55), and means the same share
+    # of a unit's range on the linear core, whose spread grows with core_dim (1.5 at 8, 2.7 at 32).
+    # A `trained` or `standard` teacher trains in the student's batch mode (`teacher_data =
+    # "student"`), so the effective-robustness baseline sees data as the students do.
     "distill": {
         "experiment": "distill", "optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0,
         "online": True, "batch_size": 512, "steps": 5000, "log_every": 500,
+        "teacher_bias": 2.0, "teacher_bias_unit": "spread", "teacher_data": "student",
     },
     # Real digits (contamination/digits.py): scikit-learn's 1,797 8x8 digits, 10 classes, each
     # framed by a 2-pixel border whose intensity is drawn per image from U[0, 1] (mean 0.5,

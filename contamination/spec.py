@@ -45,6 +45,8 @@ class Static(NamedTuple):
     digit_classes: tuple[int, ...] = ()
     model: str = "mlp"
     precision: str = "highest"
+    teacher_bias_unit: str = "absolute"
+    teacher_data: str = "full"
 
     @property
     def depth(self) -> int:

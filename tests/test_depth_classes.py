@@ -62,13 +62,19 @@ def reference_atol(metric: str, cfg) -> float:
     return max(10.0 * SPREAD[metric]["abs"], 1e-6)
 
 
+LEGACY_PRESET = {"distill": {"teacher_bias": 3.0, "teacher_bias_unit": "absolute", "teacher_data": "full"}}
+
+
 @pytest.mark.reference
 @pytest.mark.parametrize("i", [_case(i) for i in range(len(REFERENCE["cases"]))])
 def test_depth_one_and_two_classes_reproduce_the_code_before_them(i):
     """Every shipped preset (and, under `make test-all`, variants of its choices) gives the curves
     the code of commit 5aca587 gave, every metric, within the float32 tolerance above."""
     case = REFERENCE["cases"][i]
-    cfg = preset(case["preset"], **case["overrides"])
+    # the distill preset's teacher as at 5aca587 (issue 26 moved the preset to spread units and the
+    # student's batch mode; the old behaviour stays reachable by naming it)
+    legacy = LEGACY_PRESET.get(case["preset"], {})
+    cfg = preset(case["preset"], **{**legacy, **case["overrides"]})
     out = simulate(cfg)["curves"]
     for k, expected in case["curves"].items():
         np.testing.assert_allclose(np.asarray(out[k], float), np.asarray(expected, float), rtol=0,
@@ -263,9 +269,10 @@ def test_k_class_relu_loses_ood_margin_and_a_softmax_linear_model_does_not():
 
 @pytest.mark.slow
 def test_on_a_fixed_training_set_the_k_class_linear_model_loses_margin_too():
-    """The control (a change of batch mode only): full batch on the 256 training points. Measured
-    (seeds 0-3): the linear model keeps 0.67-0.84 of its margin (ReLU 0.45-0.47) with no drift
-    along the background mean: over-fitting through background coordinates, not contamination."""
+    """The control: full batch on the 256 training points, against the fresh batches of 64 above
+    (a change of batch mode *and* batch size: grid fixed_vs_fresh separates the two, issue 26).
+    Measured (seeds 0-3): the linear model keeps 0.67-0.84 of its margin (ReLU 0.45-0.47) with no
+    drift along the background mean; in minibatches of 64 of the same set, 0.86-0.94."""
     c = _k_class()
     (relu_id, lin_id), (relu_ood, lin_ood) = c["id_margin"], c["ood_margin"]
     assert (lin_ood / lin_id < 0.95).all(), lin_ood / lin_id

@@ -54,6 +54,15 @@ def test_every_shipped_grid_expands_and_plans_as_at_ec221b9(tmp_path):
     assert REFERENCE["commit"] == "ec221b9" and now.keys() == then.keys()
     for name in then:
         assert now[name] == then[name], name
+    # Entries recorded from later code (`later`): only grids that set fields ec221b9 lacked away
+    # from their defaults (issue 26's teacher_bias_unit and teacher_data, issue 31's warmup_steps),
+    # or that it did not have.
+    for name in REFERENCE.get("later", {}):
+        grid, scale = name.split("/")
+        runs = load(grid, scale).runs()
+        new = all(r.config.teacher_bias_unit != "absolute" or r.config.teacher_data != "full"
+                  or r.config.warmup_steps != 0 for r in runs)
+        assert new or grid in ("fixed_vs_fresh", "distill_optimizer"), name
 
 
 @pytest.mark.parametrize("name", sorted(k for k in REFERENCE["grids"] if k.endswith("/default")))
