@@ -118,6 +118,25 @@ def shift_panels(results: Results, axes: list[str]) -> list[Panel]:
     return [p for p in out if p.figure is not None]
 
 
+TRAINED_ON = "training background"
+
+
+def training_rows(curves: pd.DataFrame, row: str | None, pooled: list[str]) -> tuple[pd.DataFrame, str | None, list[str]]:
+    """Curves are the networks': where a pooled axis also moves the training background (an axis
+    of (bg_train, bg_ood) pairs, e.g. activation_vs_shift's, whose zero-mean controls are other
+    networks), pooling it would average a control into the contaminated networks. Then the
+    training background becomes the rows (a derived column, TRAINED_ON) and the axis is pooled
+    within each row only. Returns (curves, row, pooled)."""
+    cols = ["bg_train_low", "bg_train_high"]
+    if row is not None or not pooled or not set(cols) <= set(curves):
+        return curves, row, pooled
+    trained = curves[cols].drop_duplicates()
+    if len(trained) < 2 or len(trained) > MAX_ROWS or not any(curves[a].nunique() > 1 for a in pooled):
+        return curves, row, pooled
+    names = [f"U[{fmt_value(lo)}, {fmt_value(hi)}]" for lo, hi in zip(curves["bg_train_low"], curves["bg_train_high"])]
+    return curves.assign(**{TRAINED_ON: names}), TRAINED_ON, pooled
+
+
 def build_figures(results: Results) -> list[Panel]:
     """Phase diagrams (or metric lines for a single axis) and training curves suited to the grid's axes."""
     runs, curves, axes = results.runs, results.curves, varying_axes(results)
@@ -165,19 +184,20 @@ def build_figures(results: Results) -> list[Panel]:
         log_steps = len(logged) >= 3 and float(np.median(logged)) < 0.1 * float(logged.max())
         hue = axes[0] if axes else None
         row = axes[1] if len(axes) >= 2 and curves[axes[1]].nunique() <= MAX_ROWS else None
-        averaged = _rest(axes, hue, row)
+        rowed, row, averaged = training_rows(curves, row, _rest(axes, hue, row))
         out.append(Panel("curves_loss_norm", "Training curves",
                          "ID and OOD loss (left) and core and background projection norms (right) against steps",
-                         curves_figure(curves, PAPER_PANELS, hue=hue, row=row, averaged=averaged, logx=log_steps,
+                         curves_figure(rowed, PAPER_PANELS, hue=hue, row=row, averaged=averaged, logx=log_steps,
                                        title="Losses and feature norms against steps")))
         bg = [m for p in BG_PANELS for m in p if m in curves]
         if "activation" in axes and bg:
             others = _rest(axes, "activation")
             row = others[0] if others and curves[others[0]].nunique() <= MAX_ROWS else None
+            rowed, row, averaged = training_rows(curves, row, _rest(others, row))
             out.append(Panel("curves_background_by_activation", "Training curves",
                              bg_caption(bg) + " by activation",
-                             curves_figure(curves, BG_PANELS, hue="activation", row=row,
-                                           averaged=_rest(others, row), logx=log_steps,
+                             curves_figure(rowed, BG_PANELS, hue="activation", row=row,
+                                           averaged=averaged, logx=log_steps,
                                            title="The drift along the background mean and the class gradients "
                                            "behind it, by activation")))
         collapse = [m for m in COLLAPSE_METRICS if m in curves]

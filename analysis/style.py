@@ -72,7 +72,7 @@ NOISE_CAPTION = ("band > range: that panel's widest band is wider than the range
 
 
 def noise_note(ax, means, halfwidths) -> bool:
-    """Say so on the panel (a line above it) where its widest band or error bar (2 x half-width) is
+    """Say so on the panel (top right) where its widest band or error bar (2 x half-width) is
     wider than the range its lines span (`means`, `halfwidths`: the panel's arrays): where bands
     overlap, the lines' differences are within the runs' spread and a reader must not read a trend
     into them. Returns whether it did."""
@@ -84,8 +84,9 @@ def noise_note(ax, means, halfwidths) -> bool:
     span, widest = float(m.max() - m.min()), 2.0 * float(h.max())
     if widest <= span:
         return False
-    text = ax.text(1.0, 1.01, f"band {fmt(widest)} > range {fmt(span)}", transform=ax.transAxes, ha="right",
-                   va="bottom", fontsize=7, color="0.35")
+    text = ax.text(0.98, 0.97, f"band {fmt(widest)} > range {fmt(span)}", transform=ax.transAxes, ha="right",
+                   va="top", fontsize=7, color="0.35", zorder=5,
+                   bbox=dict(boxstyle="round,pad=0.2", facecolor="white", edgecolor="none", alpha=0.8))
     text.set_gid(NOISE_NOTE)
     return True
 
