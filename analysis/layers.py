@@ -10,7 +10,7 @@ import pandas as pd
 
 from .aggregate import aggregate
 from .select import values_of
-from .style import NOISE_CAPTION, clipped_err, fmt_value, new_figure, noise_note, short
+from .style import NOISE_CAPTION, bounds, clipped_err, fmt_value, new_figure, noise_note, short
 
 # OOD gap, drift along the background mean, share of contaminated neurons, margin kept OOD
 CONTAMINATION_PANELS = ("ood_minus_id_loss", "bg_mean_proj", "contaminated_frac", "margin_kept")
@@ -47,6 +47,9 @@ def contamination_figure(runs: pd.DataFrame, x: str, hue: str | None = None, *, 
             drawn.append(rows[f"{m}_mean"])
             halves.append(err.sum(axis=0) / 2)
         noted |= noise_note(ax, drawn, halves)
+        lo, hi = bounds(m)
+        if np.isfinite(lo) and np.isfinite(hi):  # a share: its whole range
+            ax.set_ylim(lo - 0.04 * (hi - lo), hi + 0.04 * (hi - lo))
         ax.set_xticks(pos, [fmt_value(v) for v in xs])
         ax.set_xlabel(x)
         ax.set_ylabel(short(m))
