@@ -121,6 +121,17 @@ def shift_panels(results: Results, axes: list[str]) -> list[Panel]:
 TRAINED_ON = "training background"
 
 
+def moves_training_background(curves: pd.DataFrame, axis: str) -> bool:
+    """Whether the axis's values train on different background ranges (the set of training ranges
+    differs from one value of the axis to another)."""
+    cols = [c for c in ("bg_train_low", "bg_train_high") if c in curves]
+    if not cols:
+        return False
+    pairs = curves[[axis, *cols]].drop_duplicates()
+    sets = {frozenset(map(tuple, g[cols].to_numpy().tolist())) for _, g in pairs.groupby(axis, observed=True)}
+    return len(sets) > 1
+
+
 def training_rows(curves: pd.DataFrame, row: str | None, pooled: list[str]) -> tuple[pd.DataFrame, str | None, list[str]]:
     """Curves are the networks': where a pooled axis also moves the training background (an axis
     of (bg_train, bg_ood) pairs, e.g. activation_vs_shift's, whose zero-mean controls are other
@@ -191,7 +202,9 @@ def build_figures(results: Results) -> list[Panel]:
                                        title="Losses and feature norms against steps")))
         bg = [m for p in BG_PANELS for m in p if m in curves]
         if "activation" in axes and bg:
-            others = _rest(axes, "activation")
+            # rows: the axis that moves the training background first (its zero-mean control is
+            # the figure's point), then the others in grid order
+            others = sorted(_rest(axes, "activation"), key=lambda a: not moves_training_background(curves, a))
             row = others[0] if others and curves[others[0]].nunique() <= MAX_ROWS else None
             rowed, row, averaged = training_rows(curves, row, _rest(others, row))
             out.append(Panel("curves_background_by_activation", "Training curves",
