@@ -749,6 +749,24 @@ def test_the_demos_figures_read_right(demo):
     assert check_figures(panels) >= 6
     notes = [p.stem for p in panels for ax in p.figure.axes for t in ax.texts if t.get_gid() == NOISE_NOTE]
     assert notes, "the zero-mean control's flat curves carry the note"
+    # the zero-mean control is a row of its own in every curves figure, never pooled into ReLU's
+    for stem in ("curves_background_by_activation", "curves_loss_norm"):
+        fig = next(p.figure for p in panels if p.stem == stem)
+        titles = {ax.get_title(loc="left") for ax in fig.axes} - {""}
+        assert titles == {"background = mean 0.5", "background = mean 0"}, (stem, titles)
+
+
+def test_pooled_axes_never_mix_training_backgrounds(tiny):
+    """An axis that moves the training background is a row of the curves figures (or the rows are
+    the training background itself), so no line averages a zero-mean control into its network."""
+    from analysis.report import TRAINED_ON, moves_training_background, training_rows
+
+    assert moves_training_background(tiny.curves, "background")
+    assert not moves_training_background(tiny.curves, "width")
+    # an axis of (bg_train, bg_ood) pairs pooled away: the rows become the training background
+    mixed = tiny.curves.assign(pair=tiny.curves["background"].astype(str) + "/" + tiny.curves["width"].astype(str))
+    rowed, row, pooled = training_rows(mixed, None, ["pair"])
+    assert row == TRAINED_ON and rowed[TRAINED_ON].nunique() == 2 and pooled == ["pair"]
 
 
 def test_the_zero_mean_control_reads_nothing_to_cancel(tiny):
