@@ -79,7 +79,9 @@ def collapse_score(curves: pd.DataFrame, metric: str, n_points: int = 50) -> flo
 
 
 GROUP_LABELS = {("id_loss", "ood_loss"): "loss", ("id_acc", "ood_acc"): "accuracy",
-                ("id_margin", "ood_margin"): "margin", ("core_norm", "bg_norm"): "mean projection norm"}
+                ("id_margin", "ood_margin"): "margin",
+                # core_norm includes the init (~0.2 at step 0 in `toy`); bg_norm is net of it (0 at step 0)
+                ("core_norm", "bg_norm"): "projection norm (core: total; background: learned)"}
 
 
 def group_label(group) -> str:
