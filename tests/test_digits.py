@@ -135,6 +135,10 @@ def test_relu_mlp_contaminates_on_the_border_and_the_linear_control_does_not():
     assert (np.abs(kept[lin] - 1) < 0.05).all(), kept[lin]
     assert (np.abs(c["bg_mean_proj"][lin, -1] - c["bg_mean_proj"][lin, 0]) < 0.02).all()
     assert (kept[relu0] > 0.75).all() and (np.abs(c["bg_mean_proj"][relu0, -1]) < 0.05).all(), kept[relu0]
+    # the input gradient along the border's direction (issue 26; measured ReLU 0.0012-0.0036, linear
+    # under 5e-5): the fast version of the acceptance check below
+    share = c["bg_grad_share"][:, -1]
+    assert (share[relu] >= 3 * share[lin]).all(), (share[relu], share[lin])
 
 
 @pytest.mark.slow
@@ -146,7 +150,7 @@ def test_relu_input_gradient_along_the_border_direction_exceeds_the_linear_model
     seeds = [100, 101, 102, 103]
     f = simulate_batch([preset("digits", activation=a, seed=s, log_every=2000)
                         for a in ("relu", "linear") for s in seeds])["final"]
-    share = np.asarray(f["bg_grad_share"])[:, 0]
+    share = np.asarray(f["bg_grad_share"]).reshape(8, -1)[:, 0]
     relu, lin = share[:4], share[4:]
     assert (relu >= 3 * lin).all(), (relu, lin)
 

@@ -135,7 +135,8 @@ TOY = dict(core_dim=8, bg_dim=8, input_dim=64, width=64, n_train=256, n_test=256
 
 def final_frac(seeds, **kw):
     c = simulate_batch([preset("toy", seed=s, **{**TOY, **kw}) for s in seeds])["final"]
-    return np.asarray(c["contaminated_frac"])[:, 0], np.asarray(c["contamination_sign"])[:, 0]
+    return (np.asarray(c["contaminated_frac"]).reshape(len(seeds), -1)[:, 0],
+            np.asarray(c["contamination_sign"]).reshape(len(seeds), -1)[:, 0])
 
 
 @pytest.mark.slow
@@ -170,7 +171,8 @@ def test_with_fresh_batches_only_relu_with_a_mean_is_contaminated():
 
 
 def test_with_fresh_batches_relu_contaminates_and_its_control_does_not():
-    """The fast version of the two checks above: held-out seeds 100-101, 1000 steps."""
+    """The fast version of the two checks above: held-out seeds 100-101, 1000 steps (measured: ReLU
+    0.83-0.91, sign 0.92-0.93; its zero-mean control and sigmoid with the mean 0.0)."""
     relu, sign = final_frac(HELD_OUT[:2], activation="relu", steps=1000, **FRESH, **MEAN)
     zero, _ = final_frac(HELD_OUT[:2], activation="relu", steps=1000, **FRESH, **ZERO)
     sig, _ = final_frac(HELD_OUT[:2], activation="sigmoid", steps=1000, **FRESH, **MEAN)
