@@ -260,7 +260,8 @@ def test_cnn_grid_on_two_host_devices_equals_each_run_alone(tmp_path):
     from contamination.cnn import CNN_METRICS
     from contamination.simulate import simulate
 
-    assert runs[list(CNN_METRICS)].notna().all().all()
+    # every metric is measured (contamination_sign is NaN by definition where no filter counts)
+    assert runs[[m for m in CNN_METRICS if m != "contamination_sign"]].notna().all().all()
     row = runs[runs["width"] == 4].iloc[0]
     alone = simulate(config_from_row(row))["final"]
     for name in CNN_METRICS:
