@@ -43,7 +43,7 @@ POOLABLE = ("activation", "teacher", "teacher_bias", "rep_dim", "width", "core_d
 ERR_RATIO = "student_err_ratio_log10"
 # Which cells fail OOD (the first two) and with what background signature: a coherent drift along
 # the background mean (`bg_mean_proj`, contamination) or large weights of no consistent sign
-# (`bg_norm` with `bg_mean_proj` ~ 0, over-fitting).
+# (`bg_norm`, the learned background weights net of init, with `bg_mean_proj` ~ 0: over-fitting).
 SIGNATURE = (ERR_RATIO, GAP, "bg_mean_proj", "bg_norm")
 
 

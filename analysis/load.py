@@ -25,7 +25,8 @@ RESULTS_ROOT = Path("results")
 RANGE_COLUMNS = {"bg_train": ("bg_train_low", "bg_train_high"), "bg_ood": ("bg_ood_low", "bg_ood_high")}
 DEFAULT_METRICS = ("train_loss", "id_loss", "id_acc", "ood_loss", "ood_acc", "id_margin", "ood_margin",
                    "core_norm", "bg_norm", "bg_signed", "act_asym", "bg_mean_proj", "bg_shift_rms",
-                   "contaminated_frac", "bg_grad_balance", "bg_grad_net", "bg_grad_total")
+                   "contaminated_frac", "bg_grad_balance", "bg_grad_net", "bg_grad_total", "contamination_sign",
+                   "contamination_ratio")
 # Metrics computed here from logged ones: name -> (inputs, function of the frame).
 DERIVED = {"ood_minus_id_loss": (("ood_loss", "id_loss"), lambda df: df["ood_loss"] - df["id_loss"]),
            # the share of the ID margin a network keeps OOD (1: none lost)

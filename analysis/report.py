@@ -317,7 +317,7 @@ def distill_panels(results: Results, axes: list[str]) -> list[Panel]:
         words = {"student_err_ratio_log10": "log10 of the student's OOD / ID representation error (which cells fail)",
                  "student_ood_gap": "the student's probe accuracy ID minus OOD",
                  "bg_mean_proj": "the drift along the background mean (coherent: contamination)",
-                 "bg_norm": "the background weights' norm (large with bg_mean_proj ~ 0: over-fitting)"}
+                 "bg_norm": "the learned background weights' norm, net of init (large with bg_mean_proj ~ 0: over-fitting)"}
         for m, fig in signature_figures(runs, x, y, facet):
             out.append(Panel(f"signature_{m}_{x}_{y}" + (f"_by_{facet}" if facet else ""), "Distillation",
                              f"{words.get(m, m)}, ReLU students, over {x} × {y}" + (f", by {facet}" if facet else ""),

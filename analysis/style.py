@@ -18,10 +18,12 @@ LABELS = {
     "id_loss": "ID loss", "ood_loss": "OOD loss",
     "id_acc": "ID accuracy", "ood_acc": "OOD accuracy",
     "id_margin": "ID margin", "ood_margin": "OOD margin",
-    "core_norm": "core projection norm", "bg_norm": "background projection norm",
+    "core_norm": "core projection norm", "bg_norm": "learned background weight norm (net of init)",
     "bg_signed": "signed background projection", "act_asym": "activation asymmetry",
-    "bg_mean_proj": "projection on the background mean", "bg_shift_rms": "RMS pre-activation shift OOD",
-    "contaminated_frac": "contaminated neurons (share)", "bg_grad_balance": "class gradient imbalance (ratio)",
+    "bg_mean_proj": "projection on the background mean", "bg_shift_rms": "RMS pre-activation shift OOD (learned weights)",
+    "contaminated_frac": "contaminated neurons (share, either sign)",
+    "contamination_sign": "mean sign of the contaminated neurons' drift",
+    "contamination_ratio": "background / core (learned, mean-weighted)", "bg_grad_balance": "class gradient imbalance (ratio)",
     "bg_grad_net": "net class gradient along u", "bg_grad_total": "total class gradient along u",
     "ood_minus_id_loss": "OOD loss − ID loss", "margin_kept": "OOD margin / ID margin",
     "critical_shift": "critical background shift", "critical_shift_ablated": "critical shift, mean direction ablated",
@@ -92,7 +94,9 @@ def noise_note(ax, means, halfwidths) -> bool:
 
 
 GROUP_LABELS = {("id_loss", "ood_loss"): "loss", ("id_acc", "ood_acc"): "accuracy",
-                ("id_margin", "ood_margin"): "margin", ("core_norm", "bg_norm"): "mean projection norm"}
+                ("id_margin", "ood_margin"): "margin",
+                # core_norm includes the init (~0.2 at step 0 in `toy`); bg_norm is net of it (0 at step 0)
+                ("core_norm", "bg_norm"): "projection norm (core: total; background: learned)"}
 
 
 def group_label(group) -> str:

@@ -7,7 +7,7 @@ import functools
 
 from .experiments import Experiment
 from .loop import Training, init_carry, make_optimizer, make_step
-from .metrics import METRICS, bg_direction, evaluate, init_spread, layer_metrics, masked_mean
+from .metrics import METRICS, evaluate, layer_metrics, masked_mean, reference
 from .model import forward, loss_values, to_dm
 from .setup import make_get_batch, prepare
 from .shift import SHIFT_METRICS, Net, mlp_shift_metrics
@@ -34,10 +34,12 @@ def mlp_training(s: Static, traced: dict):
     slope = traced["leaky_slope"]
     tx = make_optimizer(s.optimizer, traced["lr"], traced["weight_decay"], traced["momentum"],
                         traced["warmup_steps"])
-    u = bg_direction(data.M, s.core_dim, setup.sizes.bg, traced["bg_train"])
+    ref = reference(params.w, data.M, s.core_dim, setup.sizes, traced["bg_train"], mask, data.train,
+                    n_classes=s.n_classes, core=s.core, dataset=s.dataset)
+    u = ref.u
     evaluate_md = functools.partial(evaluate, data=data, core_dim=s.core_dim, sizes=setup.sizes,
-                                    bg_train=traced["bg_train"], bg_ood=traced["bg_ood"], u=u,
-                                    spread0=init_spread(params.w, u, mask), activation=s.activation, loss=s.loss,
+                                    bg_train=traced["bg_train"], bg_ood=traced["bg_ood"], ref=ref,
+                                    activation=s.activation, loss=s.loss,
                                     slope=slope, mask=mask, deep=setup.deep, n_classes=s.n_classes,
                                     input_grad=s.dataset != "synthetic")
 

@@ -16,9 +16,12 @@ Metrics (`CNN_METRICS`): the classifier's losses, accuracies and margins, and th
 analogues of the MLP's border metrics. A border region of intensity z gives a filter's
 pre-activation z sum(K_c) + b_c, so a filter's weight on the border's mean direction is its
 projection on the uniform patch, <K_c, 1/3> (times the sign of the training mean): `bg_mean_proj`
-is its mean over filters, `contaminated_frac` the share of filters above 3 times the step-0
-spread, `bg_shift_rms` the RMS change of that pre-activation from the training to the OOD mean.
-`bg_grad_share` is the input gradient's squared mass on border pixels.
+is its mean over filters, `contaminated_frac` the share of filters whose projection is above
+`metrics.CONTAMINATED_LENGTH` times the step-0 filter norm (RMS over filters) in absolute value,
+`contamination_sign` their mean sign, `bg_shift_rms` the RMS change of that pre-activation from the
+training to the OOD mean made by the learned filters (net of their step-0 values).
+`bg_grad_share` is the input gradient's squared mass along the border's unit mean direction (the one
+direction the border varies along).
 
 Batching: runs are vmapped as every other program. A `vmap` of `lax.conv` over per-run filters
 becomes a grouped convolution; `benchmarks/cnn_batching.py` measures it, and the patch form, against
@@ -38,13 +41,14 @@ import numpy as np
 from .data import first, ood_split, per_row
 from .loop import Training, init_carry, make_optimizer, make_step
 from .shift import shift_metrics
-from .metrics import CONTAMINATED_SPREADS, gradient_share, masked_mean, mean_sign, output_metrics, range_mean
+from .metrics import (bg_direction, contamination_count, gradient_share, masked_mean, mean_sign, output_metrics,
+                      range_mean)
 from .model import activate, loss_values
 from .setup import make_get_batch, prepare
 from .spec import Static
 
 CNN_METRICS = ("train_loss", "id_loss", "id_acc", "ood_loss", "ood_acc", "id_margin", "ood_margin",
-               "bg_mean_proj", "bg_shift_rms", "contaminated_frac", "bg_grad_share")
+               "bg_mean_proj", "bg_shift_rms", "contaminated_frac", "contamination_sign", "bg_grad_share")
 KERNEL = 3
 # How the convolution is computed: "lax" (`lax.conv_general_dilated`) or "patches" (one matrix
 # product of the 3 x 3 patches, gathered once, with the filters): the faster under both `vmap` and
@@ -162,7 +166,8 @@ def cnn_training(s: Static, traced: dict) -> Training:
         return logits(p, x, act, slope, mask, s.border, x_patches=x_patches)
 
     p0 = patch_projections(params.k, bg_train)
-    spread0 = jnp.sqrt(masked_mean((p0 - masked_mean(p0, mask)) ** 2, mask))
+    scale0 = jnp.sqrt(masked_mean(jnp.sum(params.k ** 2, axis=(1, 2)), mask))  # RMS step-0 filter norm
+    border_u = bg_direction(data.M, s.core_dim, sizes.bg, bg_train)[None, :]  # the border's one direction
 
     def split_metrics(p, split):
         return output_metrics(f(p, split.x), split, s.loss)
@@ -177,9 +182,9 @@ def cnn_training(s: Static, traced: dict) -> Training:
         out = {"train_loss": train_loss, "id_loss": id_loss, "id_acc": id_acc, "ood_loss": ood_loss,
                "ood_acc": ood_acc, "id_margin": id_margin, "ood_margin": ood_margin,
                "bg_mean_proj": masked_mean(proj, mask),
-               "bg_shift_rms": jax.vmap(lambda dl: jnp.sqrt(masked_mean((proj * dl) ** 2, mask)))(delta),
-               "contaminated_frac": masked_mean((proj > CONTAMINATED_SPREADS * spread0).astype(float_dtype()), mask),
-               "bg_grad_share": gradient_share(lambda x: f(p, x), data.test, s.loss, data.M[s.core_dim:])}
+               "bg_shift_rms": jax.vmap(lambda dl: jnp.sqrt(masked_mean(((proj - p0) * dl) ** 2, mask)))(delta),
+               **contamination_count(proj, scale0, mask),
+               "bg_grad_share": gradient_share(lambda x: f(p, x), data.test, s.loss, border_u)}
         return {k: jnp.broadcast_to(out[k], (s.n_evals,)) for k in CNN_METRICS}
 
     full_batch = not s.batch_size

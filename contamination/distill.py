@@ -22,7 +22,7 @@
   random init, trained on ID inputs only (the config's batch mode and optimizer) to minimise
   the mean squared error to `phi_T(x)`. No labels. `activation = "linear"` is the control.
   The contamination metrics (core_norm, bg_norm, bg_signed, act_asym, bg_mean_proj, bg_shift_rms,
-  contaminated_frac) are measured on `W`; bg_grad_balance is the classifier's only (it needs labels' loss).
+  contaminated_frac, contamination_sign, contamination_ratio) are measured on `W`; bg_grad_balance is the classifier's only (it needs labels' loss).
 - Probes: closed-form ridge regression on +-1 ID training labels (with intercept) on top of
   each representation, evaluated by accuracy on the ID test set and the paired OOD set.
 
@@ -48,8 +48,8 @@ from .numerics import float_dtype
 
 from .spec import Static
 from .data import Data, first, minibatch, online_batch, ood_split, per_row
-from .metrics import (activation_asymmetry, bg_direction, init_spread, masked_mean, mean_direction_metrics,
-                      projection_metrics)
+from .metrics import (activation_asymmetry, masked_mean, mean_direction_metrics, projection_metrics,
+                      reference)
 from .model import Params, activate, forward, init_params, loss_values
 from .experiments import Experiment
 from .shift import SHIFT_METRICS, ablate, shift_metrics
@@ -60,7 +60,7 @@ DISTILL_METRICS = (
     "student_rep_err_train", "student_rep_err_id", "student_rep_err_ood",
     "teacher_probe_id_acc", "teacher_probe_ood_acc", "student_probe_id_acc", "student_probe_ood_acc",
     "core_norm", "bg_norm", "bg_signed", "act_asym", "bg_mean_proj", "bg_shift_rms", "contaminated_frac",
-    "teacher_core_norm", "teacher_bg_norm",
+    "contamination_sign", "contamination_ratio", "teacher_core_norm", "teacher_bg_norm",
 )
 
 # fold_in constants: one stream per purpose, derived from the run's data or init key.
@@ -280,8 +280,9 @@ def distill_training(static: Static, traced: dict) -> Training:
 
     t_probe_id, t_probe_ood = jax.vmap(teacher_probe)(traced["probe_ridge"], t_oods)
     t_proj = projection_metrics(teacher.w, data.M, s.core_dim, jnp.ones((s.rep_dim,)), sizes.bg)
-    u = bg_direction(data.M, s.core_dim, sizes.bg, traced["bg_train"])
-    spread0 = init_spread(student.w, u, mask)
+    ref = reference(student.w, data.M, s.core_dim, sizes, traced["bg_train"], mask, train, core=s.core,
+                    dataset=s.dataset)
+    u = ref.u
     n_evals = s.n_evals
 
     def rel_err(h, target, rows):
@@ -307,8 +308,8 @@ def distill_training(static: Static, traced: dict) -> Training:
             "teacher_probe_id_acc": t_probe_id,
             "teacher_probe_ood_acc": t_probe_ood,
             "act_asym": activation_asymmetry(pre, test.y, mask, s.activation, slope),
-            **projection_metrics(p.w, data.M, s.core_dim, mask, sizes.bg),
-            **mean_direction_metrics(p.w, u, spread0, mask, sizes.bg, traced["bg_train"], traced["bg_ood"]),
+            **projection_metrics(p.w, data.M, s.core_dim, mask, sizes.bg, ref),
+            **mean_direction_metrics(p.w, ref, mask, sizes.bg, traced["bg_train"], traced["bg_ood"]),
             "teacher_core_norm": t_proj["core_norm"],
             "teacher_bg_norm": t_proj["bg_norm"],
         }

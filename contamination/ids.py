@@ -16,8 +16,10 @@ from .experiments import ignored_fields
 # what a metric means, changes numbers, and bumps it. A results directory holds one version.
 # 1: the first round; 2: per-row draws and exact padding of every shape axis; 3: act_asym through
 # the activation's derivative, the mean-direction and gradient-balance metrics, and data keys
-# that no longer depend on the batch mode.
-RESULTS_VERSION = 3
+# that no longer depend on the batch mode; 4: contaminated_frac two-sided on the init weight norm,
+# bg_norm and bg_shift_rms net of init, act_asym on the gate's range, digits' border metrics along
+# the border's mean direction, contamination_sign and contamination_ratio (issue 26).
+RESULTS_VERSION = 4
 
 
 # Fields that determine each random stream. Numeric fields (ranges, lr, init_scale, ...)

@@ -7,6 +7,8 @@ others once per network.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 
@@ -18,7 +20,7 @@ from .model import Deep, Params, activate, deeper_layers, loss_values, margins, 
 METRICS = (
     "train_loss", "id_loss", "id_acc", "ood_loss", "ood_acc", "id_margin", "ood_margin",
     "core_norm", "bg_norm", "bg_signed", "act_asym", "bg_mean_proj", "bg_shift_rms", "contaminated_frac",
-    "bg_grad_balance", "bg_grad_net", "bg_grad_total",
+    "bg_grad_balance", "bg_grad_net", "bg_grad_total", "contamination_sign", "contamination_ratio",
 )
 # Per hidden layer l = 1..L, the OOD shift of its representation relative to its class
 # separation (`layer_metrics`): NaN for layers a run does not have (a shallower run in a deeper program).
@@ -33,20 +35,21 @@ def layer_metrics(static) -> tuple[str, ...]:
 
 
 def input_gradient_share(params: Params, split: Split, activation: str, slope: jax.Array, loss: str,
-                         mask: jax.Array, deep: Deep, M: jax.Array, core_dim: int) -> jax.Array:
-    """The share of the input gradient's mass on the background coordinates, mean over the split's
-    samples: |P_bg grad_x l|^2 / |grad_x l|^2 (the stand-in for the paper's Grad-CAM pictures)."""
+                         mask: jax.Array, deep: Deep, bg_basis: jax.Array) -> jax.Array:
+    """The share of the input gradient's mass on the directions the background varies along, mean
+    over the split's samples: |P_bg grad_x l|^2 / |grad_x l|^2 (the stand-in for the paper's
+    Grad-CAM pictures). On digits P_bg is the border's unit mean direction (`bg_basis`)."""
 
     def outputs(x):
         hs, _ = representations(params, x, activation, slope, mask, deep=deep)
         return hs[-1] @ params.a + params.c
 
-    return gradient_share(outputs, split, loss, M[core_dim:])
+    return gradient_share(outputs, split, loss, bg_basis)
 
 
 def gradient_share(outputs, split: Split, loss: str, M_bg: jax.Array) -> jax.Array:
     """`input_gradient_share` for any network `outputs(x) -> f`: the mean over the split's samples
-    of the share of each sample's input gradient of its loss on the rows of `M_bg`."""
+    of the share of each sample's input gradient of its loss on the (orthonormal) rows of `M_bg`."""
     g = jax.grad(lambda x: jnp.sum(loss_values(outputs(x), split.y, loss) * split.mask))(split.x)  # (n, d)
     bg = jnp.sum((g @ M_bg.T) ** 2, axis=1)
     tot = jnp.sum(g ** 2, axis=1)
@@ -54,9 +57,13 @@ def gradient_share(outputs, split: Split, loss: str, M_bg: jax.Array) -> jax.Arr
     return jnp.nansum(share * split.mask) / jnp.sum(split.mask * (tot > 0))
 
 
-# Above this many times its own spread over neurons at step 0, a neuron's projection on the
-# training background's mean direction counts as contaminated (`contaminated_frac`).
-CONTAMINATED_SPREADS = 3.0
+# A neuron counts as contaminated (`contaminated_frac`) where its projection on the training
+# background's unit mean direction is, in absolute value, above this share of the step-0 neuron
+# weight norm (RMS over neurons). The init norm does not move with the input dimension d (1/sqrt(3)
+# for `torch` init, 1 for `theory`), unlike the init projection's spread (1/sqrt(d) of it, which the
+# former threshold, 3 spreads, followed): 0.375 = 3 / sqrt(64) is that threshold at d = 64, the
+# dimension of the quickstart and the tests, held fixed for every d.
+CONTAMINATED_LENGTH = 0.375
 
 
 def masked_mean(v: jax.Array, mask: jax.Array, axis=None) -> jax.Array:
@@ -69,13 +76,60 @@ def feature_projections(w: jax.Array, M: jax.Array, core_dim: int):
     return P[:, :core_dim], P[:, core_dim:]
 
 
+class Reference(NamedTuple):
+    """What a run's first-layer metrics measure against, fixed for the run (`reference`)."""
+
+    w0: jax.Array  # (m, d) the step-0 first-layer weights
+    u: jax.Array  # (d,) the unit direction of the training background mean (`bg_direction`)
+    scale0: jax.Array  # () RMS over true neurons of the step-0 weight norms |w_k(0)|
+    bg_basis: jax.Array  # (r, d) orthonormal rows: the directions the background varies along
+    bg_mean: jax.Array  # (d,) the training background mean in input space
+    core_means: jax.Array  # (K, d) the class-conditional means of the core part of the input
+    core_defined: bool  # False where the class means of the core are zero (the non-linear core)
+
+
+def reference(w0: jax.Array, M: jax.Array, core_dim: int, sizes: Sizes, bg_train: jax.Array, mask: jax.Array,
+              train: Split, *, n_classes: int = 2, core: str = "linear", dataset: str = "synthetic") -> Reference:
+    """The run's `Reference`. Synthetic data: the background varies along every background feature
+    and the core's class means are known (linear core: E[z_j | y] = y/2 for two classes, 1/2 on a
+    class's own features for K; zero for the non-linear core, where the ratio is undefined). Real
+    data (digits): the border is one intensity per image, so the background varies along its
+    mean direction only, and the core's class means are the training set's mean digit images."""
+    u = bg_direction(M, core_dim, sizes.bg, bg_train)
+    scale0 = jnp.sqrt(masked_mean(jnp.sum(w0 ** 2, axis=1), mask))
+    M_core, M_bg = M[:core_dim], M[core_dim:]
+    bg_mean = range_mean(bg_train) * jnp.sum(M_bg, axis=0)
+    defined = True
+    if dataset != "synthetic":
+        bg_basis = u[None, :]
+        onehot = class_onehot(train.y, n_classes, train.mask)
+        core_x = (train.x @ M_core.T) @ M_core
+        core_means = (onehot.T @ core_x) / jnp.sum(onehot, axis=0)[:, None]
+    else:
+        bg_basis = M_bg
+        if n_classes == 2:
+            half = 0.5 * jnp.sum(M_core, axis=0)
+            core_means = jnp.stack([half, -half])
+        else:
+            owned = (jnp.arange(core_dim)[None, :] % n_classes == jnp.arange(n_classes)[:, None]).astype(M.dtype)
+            core_means = 0.5 * owned @ M_core
+        if core != "linear":
+            core_means, defined = jnp.zeros_like(core_means), False
+    return Reference(w0, u, scale0, bg_basis, bg_mean, core_means, defined)
+
+
 def projection_metrics(w: jax.Array, M: jax.Array, core_dim: int, mask: jax.Array,
-                       true_bg: jax.Array) -> dict[str, jax.Array]:
-    """The reference script's 'average feature correlations' and the signed background projection."""
+                       true_bg: jax.Array, ref: Reference | None = None) -> dict[str, jax.Array]:
+    """The reference script's 'average feature correlations' and the signed background projection.
+
+    With `ref`, `bg_norm` is net of init: the norm of the learned background weights
+    P_bg (w_k - w_k(0)), on the directions the background varies along (`ref.bg_basis`); without
+    it (a fixed teacher), the norm of P_bg w_k on every background feature."""
     core, bg = feature_projections(w, M, core_dim)
+    bg_learned = bg if ref is None else (w - ref.w0) @ ref.bg_basis.T
     return {
         "core_norm": masked_mean(jnp.linalg.norm(core, axis=1), mask),
-        "bg_norm": masked_mean(jnp.linalg.norm(bg, axis=1), mask),
+        "bg_norm": masked_mean(jnp.linalg.norm(bg_learned, axis=1), mask),
         "bg_signed": masked_mean(jnp.sum(bg, axis=1) / true_bg, mask),
     }
 
@@ -95,21 +149,41 @@ def class_onehot(y: jax.Array, n_classes: int, rows: jax.Array) -> jax.Array:
 
 def activation_asymmetry(pre: jax.Array, y: jax.Array, mask: jax.Array, activation: str,
                          slope: jax.Array, n_classes: int = 2, rows: jax.Array | None = None) -> jax.Array:
-    """Mean over neurons of |E[act'(pre) | y=+1] - E[act'(pre) | y=-1]| (PAPER.md section 4.1).
+    """The gate's class selectivity (PAPER.md section 4.1), on one scale for every activation and K.
 
-    For ReLU this is |P(active | +) - P(active | -)|; for a linear network 0 (nothing is
-    gated); for LeakyReLU (1 - slope) times the ReLU value. Padded samples carry y = 0 and so
-    count in neither class.
+    Per neuron k, the gate g_ik = act'(pre_ik) in units of its range over the test samples
+    r_k = max_i g_ik - min_i g_ik, and its class means m_kc and their sampling variances v_kc:
+
+        act_asym = sqrt(max(0, mean_k mean_{c < c'} [(m_kc - m_kc')^2 - v_kc - v_kc'] / r_k^2))
+
+    A neuron whose gate is open on one class and shut on the other scores 1 whatever the
+    activation (for ReLU m_k+ - m_k- = P(active | +) - P(active | -)); a constant gate (a linear
+    network, a dead or always-open unit) 0. Subtracting the class means' sampling variances makes
+    a gate independent of the class read ~0 at every K and test-set size (max - min over K class
+    means, the former K-class value, grew with K under that null). Padded samples (y = 0 for two
+    classes, `rows` = 0) count in no class.
     """
     gate = activation_derivative(pre, activation, slope)
-    if n_classes > 2:  # the spread (max - min over classes) of the class-conditional gate means
-        onehot = class_onehot(y, n_classes, rows)
-        means = (onehot.T @ gate) / jnp.sum(onehot, axis=0)[:, None]
-        return masked_mean(jnp.max(means, axis=0) - jnp.min(means, axis=0), mask)
-    pos, neg = (y > 0).astype(float_dtype()), (y < 0).astype(float_dtype())
-    n_pos, n_neg = jnp.sum(pos), jnp.sum(neg)
-    # over a common denominator, so that a constant gate (linear network) gives exactly 0
-    return masked_mean(jnp.abs((pos @ gate) * n_neg - (neg @ gate) * n_pos) / (n_pos * n_neg), mask)
+    if rows is None:
+        rows = (y != 0).astype(float_dtype())
+    onehot = class_onehot(y, n_classes, rows)  # (n, K)
+    counts = jnp.sum(onehot, axis=0)  # (K,)
+    lo = jnp.min(jnp.where(rows[:, None] > 0, gate, jnp.inf), axis=0)
+    hi = jnp.max(jnp.where(rows[:, None] > 0, gate, -jnp.inf), axis=0)
+    rng = hi - lo  # (m,)
+    # gates relative to their minimum, so that a constant gate gives exactly zero
+    g = jnp.where(rows[:, None] > 0, gate - lo[None, :], 0.0)
+    means = (onehot.T @ g) / counts[:, None]  # (K, m)
+    var = (onehot.T @ g ** 2 - counts[:, None] * means ** 2) / jnp.maximum(counts[:, None] - 1, 1)  # unbiased
+    v = var / counts[:, None]  # the class means' sampling variances
+    k = means.shape[0]
+    centred = means - jnp.mean(means, axis=0)
+    # mean over the K (K - 1) / 2 pairs of (m_c - m_c')^2 = 2 / (K - 1) sum_c (m_c - mean)^2
+    pair_sq = 2.0 / (k - 1) * jnp.sum(centred ** 2, axis=0)
+    pair_v = 2.0 / k * jnp.sum(v, axis=0)
+    gated = rng > 0
+    per_neuron = jnp.where(gated, (pair_sq - pair_v) / jnp.where(gated, rng, 1.0) ** 2, 0.0)
+    return jnp.sqrt(jnp.maximum(masked_mean(per_neuron, mask), 0.0))
 
 
 def range_mean(rng: jax.Array) -> jax.Array:
@@ -133,26 +207,48 @@ def mean_direction_projections(w: jax.Array, u: jax.Array) -> jax.Array:
     return w @ u
 
 
-def init_spread(w0: jax.Array, u: jax.Array, mask: jax.Array) -> jax.Array:
-    """The spread (standard deviation over true neurons) of the step-0 projections on `u`."""
-    p = mean_direction_projections(w0, u)
-    mu = masked_mean(p, mask)
-    return jnp.sqrt(masked_mean((p - mu) ** 2, mask))
+def contamination_count(p: jax.Array, scale0: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
+    """`contaminated_frac`, the share of neurons with |p_k| > CONTAMINATED_LENGTH * scale0 (either
+    sign), and `contamination_sign`, the mean sign of p_k among them (NaN where none counts)."""
+    hit = (jnp.abs(p) > CONTAMINATED_LENGTH * scale0).astype(float_dtype()) * mask
+    n_hit = jnp.sum(hit)
+    return {"contaminated_frac": n_hit / jnp.sum(mask),
+            "contamination_sign": jnp.where(n_hit > 0, jnp.sum(hit * jnp.sign(p)) / jnp.maximum(n_hit, 1.0), jnp.nan)}
 
 
-def mean_direction_metrics(w: jax.Array, u: jax.Array, spread0: jax.Array, mask: jax.Array,
-                           true_bg: jax.Array, bg_train: jax.Array, bg_ood: jax.Array) -> dict[str, jax.Array]:
-    """`bg_mean_proj` and `contaminated_frac` (per network) and `bg_shift_rms` (per OOD range of
-    `bg_ood`, (n_evals,)): the drift along the background mean, and what it does to each
-    neuron's pre-activation when the background moves from the training to the OOD mean."""
-    p = mean_direction_projections(w, u)
+def contamination_ratio(w: jax.Array, ref: Reference, mask: jax.Array) -> jax.Array:
+    """Theorem 2's scale-free ratio on the learned first-layer weights dw_k = w_k - w_k(0):
+    sum_k |<dw_k, mu_bg>| / sum_k C_k, where mu_bg is the training background mean in input space
+    (sum_bg mu_j m_j) and C_k = RMS over classes c of <dw_k, mu_c> - mean_c' <dw_k, mu_c'>, with mu_c
+    the class-conditional mean of the core part of the input (two classes, linear core: +-1/2 sum_core
+    m_j, so C_k = |sum_core mu_j y <dw_k, m_j>|). NaN where the core's class means are zero (the
+    non-linear core) and where nothing was learned (step 0)."""
+    dw = w - ref.w0
+    bg = jnp.abs(dw @ ref.bg_mean)  # (m,)
+    resp = dw @ ref.core_means.T  # (m, K)
+    core = jnp.sqrt(jnp.mean((resp - jnp.mean(resp, axis=1, keepdims=True)) ** 2, axis=1))
+    num, den = jnp.sum(bg * mask), jnp.sum(core * mask)
+    ok = den > 0
+    ratio = jnp.where(ok, num / jnp.where(ok, den, 1.0), jnp.nan)
+    return ratio if ref.core_defined else jnp.full_like(ratio, jnp.nan)
+
+
+def mean_direction_metrics(w: jax.Array, ref: Reference, mask: jax.Array, true_bg: jax.Array,
+                           bg_train: jax.Array, bg_ood: jax.Array) -> dict[str, jax.Array]:
+    """`bg_mean_proj`, `contaminated_frac`, `contamination_sign` and `contamination_ratio` (per
+    network) and `bg_shift_rms` (per OOD range of `bg_ood`, (n_evals,)): the drift along the
+    background mean, and what the learned weights do to each neuron's pre-activation when the
+    background moves from the training to the OOD mean."""
+    p = mean_direction_projections(w, ref.u)
+    dp = p - mean_direction_projections(ref.w0, ref.u)
     # The mean moves by (ood mean - train mean) on each of d_bg coefficients: sqrt(d_bg) times
     # that along the unit direction (whose sign follows the training mean).
     delta = (range_mean(bg_ood) - range_mean(bg_train)) * jnp.sqrt(true_bg.astype(float_dtype())) * mean_sign(bg_train)
-    shift_rms = jax.vmap(lambda dl: jnp.sqrt(masked_mean((p * dl) ** 2, mask)))(delta)
+    shift_rms = jax.vmap(lambda dl: jnp.sqrt(masked_mean((dp * dl) ** 2, mask)))(delta)
     return {
         "bg_mean_proj": masked_mean(p, mask),
-        "contaminated_frac": masked_mean((p > CONTAMINATED_SPREADS * spread0).astype(float_dtype()), mask),
+        **contamination_count(p, ref.scale0, mask),
+        "contamination_ratio": contamination_ratio(w, ref, mask),
         "bg_shift_rms": shift_rms,
     }
 
@@ -239,16 +335,17 @@ def rep_shifts(hs_id, y, rows, ood_means, n_classes: int, deep: Deep) -> dict[st
 
 
 def evaluate(params: Params, data: Data, *, core_dim: int, sizes: Sizes, bg_train: jax.Array, bg_ood: jax.Array,
-             u: jax.Array, spread0: jax.Array, activation: str, loss: str, slope: jax.Array,
+             ref: Reference, activation: str, loss: str, slope: jax.Array,
              mask: jax.Array, deep: Deep = Deep(), n_classes: int = 2,
              input_grad: bool = False) -> dict[str, jax.Array]:
     """All of METRICS and the per-layer metrics for one network on one dataset, each (n_evals,):
     one per OOD range of `bg_ood`.
 
-    `u` is `bg_direction` of the run and `spread0` `init_spread` of its step-0 weights along it
-    (both fixed for the run: computed once, not at every measurement). `deep` holds the true
-    sizes of layers 2..L.
+    `ref` is the run's `reference` (its step-0 weights, background direction and class means:
+    fixed for the run, computed once, not at every measurement). `deep` holds the true sizes of
+    layers 2..L.
     """
+    u = ref.u
     general = bool(params.deep) or n_classes > 2
     train_loss, _, _, f_train, pre_train, _ = split_metrics(params, data.train, activation, slope, mask, loss, deep)
     id_loss, id_acc, id_margin, _, pre, hs = split_metrics(params, data.test, activation, slope, mask, loss, deep)
@@ -268,14 +365,14 @@ def evaluate(params: Params, data: Data, *, core_dim: int, sizes: Sizes, bg_trai
         "train_loss": train_loss, "id_loss": id_loss, "id_acc": id_acc, "ood_loss": ood_loss,
         "ood_acc": ood_acc, "id_margin": id_margin, "ood_margin": ood_margin,
         "act_asym": activation_asymmetry(pre, data.test.y, mask, activation, slope, n_classes, data.test.mask),
-        **projection_metrics(params.w, data.M, core_dim, mask, sizes.bg),
-        **mean_direction_metrics(params.w, u, spread0, mask, sizes.bg, bg_train, bg_ood),
+        **projection_metrics(params.w, data.M, core_dim, mask, sizes.bg, ref),
+        **mean_direction_metrics(params.w, ref, mask, sizes.bg, bg_train, bg_ood),
         **balance,
         **rep_shifts(hs, data.test.y, data.test.mask, ood_means, n_classes, deep),
     }
     if input_grad:
         out["bg_grad_share"] = input_gradient_share(params, data.test, activation, slope, loss, mask, deep,
-                                                    data.M, core_dim)
+                                                    ref.bg_basis)
     n_evals = bg_ood.shape[0]
     names = list(METRICS) + [k for k in out if k not in METRICS]
     return {k: jnp.broadcast_to(out[k], (n_evals,)) for k in names}

@@ -88,20 +88,36 @@ def act_derivative(pre, name, slope=0.0):
 
 def mechanism_metrics(w, b, a, c, w0, M, core_dim, bg_train, bg_ood, x_train, y_train, x_test, y_test, *,
                       activation, loss, slope=0.0):
-    """act_asym, bg_mean_proj, bg_shift_rms, contaminated_frac and bg_grad_balance in float64
-    (docs/simulator.md, Metrics), from the parameters, the step-0 weights `w0` and the data."""
+    """act_asym, bg_mean_proj, bg_shift_rms, bg_norm, contaminated_frac, contamination_sign,
+    contamination_ratio and bg_grad_balance in float64 (docs/simulator.md, Metrics), from the
+    parameters, the step-0 weights `w0` and the data (two classes, linear core, synthetic)."""
     f64 = lambda v: np.asarray(v, np.float64)  # noqa: E731
     w, b, a, w0, M = f64(w), f64(b), f64(a), f64(w0), f64(M)
     x_train, y_train, x_test, y_test = f64(x_train), f64(y_train), f64(x_test), f64(y_test)
+    # act_asym: per neuron, the gate's class means in units of its range, less their sampling variances
     gate = act_derivative(x_test @ w.T + b, activation, slope)
-    asym = np.mean(np.abs(gate[y_test > 0].mean(0) - gate[y_test < 0].mean(0)))
+    per_neuron = []
+    for g in gate.T:
+        rng = g.max() - g.min()
+        if rng == 0:
+            per_neuron.append(0.0)
+            continue
+        gp_, gn_ = g[y_test > 0], g[y_test < 0]
+        diff2 = (gp_.mean() - gn_.mean()) ** 2 - gp_.var(ddof=1) / len(gp_) - gn_.var(ddof=1) / len(gn_)
+        per_neuron.append(diff2 / rng ** 2)
+    asym = np.sqrt(max(np.mean(per_neuron), 0.0))
     mean_train, mean_ood = np.mean(bg_train), np.mean(bg_ood)
     n_bg = M.shape[0] - core_dim
     mu_train = mean_train * M[core_dim:].sum(0)  # the training background mean in input space
     mu_ood = mean_ood * M[core_dim:].sum(0)
     u = mu_train / np.linalg.norm(mu_train) if mean_train != 0 else M[core_dim:].sum(0) / np.sqrt(n_bg)
-    p, p0 = w @ u, w0 @ u
-    shift = w @ (mu_ood - mu_train)
+    p = w @ u
+    dw = w - w0
+    shift = dw @ (mu_ood - mu_train)  # what the learned weights add to each neuron's OOD shift
+    hit = np.abs(p) > 0.375 * np.sqrt(np.mean(np.sum(w0 ** 2, axis=1)))
+    # Theorem 2's ratio on the learned weights: mean-weighted background over mean-weighted core
+    core_mean = 0.5 * M[:core_dim].sum(0)  # E[z_j | y = +1] = 1/2 on every core feature
+    ratio = np.abs(dw @ mu_train).sum() / np.abs(dw @ core_mean).sum()
     # per-sample gradients of the loss on w_k, by hand, projected on u
     pre = x_train @ w.T + b
     h, _ = act(pre, activation) if activation != "leaky_relu" else (np.where(pre >= 0, pre, slope * pre), None)
@@ -113,6 +129,9 @@ def mechanism_metrics(w, b, a, c, w0, M, core_dim, bg_train, bg_ood, x_train, y_
         "act_asym": asym,
         "bg_mean_proj": p.mean(),
         "bg_shift_rms": np.sqrt(np.mean(shift ** 2)),
-        "contaminated_frac": np.mean(p > 3 * p0.std()),
+        "bg_norm": np.linalg.norm(dw @ M[core_dim:].T, axis=1).mean(),
+        "contaminated_frac": hit.mean(),
+        "contamination_sign": np.sign(p[hit]).mean() if hit.any() else np.nan,
+        "contamination_ratio": ratio,
         "bg_grad_balance": np.abs(gp + gn).sum() / (np.abs(gp) + np.abs(gn)).sum(),
     }

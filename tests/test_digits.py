@@ -135,6 +135,24 @@ def test_relu_mlp_contaminates_on_the_border_and_the_linear_control_does_not():
     assert (np.abs(kept[lin] - 1) < 0.05).all(), kept[lin]
     assert (np.abs(c["bg_mean_proj"][lin, -1] - c["bg_mean_proj"][lin, 0]) < 0.02).all()
     assert (kept[relu0] > 0.75).all() and (np.abs(c["bg_mean_proj"][relu0, -1]) < 0.05).all(), kept[relu0]
+    # the input gradient along the border's direction (issue 26; measured ReLU 0.0012-0.0036, linear
+    # under 5e-5): the fast version of the acceptance check below
+    share = c["bg_grad_share"][:, -1]
+    assert (share[relu] >= 3 * share[lin]).all(), (share[relu], share[lin])
+
+
+@pytest.mark.slow
+def test_relu_input_gradient_along_the_border_direction_exceeds_the_linear_models():
+    """Issue 26: the border is one intensity per image, so `bg_grad_share` is the input gradient's
+    share along the border's unit mean direction. The digits preset (10 classes, width 128, 2000
+    steps), held-out seeds 100-103: ReLU 0.00057-0.00129, the linear model 0.00003-0.00008, 12-19x
+    per seed (the former share over all 80 border pixels read ReLU 1.25x the linear model's)."""
+    seeds = [100, 101, 102, 103]
+    f = simulate_batch([preset("digits", activation=a, seed=s, log_every=2000)
+                        for a in ("relu", "linear") for s in seeds])["final"]
+    share = np.asarray(f["bg_grad_share"]).reshape(8, -1)[:, 0]
+    relu, lin = share[:4], share[4:]
+    assert (relu >= 3 * lin).all(), (relu, lin)
 
 
 def test_distillation_on_digits_teacher_robust_relu_student_not():
@@ -242,7 +260,8 @@ def test_cnn_grid_on_two_host_devices_equals_each_run_alone(tmp_path):
     from contamination.cnn import CNN_METRICS
     from contamination.simulate import simulate
 
-    assert runs[list(CNN_METRICS)].notna().all().all()
+    # every metric is measured (contamination_sign is NaN by definition where no filter counts)
+    assert runs[[m for m in CNN_METRICS if m != "contamination_sign"]].notna().all().all()
     row = runs[runs["width"] == 4].iloc[0]
     alone = simulate(config_from_row(row))["final"]
     for name in CNN_METRICS:

@@ -51,30 +51,34 @@ def test_matches_numpy_reference(activation, loss, optimizer, output, warmup):
 ])
 @identity
 def test_mechanism_metrics_match_numpy_reference(activation, slope, loss, bg_train):
-    """act_asym, bg_mean_proj, bg_shift_rms, contaminated_frac and bg_grad_balance against a float64
-    NumPy computation from their definitions (docs/simulator.md, Metrics), on weights moved along the
-    background mean for some neurons (so that every metric is away from its init value)."""
+    """act_asym, bg_mean_proj, bg_shift_rms, bg_norm, contaminated_frac, contamination_sign,
+    contamination_ratio and bg_grad_balance against a float64 NumPy computation from their
+    definitions (docs/simulator.md, Metrics), on weights moved along the background mean for some
+    neurons, in both directions, and along the core for all (so that every metric is away from its
+    init value)."""
     import jax.numpy as jnp
 
-    from contamination.metrics import bg_direction, evaluate, init_spread
+    from contamination.metrics import evaluate, reference
     from contamination.setup import prepare
     from reference_numpy import mechanism_metrics
 
-    cfg = small("toy", loss=loss, bg_train=list(bg_train), bg_ood=[-1.5, -0.5])
+    cfg = small("toy", core="linear", loss=loss, bg_train=list(bg_train), bg_ood=[-1.5, -0.5])
     setup = prepare(static_spec(cfg), traced_values(cfg))
     data, p0 = setup.data, setup.params
     u_bg = np.asarray(data.M[cfg.core_dim:]).sum(0) / np.sqrt(cfg.bg_dim)
-    bump = np.where(np.arange(cfg.width) % 3 == 0, 0.3, 0.0)[:, None] * u_bg[None, :]
+    u_core = np.asarray(data.M[:cfg.core_dim]).sum(0) / np.sqrt(cfg.core_dim)
+    k = np.arange(cfg.width)
+    bump = np.select([k % 3 == 0, k % 3 == 1], [0.3, -0.25], 0.0)[:, None] * u_bg[None, :] + 0.2 * u_core[None, :]
     params = p0._replace(w=p0.w + jnp.asarray(bump))
-    u = bg_direction(data.M, cfg.core_dim, setup.sizes.bg, jnp.asarray(bg_train))
+    ref = reference(p0.w, data.M, cfg.core_dim, setup.sizes, jnp.asarray(bg_train), setup.mask, data.train)
     ours = evaluate(params, data, core_dim=cfg.core_dim, sizes=setup.sizes, bg_train=jnp.asarray(bg_train),
-                    bg_ood=jnp.asarray([cfg.bg_ood]), u=u, spread0=init_spread(p0.w, u, setup.mask), activation=activation,
+                    bg_ood=jnp.asarray([cfg.bg_ood]), ref=ref, activation=activation,
                     loss=loss, slope=jnp.asarray(slope), mask=setup.mask)
-    ref = mechanism_metrics(params.w, params.b, params.a, params.c, p0.w, data.M, cfg.core_dim, bg_train, cfg.bg_ood,
+    expected = mechanism_metrics(params.w, params.b, params.a, params.c, p0.w, data.M, cfg.core_dim, bg_train, cfg.bg_ood,
                             data.train.x, data.train.y, data.test.x, data.test.y, activation=activation, loss=loss,
                             slope=slope)
-    for k, v in ref.items():
-        np.testing.assert_allclose(float(ours[k][0]), v, **TOL, err_msg=k)
+    for name, v in expected.items():
+        np.testing.assert_allclose(float(ours[name][0]), v, **TOL, err_msg=name)
     if slope == 1.0:
         assert float(ours["act_asym"][0]) == 0.0  # nothing is gated
-    assert 0 < ref["contaminated_frac"] < 1 or bg_train[0] + bg_train[1] <= 0
+    assert 0 < expected["contaminated_frac"] < 1 and abs(expected["contamination_sign"]) < 1  # both signs count

@@ -64,18 +64,25 @@ def test_relu_drifts_along_the_background_mean_and_a_linear_network_stays(relu, 
 
 
 def test_a_constant_fraction_of_relu_neurons_is_contaminated(relu, linear):
-    assert (relu["contaminated_frac"][:, 0] < 0.05).all()  # 3 spreads of the init: ~0.1% by chance
-    assert (relu["contaminated_frac"][:, -1] >= 0.5).all(), relu["contaminated_frac"][:, -1]  # measured 0.81-0.86
+    # |p| > 0.375 of the init norm: at d = 64 a share P(|z| > 3) ~ 0.3% of init neurons by chance
+    assert (relu["contaminated_frac"][:, 0] < 0.05).all()
+    assert (relu["contaminated_frac"][:, -1] >= 0.5).all(), relu["contaminated_frac"][:, -1]  # measured 0.81-0.84
+    assert (relu["contamination_sign"][:, -1] > 0.9).all()  # with the mean (measured 1.0)
     assert (linear["contaminated_frac"][:, -1] < 0.05).all()
-    # what the drift does to the neurons' inputs when the background moves by -1
-    assert (relu["bg_shift_rms"][:, -1] > 4 * linear["bg_shift_rms"][:, -1]).all()  # measured 1.42-1.46 vs 0.16-0.21
+    # what the learned weights do to the neurons' inputs when the background moves by -1 (net of
+    # init: measured 1.38-1.41 vs 0.10-0.15, seeds 0-1)
+    assert (relu["bg_shift_rms"][:, -1] > 4 * linear["bg_shift_rms"][:, -1]).all()
+    # Theorem 2's ratio on the learned weights (measured 0.48-0.49 vs 0.03-0.05, seeds 0-1)
+    assert (relu["contamination_ratio"][:, -1] > 5 * linear["contamination_ratio"][:, -1]).all()
+    assert np.isnan(relu["contamination_ratio"][:, 0]).all()  # nothing learned at step 0
 
 
 def test_relu_contaminates(relu):
     bg0, bg1 = relu["bg_signed"][:, 0], relu["bg_signed"][:, -1]
     assert (np.abs(bg0) < 5 * INIT_SPREAD).all()
     assert (bg1 > 15 * INIT_SPREAD).all(), bg1  # measured ~0.16 = 50x the init spread
-    assert (relu["bg_norm"][:, -1] > 1.5 * relu["bg_norm"][:, 0]).all()
+    assert (relu["bg_norm"][:, 0] == 0).all()  # net of init
+    assert (relu["bg_norm"][:, -1] > 0.3).all(), relu["bg_norm"][:, -1]  # measured 0.45-0.47 (seeds 0-1)
 
 
 def test_relu_ood_loss_far_above_id(relu):
@@ -91,11 +98,12 @@ def test_relu_activation_asymmetry_rises(relu):
     assert (a1 > a0 + 0.15).all(), (a0, a1)
 
 
-def test_linear_network_does_not_contaminate(linear):
+def test_linear_network_does_not_contaminate(relu, linear):
     c = linear
     assert (c["id_loss"][:, -1] < 0.1).all()
     assert (np.abs(c["bg_signed"][:, -1]) < 5 * INIT_SPREAD).all(), c["bg_signed"][:, -1]
-    assert (c["bg_norm"][:, -1] < 1.2 * c["bg_norm"][:, 0]).all()
+    # the learned background weights (net of init): measured 0.06-0.07 against ReLU's 0.45-0.47
+    assert (c["bg_norm"][:, -1] < 0.25 * relu["bg_norm"][:, -1]).all()
     assert (np.abs(c["ood_loss"][:, -1] - c["id_loss"][:, -1]) < 0.02).all()
 
 
@@ -117,21 +125,59 @@ def test_zero_mean_background_at_the_same_shift_does_not_contaminate(zero_mean):
     assert (c["act_asym"][:, -1] > c["act_asym"][:, 0] + 0.15).all()
 
 
+# Held-out seeds (no grid uses them) for the acceptance checks of issue 26.
+HELD_OUT = [100, 101, 102, 103]
+MEAN, ZERO = dict(bg_train=[0.0, 1.0], bg_ood=[-1.0, 0.0]), dict(bg_train=[-0.5, 0.5], bg_ood=[-1.5, -0.5])
+# activation_vs_shift's former setting (toy preset: AdamW, trainable output, a fixed set of 256)
+TOY = dict(core_dim=8, bg_dim=8, input_dim=64, width=64, n_train=256, n_test=256, lr=0.003, steps=2000,
+           log_every=1000)
+
+
+def final_frac(seeds, **kw):
+    c = simulate_batch([preset("toy", seed=s, **{**TOY, **kw}) for s in seeds])["final"]
+    return (np.asarray(c["contaminated_frac"]).reshape(len(seeds), -1)[:, 0],
+            np.asarray(c["contamination_sign"]).reshape(len(seeds), -1)[:, 0])
+
+
 @pytest.mark.slow
-def test_smooth_activations_contaminate_more_than_linear():
-    """activation_vs_shift's former setting (toy preset: non-linear core, logistic, AdamW, trainable
-    output): GELU, sigmoid and tanh drift along the background mean in a large share of
-    neurons (measured contaminated_frac 0.36-0.73, 0.33-0.53, 0.42-0.53; bg_shift_rms 1.1-1.7,
-    5.4-6.8, 2.9-3.4) and a linear network does not (0-0.09; 0.24-0.38). With a trainable output layer the mean projection can take either sign
-    (sigmoid: -0.77 to 0.34), so the unsigned `bg_shift_rms` is compared too."""
-    sizes = dict(core_dim=8, bg_dim=8, input_dim=64, width=64, n_train=256, n_test=256, lr=0.003, steps=2000,
-                 log_every=1000)
-    final = {a: run("toy", activation=a, **sizes) for a in ("gelu", "sigmoid", "tanh", "linear")}
-    lin = final.pop("linear")
-    for a, c in final.items():
-        assert (c["contaminated_frac"][:, -1] > lin["contaminated_frac"][:, -1] + 0.2).all(), a
-        assert (c["bg_shift_rms"][:, -1] > 2 * lin["bg_shift_rms"][:, -1]).all(), (a, c["bg_shift_rms"][:, -1],
-                                                                                   lin["bg_shift_rms"][:, -1])
+def test_on_a_fixed_set_the_zero_mean_control_is_contaminated_too():
+    """The toy setting (non-linear core, a fixed set of 256): a sigmoid network with a background
+    mean has most neurons past the threshold, two-sided (measured 0.98-1.00, seeds 100-103), and its
+    zero-mean control at the same shift is of the same order (0.80-0.92), with signs of both kinds
+    (`contamination_sign` -0.31 to 0.18): over-fitting of the fixed set, not the mean's drift."""
+    mean, _ = final_frac(HELD_OUT, activation="sigmoid", core="nonlinear", **MEAN)
+    zero, zero_sign = final_frac(HELD_OUT, activation="sigmoid", core="nonlinear", **ZERO)
+    assert (mean >= 0.8).all(), mean
+    assert (zero >= 0.5 * mean).all(), (mean, zero)
+    assert (np.abs(zero_sign) < 0.5).all(), zero_sign
+
+
+FRESH = dict(core="linear", online=True, batch_size=128)
+
+
+@pytest.mark.slow
+def test_with_fresh_batches_only_relu_with_a_mean_is_contaminated():
+    """Fresh batches of 128, linear core: ReLU with a background mean is contaminated (measured
+    0.81-0.89, sign 0.92-0.96, seeds 100-103); sigmoid and tanh with the mean, and every zero-mean
+    control, are not (0-0.03)."""
+    relu, sign = final_frac(HELD_OUT, activation="relu", **FRESH, **MEAN)
+    assert (relu >= 0.7).all() and (sign > 0.8).all(), (relu, sign)
+    for a in ("sigmoid", "tanh"):
+        frac, _ = final_frac(HELD_OUT, activation=a, **FRESH, **MEAN)
+        assert (frac <= 0.1).all(), (a, frac)
+    for a in ("relu", "sigmoid", "tanh"):
+        frac, _ = final_frac(HELD_OUT, activation=a, **FRESH, **ZERO)
+        assert (frac <= 0.1).all(), (a, "zero mean", frac)
+
+
+def test_with_fresh_batches_relu_contaminates_and_its_control_does_not():
+    """The fast version of the two checks above: held-out seeds 100-101, 1000 steps (measured: ReLU
+    0.83-0.91, sign 0.92-0.93; its zero-mean control and sigmoid with the mean 0.0)."""
+    relu, sign = final_frac(HELD_OUT[:2], activation="relu", steps=1000, **FRESH, **MEAN)
+    zero, _ = final_frac(HELD_OUT[:2], activation="relu", steps=1000, **FRESH, **ZERO)
+    sig, _ = final_frac(HELD_OUT[:2], activation="sigmoid", steps=1000, **FRESH, **MEAN)
+    assert (relu >= 0.7).all() and (sign > 0.8).all(), (relu, sign)
+    assert (zero <= 0.1).all() and (sig <= 0.1).all(), (zero, sig)
 
 
 def test_theory_preset_unfolds_over_many_logged_points():
@@ -161,18 +207,21 @@ def test_theory_preset_relu_vs_linear():
     assert (relu["bg_norm"][:, -1] > 0.3 * relu["core_norm"][:, -1]).all()
     # Theorem 4: linear network's background projections stay at init scale
     assert (lin["id_loss"][:, -1] < 0.1).all()
-    assert (lin["bg_norm"][:, -1] <= lin["bg_norm"][:, 0] * 1.2).all()
+    assert (lin["bg_norm"][:, -1] <= 0.05 * relu["bg_norm"][:, -1]).all()  # net of init (measured 0.003 vs 0.62)
+    assert (relu["contamination_ratio"][:, -1] > 0.3).all()  # measured 0.69 (seeds 100-101)
+    assert (lin["contamination_ratio"][:, -1] < 0.02).all()  # measured 0.0005-0.002
     assert (np.abs(lin["bg_mean_proj"][:, -1]) < 0.02).all()
     assert (np.abs(lin["ood_loss"][:, -1] - lin["id_loss"][:, -1]) < 0.01).all()
 
 
 def test_toy_preset_starts_like_reference_script():
-    """Claim 4: at the reference sizes, core and background norms are about 0.20 at step 0."""
+    """Claim 4: at the reference sizes, the core norm is about 0.20 at step 0 (the reference
+    script's "average feature correlation"); `bg_norm` is net of init, 0 at step 0."""
     cfgs = [preset("toy", steps=1, log_every=1, seed=s) for s in range(3)]
     c = simulate_batch(cfgs)["curves"]
     expected = np.sqrt(32 / (3 * 256))  # E||P w||^2 for U(+-1/sqrt(256)) weights on 32 directions
-    for k in ("core_norm", "bg_norm"):
-        np.testing.assert_allclose(c[k][:, 0], expected, atol=0.01)
+    np.testing.assert_allclose(c["core_norm"][:, 0], expected, atol=0.01)
+    assert (c["bg_norm"][:, 0] == 0).all() and (c["bg_shift_rms"][:, 0] == 0).all()
 
 
 def test_zero_mean_net_class_gradient_is_small_in_absolute_units(relu, zero_mean):
