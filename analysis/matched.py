@@ -149,7 +149,7 @@ def matched_figure(runs: pd.DataFrame, metric: str, selection: pd.DataFrame, rat
                    arm=ARM_COLUMNS, by=()):
     """The ID fit (seed mean, log scale) against the rate, a line per arm, one panel per group of
     `by` (up to 6); the target as a dashed line and the chosen rates circled."""
-    from .style import new_figure
+    from .style import new_figure, plain_log_ticks
 
     arm, by = [c for c in arm if c in runs], [c for c in by if c in runs]
     means = _means(runs, metric, by + arm + [rate])
@@ -178,6 +178,7 @@ def matched_figure(runs: pd.DataFrame, metric: str, selection: pd.DataFrame, rat
             ax.axhline(float(sel["target"].iloc[0]), color="0.5", ls="--", lw=1)
         ax.set_xscale("log")
         ax.set_yscale("log")
+        plain_log_ticks(ax, g[rate])  # no minor labels: they overlapped the majors
         ax.set_xlabel(rate)
         ax.set_ylabel(f"{metric} (seed mean)")
         if by:
