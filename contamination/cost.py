@@ -118,6 +118,9 @@ def memory_bytes(s: Static) -> int:
     # the critical shift (shift.py), at the end: a shifted copy of the test set, inputs and
     # activations (fitted to the XLA buffers like the rest)
     acts += s.n_test * (d + s.width)
+    if s.experiment == "classify":  # issue 26's test-set metrics: the gate's class-pair statistics
+        # and range, the learned weights' class responses (refitted: 4 activation-sized tensors)
+        acts += 4 * s.n_test * m
     n_metrics = len(METRICS) + s.depth
     if s.experiment == "distill":
         p = s.rep_dim

@@ -43,8 +43,8 @@ def reference_module():
 def test_every_shipped_grid_expands_and_plans_as_at_ec221b9(tmp_path):
     """Run ids (order included), config ids, labels, networks and each host's share of every
     shipped grid at every scale are those the code of ec221b9 computed; the buckets of three plans
-    and `sweeps plan`'s text are those recorded when the cost model last changed (it counted the
-    critical shift's evaluation, which moved chunk sizes): regenerate those two entries with
+    and `sweeps plan`'s text are those recorded when the cost model last changed (it counted issue 26's
+    test-set metrics, which moved memory estimates and chunk sizes): regenerate those two entries with
     today's code whenever the cost model changes (`tests/data/make_grid_ids_reference.py`)."""
     out = tmp_path / "now.json"
     res = subprocess.run([sys.executable, str(DATA / "make_grid_ids_reference.py"), str(out), "now"], cwd=ROOT,
