@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import functools
 
+import jax
+
 from .experiments import Experiment
 from .loop import Training, init_carry, make_optimizer, make_step
 from .metrics import METRICS, evaluate, layer_metrics, masked_mean, reference
 from .model import forward, loss_values, to_dm
 from .setup import make_get_batch, prepare
+from .retrain import RETRAIN_METRICS, RETRAIN_STREAM, retrain_metrics
 from .shift import SHIFT_METRICS, Net, mlp_shift_metrics
 from .spec import Static
 
@@ -37,20 +40,32 @@ def mlp_training(s: Static, traced: dict):
     ref = reference(params.w, data.M, s.core_dim, setup.sizes, traced["bg_train"], mask, data.train,
                     n_classes=s.n_classes, core=s.core, dataset=s.dataset)
     u = ref.u
+    synthetic = s.dataset == "synthetic"
+    orth = traced["bg_ood_orth"] if synthetic else None  # issue 27's orthogonal OOD shift (synthetic only)
     evaluate_md = functools.partial(evaluate, data=data, core_dim=s.core_dim, sizes=setup.sizes,
                                     bg_train=traced["bg_train"], bg_ood=traced["bg_ood"], ref=ref,
                                     activation=s.activation, loss=s.loss,
                                     slope=slope, mask=mask, deep=setup.deep, n_classes=s.n_classes,
-                                    input_grad=s.dataset != "synthetic")
+                                    input_grad=s.dataset != "synthetic", orth=orth)
 
     def measure(p_dm):
         return evaluate_md(to_dm(p_dm))
 
     def final(p_dm):
-        return mlp_shift_metrics(to_dm(p_dm), data, u=u, net=Net(s.activation, slope, mask, setup.deep, s.loss),
-                                 bias=s.bias, core_dim=s.core_dim, sizes=setup.sizes, bg_train=traced["bg_train"],
-                                 bg_ood=traced["bg_ood"], critical_level=traced["critical_level"],
-                                 shift_range=traced["shift_range"], n_classes=s.n_classes)
+        p = to_dm(p_dm)
+        once, curves = mlp_shift_metrics(p, data, u=u, net=Net(s.activation, slope, mask, setup.deep, s.loss),
+                                         bias=s.bias, core_dim=s.core_dim, sizes=setup.sizes,
+                                         bg_train=traced["bg_train"], bg_ood=traced["bg_ood"],
+                                         critical_level=traced["critical_level"], shift_range=traced["shift_range"],
+                                         n_classes=s.n_classes, orth=orth)
+        if synthetic:
+            data_key = jax.random.wrap_key_data(traced["data_key"], impl="threefry2x32")
+            once.update(retrain_metrics(
+                p, data, key=jax.random.fold_in(data_key, RETRAIN_STREAM), activation=s.activation, slope=slope,
+                mask=mask, deep=setup.deep, core_dim=s.core_dim, core=s.core, sizes=setup.sizes,
+                bg_train=traced["bg_train"], bg_ood=traced["bg_ood"], orth=orth, share=traced["retrain_ood_share"],
+                ridge=traced["probe_ridge"], n_classes=s.n_classes))
+        return once, curves
 
     get_batch = make_get_batch(s, setup, traced["bg_train"])
     full_batch = not s.online and not s.batch_size
@@ -67,7 +82,9 @@ def mlp_training(s: Static, traced: dict):
 
 
 def spec_metrics(s: Static) -> tuple[str, ...]:
-    return SHIFT_METRICS if s.model == "cnn" else layer_metrics(s) + SHIFT_METRICS
+    if s.model == "cnn":
+        return SHIFT_METRICS
+    return layer_metrics(s) + SHIFT_METRICS + (RETRAIN_METRICS if s.dataset == "synthetic" else ())
 
 
 def metrics_of(s: Static) -> tuple[str, ...]:

@@ -36,6 +36,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "dataset": ("synthetic", "digits"),
     "model": ("mlp", "cnn"),
     "precision": ("highest", "tf32", "bf16"),  # numerics.PRECISIONS
+    "bg_ood_direction": ("mean", "orthogonal"),
+    "retrain_output": ("none", "ood", "mix"),
 }
 
 
@@ -123,6 +125,21 @@ class Config:
     critical_level: float = 0.5
     shift_min: float = 0.125
     shift_max: float = 64.0
+    # Interventions (issue 27, docs/interventions.md). `center_inputs`: subtract the training
+    # background's population mean, mean(bg_train) * sum_bg m_j, from every input (training, ID
+    # test, OOD and shifted sets alike). `bg_ood_direction`: `mean` (the OOD background range
+    # translates every coefficient: the shift lies along the background mean) or `orthogonal`
+    # (the same L2 shift over the coefficients in a zero-sum pattern, +s on even and -s on odd
+    # background features: the background mean is unchanged). Evaluation only. `bg_spurious`:
+    # the first background coefficient's class-conditional mean moves by y * bg_spurious (two
+    # classes, y = +-1), flipped (-y * bg_spurious) on every OOD set: a spurious correlation.
+    # `retrain_output`: after training, refit the last layer (ridge least squares on the frozen
+    # last hidden layer, relative ridge `probe_ridge`) on fresh OOD data (`ood`) or a half ID
+    # half OOD mix (`mix`) and report its accuracy (`none`: not refitted). Evaluation only.
+    center_inputs: bool = False
+    bg_ood_direction: str = "mean"
+    bg_spurious: float = 0.0
+    retrain_output: str = "none"
 
     def replace(self, **changes: Any) -> "Config":
         return from_dict({**self.to_dict(), **changes})
@@ -275,9 +292,29 @@ def validate(cfg: Config) -> Config:
                           f"got {cfg.critical_level}")
     if not 0 < cfg.shift_min < cfg.shift_max:
         raise ConfigError(f"shift_min, shift_max: need 0 < shift_min < shift_max, got {cfg.shift_min} and {cfg.shift_max}")
+    check_interventions(cfg)
     if cfg.seed < 0 or cfg.seed >= 2**63:
         raise ConfigError(f"seed: must be in [0, 2^63), got {cfg.seed}")
     return cfg
+
+
+def check_interventions(cfg: Config) -> None:
+    """The interventions of issue 27 that are defined on the synthetic feature model's classifier only."""
+    synthetic_mlp = cfg.dataset == "synthetic" and cfg.model == "mlp" and cfg.experiment == "classify"
+    if cfg.bg_ood_direction == "orthogonal":
+        if not synthetic_mlp:
+            raise ConfigError("bg_ood_direction: orthogonal needs dataset = \"synthetic\", model = \"mlp\" and "
+                              "experiment = \"classify\" (a digit border is one intensity: it has no direction "
+                              "orthogonal to its mean)")
+        if cfg.bg_dim < 2:
+            raise ConfigError(f"bg_dim: orthogonal OOD shifts need at least 2 background features, got {cfg.bg_dim}")
+    if cfg.bg_spurious != 0:
+        if not synthetic_mlp or cfg.n_classes != 2:
+            raise ConfigError("bg_spurious: a spurious background coefficient needs the synthetic binary classifier "
+                              "(dataset = \"synthetic\", model = \"mlp\", experiment = \"classify\", n_classes = 2)")
+    if cfg.retrain_output != "none" and not synthetic_mlp:
+        raise ConfigError("retrain_output: last-layer retraining needs dataset = \"synthetic\", model = \"mlp\" "
+                          "and experiment = \"classify\" (it draws fresh OOD data from the feature model)")
 
 
 def check_cnn(cfg: Config) -> None:
@@ -378,4 +415,5 @@ def log_steps(steps: int, log_every: int, schedule: str = "linear") -> list[int]
 
 # Fields that only change what a trained network is measured on, never its training: runs that
 # differ only in them train one network and are evaluated once each (`n_evals` variants).
-EVAL_ONLY_FIELDS = ("bg_ood", "probe_ridge", "critical_level", "shift_min", "shift_max")
+EVAL_ONLY_FIELDS = ("bg_ood", "probe_ridge", "critical_level", "shift_min", "shift_max", "bg_ood_direction",
+                    "retrain_output")

@@ -46,6 +46,10 @@ class Data(NamedTuple):
     test: Split  # independent ID test set
     test_core: jax.Array  # (n_test, d): the test set's core part, shared by every OOD set
     ood_u: jax.Array  # (n_test, bg_dim): base uniforms of the OOD background (masked)
+    # The training background range and `bg_spurious` (issue 27), which the OOD sets need: the
+    # orthogonal shift is measured from the training mean, and the spurious coefficient flips.
+    bg_train: jax.Array | None = None
+    spurious: jax.Array | float = 0.0
 
 
 def check_prefix_stable_draws() -> None:
@@ -156,8 +160,26 @@ def background(u: jax.Array, rng: jax.Array, bg_mask: jax.Array) -> jax.Array:
     return (rng[0] + (rng[1] - rng[0]) * u) * bg_mask
 
 
+def spurious_offset(y: jax.Array, bg_dim: int, true_bg: jax.Array, spurious) -> jax.Array:
+    """(n, bg_dim): `spurious` * y on the first background coefficient (two classes, y = +-1; 0 on
+    padded rows), zero elsewhere: the `bg_spurious` correlation (issue 27)."""
+    e0 = ((jnp.arange(bg_dim) == 0) & (true_bg > 0)).astype(float_dtype())
+    return spurious * y[:, None] * e0[None, :]
+
+
+def orthogonal_pattern(bg_dim: int, true_bg: jax.Array) -> jax.Array:
+    """(bg_dim,): the zero-sum pattern of an orthogonal OOD shift, +1 on even and -1 on odd
+    background features (a last odd one out: 0), scaled so that its squared norm is the true
+    number of background features (the same L2 size as the all-ones pattern of a mean shift)."""
+    j = jnp.arange(bg_dim)
+    paired = 2 * (jnp.asarray(true_bg) // 2)
+    pattern = jnp.where(j < paired, jnp.where(j % 2 == 0, 1.0, -1.0), 0.0).astype(float_dtype())
+    scale = jnp.sqrt(jnp.asarray(true_bg).astype(float_dtype()) / jnp.maximum(paired, 1).astype(float_dtype()))
+    return pattern * scale
+
+
 def sample(key: jax.Array, M: jax.Array, y: jax.Array, mask: jax.Array, core_dim: int, core: str,
-           sizes: Sizes, bg_range: jax.Array, with_ood: bool = False, n_classes: int = 2):
+           sizes: Sizes, bg_range: jax.Array, with_ood: bool = False, n_classes: int = 2, spurious=None):
     """A split of inputs for labels `y` (rows where `mask` is 0 are zero).
 
     With `with_ood`, also the split's core part and the base uniforms of its OOD background
@@ -168,6 +190,8 @@ def sample(key: jax.Array, M: jax.Array, y: jax.Array, mask: jax.Array, core_dim
     bg_mask = first(bg_dim, sizes.bg)
     x_core = core_coefficients(k_core, y, core_dim, sizes.core, core, n_classes) @ M[:core_dim] * mask[:, None]
     zb = background(uniform_rows(k_bg, n, bg_dim, sizes.bg), bg_range, bg_mask)
+    if spurious is not None:
+        zb = zb + spurious_offset(y, bg_dim, sizes.bg, spurious)
     split = Split(x_core + zb @ M[core_dim:] * mask[:, None], y, mask)
     if not with_ood:
         return split
@@ -175,33 +199,50 @@ def sample(key: jax.Array, M: jax.Array, y: jax.Array, mask: jax.Array, core_dim
 
 
 def make_data(key: jax.Array, core_dim: int, bg_dim: int, input_dim: int, core: str,
-              n_train: int, n_test: int, sizes: Sizes, bg_train: jax.Array, n_classes: int = 2) -> Data:
+              n_train: int, n_test: int, sizes: Sizes, bg_train: jax.Array, n_classes: int = 2,
+              spurious=None) -> Data:
     check_prefix_stable_draws()
     k_dict, k_train, k_test = jax.random.split(key, 3)
     M = dictionary(k_dict, core_dim, bg_dim, input_dim, sizes)
     y_train = class_labels(n_train, sizes.n_train, n_classes)
     y_test = class_labels(n_test, sizes.n_test, n_classes)
     train = sample(k_train, M, y_train, first(n_train, sizes.n_train), core_dim, core, sizes, bg_train,
-                   n_classes=n_classes)
+                   n_classes=n_classes, spurious=spurious)
     test, test_core, ood_u = sample(k_test, M, y_test, first(n_test, sizes.n_test), core_dim, core, sizes,
-                                    bg_train, with_ood=True, n_classes=n_classes)
-    return Data(M, train, test, test_core, ood_u)
+                                    bg_train, with_ood=True, n_classes=n_classes, spurious=spurious)
+    return Data(M, train, test, test_core, ood_u, bg_train, 0.0 if spurious is None else spurious)
 
 
-def ood_split(data: Data, core_dim: int, sizes: Sizes, ood_range: jax.Array) -> Split:
+def ood_split(data: Data, core_dim: int, sizes: Sizes, ood_range: jax.Array, orth=None) -> Split:
     """The OOD set for background range `ood_range`: the test set's core and labels, background redrawn."""
-    bg_dim = data.M.shape[0] - core_dim
-    zb = background(data.ood_u, ood_range, first(bg_dim, sizes.bg))
-    x = data.test_core + (zb @ data.M[core_dim:]) * data.test.mask[:, None]
-    return Split(x, data.test.y, data.test.mask)
+    return ood_inputs(data.M, core_dim, sizes, data.test_core, data.ood_u, data.test, ood_range, orth,
+                      data.bg_train, data.spurious)
+
+
+def ood_inputs(M: jax.Array, core_dim: int, sizes: Sizes, x_core: jax.Array, u: jax.Array, split: Split,
+               ood_range: jax.Array, orth=None, bg_train=None, spurious=0.0) -> Split:
+    """`split`'s points (core part `x_core`, labels, mask) with the background drawn from `ood_range`
+    by base uniforms `u`. With `orth` = 1 (issue 27's orthogonal shift) every coefficient is moved
+    back by the mean shift delta = mean(ood_range) - mean(bg_train) and then by delta times the
+    zero-sum `orthogonal_pattern`: the OOD range's spread, an L2 shift of |delta| sqrt(d_bg) as the
+    mean shift's, and the training mean. A spurious coefficient (`bg_spurious`) flips its sign."""
+    bg_dim = M.shape[0] - core_dim
+    zb = background(u, ood_range, first(bg_dim, sizes.bg))
+    if orth is not None:
+        delta = 0.5 * (ood_range[0] + ood_range[1]) - 0.5 * (bg_train[0] + bg_train[1])
+        zb = zb - orth * delta * (1.0 - orthogonal_pattern(bg_dim, sizes.bg)) * first(bg_dim, sizes.bg)
+    if not (isinstance(spurious, float) and spurious == 0.0):
+        zb = zb - spurious_offset(split.y, bg_dim, sizes.bg, spurious)
+    x = x_core + (zb @ M[core_dim:]) * split.mask[:, None]
+    return Split(x, split.y, split.mask)
 
 
 def online_batch(key: jax.Array, step: jax.Array, M: jax.Array, batch_size: int, core_dim: int,
-                 core: str, sizes: Sizes, bg_train: jax.Array, n_classes: int = 2) -> Split:
+                 core: str, sizes: Sizes, bg_train: jax.Array, n_classes: int = 2, spurious=None) -> Split:
     """A fresh balanced batch from the training distribution for step `step` (theory's online SGD)."""
     y = class_labels(batch_size, None, n_classes)
     return sample(jax.random.fold_in(key, step), M, y, jnp.ones((batch_size,)), core_dim, core, sizes, bg_train,
-                  n_classes=n_classes)
+                  n_classes=n_classes, spurious=spurious)
 
 
 def minibatch(key: jax.Array, step: jax.Array, train: Split, batch_size: int) -> Split:

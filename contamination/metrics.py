@@ -14,7 +14,7 @@ import jax.numpy as jnp
 
 from .numerics import float_dtype
 
-from .data import Data, Sizes, Split, ood_split
+from .data import Data, Sizes, Split, ood_split, orthogonal_pattern
 from .model import Deep, Params, activate, deeper_layers, loss_values, margins, representations
 
 METRICS = (
@@ -86,6 +86,9 @@ class Reference(NamedTuple):
     bg_mean: jax.Array  # (d,) the training background mean in input space
     core_means: jax.Array  # (K, d) the class-conditional means of the core part of the input
     core_defined: bool  # False where the class means of the core are zero (the non-linear core)
+    # (d,) the unit direction of issue 27's orthogonal OOD shift, sum_j s_j m_j / sqrt(d_bg) with s
+    # the zero-sum `data.orthogonal_pattern` (synthetic data; zero for real data)
+    v_orth: jax.Array | None = None
 
 
 def reference(w0: jax.Array, M: jax.Array, core_dim: int, sizes: Sizes, bg_train: jax.Array, mask: jax.Array,
@@ -115,7 +118,11 @@ def reference(w0: jax.Array, M: jax.Array, core_dim: int, sizes: Sizes, bg_train
             core_means = 0.5 * owned @ M_core
         if core != "linear":
             core_means, defined = jnp.zeros_like(core_means), False
-    return Reference(w0, u, scale0, bg_basis, bg_mean, core_means, defined)
+    if dataset != "synthetic":
+        v_orth = jnp.zeros_like(u)
+    else:
+        v_orth = orthogonal_pattern(M_bg.shape[0], sizes.bg) @ M_bg / jnp.sqrt(sizes.bg.astype(float_dtype()))
+    return Reference(w0, u, scale0, bg_basis, bg_mean, core_means, defined, v_orth)
 
 
 def projection_metrics(w: jax.Array, M: jax.Array, core_dim: int, mask: jax.Array,
@@ -234,7 +241,7 @@ def contamination_ratio(w: jax.Array, ref: Reference, mask: jax.Array) -> jax.Ar
 
 
 def mean_direction_metrics(w: jax.Array, ref: Reference, mask: jax.Array, true_bg: jax.Array,
-                           bg_train: jax.Array, bg_ood: jax.Array) -> dict[str, jax.Array]:
+                           bg_train: jax.Array, bg_ood: jax.Array, orth: jax.Array | None = None) -> dict[str, jax.Array]:
     """`bg_mean_proj`, `contaminated_frac`, `contamination_sign` and `contamination_ratio` (per
     network) and `bg_shift_rms` (per OOD range of `bg_ood`, (n_evals,)): the drift along the
     background mean, and what the learned weights do to each neuron's pre-activation when the
@@ -245,6 +252,11 @@ def mean_direction_metrics(w: jax.Array, ref: Reference, mask: jax.Array, true_b
     # that along the unit direction (whose sign follows the training mean).
     delta = (range_mean(bg_ood) - range_mean(bg_train)) * jnp.sqrt(true_bg.astype(float_dtype())) * mean_sign(bg_train)
     shift_rms = jax.vmap(lambda dl: jnp.sqrt(masked_mean((dp * dl) ** 2, mask)))(delta)
+    if orth is not None:  # an orthogonal OOD shift (issue 27) moves the input along ref.v_orth instead
+        dv = (w - ref.w0) @ ref.v_orth
+        delta_o = (range_mean(bg_ood) - range_mean(bg_train)) * jnp.sqrt(true_bg.astype(float_dtype()))
+        orth_rms = jax.vmap(lambda dl: jnp.sqrt(masked_mean((dv * dl) ** 2, mask)))(delta_o)
+        shift_rms = jnp.where(orth > 0, orth_rms, shift_rms)
     return {
         "bg_mean_proj": masked_mean(p, mask),
         **contamination_count(p, ref.scale0, mask),
@@ -337,7 +349,7 @@ def rep_shifts(hs_id, y, rows, ood_means, n_classes: int, deep: Deep) -> dict[st
 def evaluate(params: Params, data: Data, *, core_dim: int, sizes: Sizes, bg_train: jax.Array, bg_ood: jax.Array,
              ref: Reference, activation: str, loss: str, slope: jax.Array,
              mask: jax.Array, deep: Deep = Deep(), n_classes: int = 2,
-             input_grad: bool = False) -> dict[str, jax.Array]:
+             input_grad: bool = False, orth: jax.Array | None = None) -> dict[str, jax.Array]:
     """All of METRICS and the per-layer metrics for one network on one dataset, each (n_evals,):
     one per OOD range of `bg_ood`.
 
@@ -350,12 +362,15 @@ def evaluate(params: Params, data: Data, *, core_dim: int, sizes: Sizes, bg_trai
     train_loss, _, _, f_train, pre_train, _ = split_metrics(params, data.train, activation, slope, mask, loss, deep)
     id_loss, id_acc, id_margin, _, pre, hs = split_metrics(params, data.test, activation, slope, mask, loss, deep)
 
-    def ood(rng):
-        split = ood_split(data, core_dim, sizes, rng)
+    def ood(rng, o):
+        split = ood_split(data, core_dim, sizes, rng, o)
         loss_, acc, margin, _, _, hs_ood = split_metrics(params, split, activation, slope, mask, loss, deep)
         return loss_, acc, margin, [split.mask @ h / jnp.sum(split.mask) for h in hs_ood]
 
-    ood_loss, ood_acc, ood_margin, ood_means = jax.vmap(ood)(bg_ood)
+    if orth is None:
+        ood_loss, ood_acc, ood_margin, ood_means = jax.vmap(lambda rng: ood(rng, None))(bg_ood)
+    else:
+        ood_loss, ood_acc, ood_margin, ood_means = jax.vmap(ood)(bg_ood, orth)
     if general:
         balance = gradient_balance_general(params, pre_train, data.train, u, activation, slope, loss, mask, deep,
                                            n_classes)
@@ -366,7 +381,7 @@ def evaluate(params: Params, data: Data, *, core_dim: int, sizes: Sizes, bg_trai
         "ood_acc": ood_acc, "id_margin": id_margin, "ood_margin": ood_margin,
         "act_asym": activation_asymmetry(pre, data.test.y, mask, activation, slope, n_classes, data.test.mask),
         **projection_metrics(params.w, data.M, core_dim, mask, sizes.bg, ref),
-        **mean_direction_metrics(params.w, ref, mask, sizes.bg, bg_train, bg_ood),
+        **mean_direction_metrics(params.w, ref, mask, sizes.bg, bg_train, bg_ood, orth),
         **balance,
         **rep_shifts(hs, data.test.y, data.test.mask, ood_means, n_classes, deep),
     }

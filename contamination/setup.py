@@ -40,7 +40,7 @@ def prepare(s: Static, traced: dict) -> Setup:
                                 traced["bg_train"])
     else:
         data = make_data(k_data, s.core_dim, s.bg_dim, s.input_dim, s.core, s.n_train, s.n_test, sizes,
-                         traced["bg_train"], s.n_classes)
+                         traced["bg_train"], s.n_classes, spurious=traced.get("bg_spurious"))
     true_hidden, true_depth = traced.get("true_hidden"), traced.get("true_depth")
     params = init_params(init_key, s.width, s.input_dim, true_width, sizes.d, init=s.init, output=s.output,
                          bias=s.bias, init_scale=traced["init_scale"], hidden=s.hidden, true_hidden=true_hidden,
@@ -57,7 +57,7 @@ def make_get_batch(s: Static, setup: Setup, bg_train: jax.Array) -> Callable[[ja
     def get_batch(t):
         if s.online:
             return online_batch(k_batch, t, data.M, s.batch_size, s.core_dim, s.core, setup.sizes, bg_train,
-                                s.n_classes)
+                                s.n_classes, spurious=None if s.dataset != "synthetic" else data.spurious)
         if s.batch_size:
             return minibatch(k_batch, t, data.train, s.batch_size)
         return data.train

@@ -106,22 +106,25 @@ def sweep(evaluate, test, shifted, ood, shifts: jax.Array, level_of):
 
 def shift_metrics(params, ablated, evaluate, data: Data, *, core_dim: int, sizes: Sizes, bg_train: jax.Array,
                   bg_ood: jax.Array, critical_level: jax.Array, shift_range: jax.Array,
-                  n_classes: int, per_variant: jax.Array | None = None) -> tuple[dict, dict]:
+                  n_classes: int, per_variant: jax.Array | None = None,
+                  orth: jax.Array | None = None) -> tuple[dict, dict]:
     """SHIFT_METRICS, each (n_evals,), and SHIFT_CURVES, each (n_evals, SHIFT_POINTS), for one
     network `params` and its ablation `ablated` (None: not defined for this model, NaN), per
     evaluation variant (its OOD range, level and ladder). `evaluate(params, split, extra) -> (loss,
     acc)`, with `extra` the variant's entry of `per_variant` (e.g. a probe's ridge), or None."""
     extras = jnp.zeros(bg_ood.shape[0]) if per_variant is None else per_variant
+    orths = jnp.zeros(bg_ood.shape[0]) if orth is None else orth
 
-    def variant(rng, level, shift_range, extra):
+    def variant(rng, level, shift_range, extra, o):
         e, shifts = direction(bg_train, rng), ladder(shift_range)
         extra = None if per_variant is None else extra
+        o = None if orth is None else o  # issue 27: the ladder and the OOD set move orthogonally to the mean
 
         def measure(p):  # one network: traced once, vmapped over the network and its ablation
             id_loss, id_acc, ood_loss, ood_acc, curve_loss, curve_acc, crit, censored = sweep(
                 lambda split: evaluate(p, split, extra), data.test,
-                lambda s: ood_split(data, core_dim, sizes, bg_train + s * e),
-                ood_split(data, core_dim, sizes, rng), shifts,
+                lambda s: ood_split(data, core_dim, sizes, bg_train + s * e, o),
+                ood_split(data, core_dim, sizes, rng, o), shifts,
                 lambda id_acc: id_acc - level * (id_acc - 1.0 / n_classes))
             return {"critical_shift": crit, "critical_shift_censored": censored.astype(id_acc.dtype),
                     "id_acc": id_acc, "id_loss": id_loss, "ood_acc": ood_acc, "ood_loss": ood_loss,
@@ -144,7 +147,7 @@ def shift_metrics(params, ablated, evaluate, data: Data, *, core_dim: int, sizes
                                              jnp.where(enough, lost, 1.0), jnp.nan)
         return {k: out[k] for k in SHIFT_METRICS}, curves
 
-    return jax.vmap(variant)(bg_ood, critical_level, shift_range, extras)
+    return jax.vmap(variant)(bg_ood, critical_level, shift_range, extras, orths)
 
 
 def mlp_shift_metrics(params: Params, data: Data, *, u: jax.Array, net: Net, bias: bool, **kw) -> tuple[dict, dict]:

@@ -61,7 +61,8 @@ class Static(NamedTuple):
 DERIVED_FIELDS = ("n_evals", "hidden")  # not config fields: from the runs and from `widths`/`depth`
 STATIC_FIELDS = tuple(f for f in Static._fields if f not in DERIVED_FIELDS)
 TRACED_FIELDS = ("lr", "weight_decay", "momentum", "warmup_steps", "leaky_slope", "init_scale", "bg_train", "bg_ood", "seed",
-                 "teacher_bias", "teacher_lr", "probe_ridge", "critical_level", "shift_min", "shift_max")
+                 "teacher_bias", "teacher_lr", "probe_ridge", "critical_level", "shift_min", "shift_max",
+                 "center_inputs", "bg_ood_direction", "bg_spurious", "retrain_output")
 assert set(STATIC_FIELDS) | set(TRACED_FIELDS) | {"depth", "widths"} == set(FIELDS)
 
 # Shape fields a program may pad (exactly: masks, true sizes traced; model.py, data.py). A run's
@@ -130,6 +131,10 @@ def padded_spec(specs) -> Static:
     return specs[0]._replace(width=width, hidden=hidden, **{f: max(getattr(s, f) for s in specs) for f in fields})
 
 
+# retrain_output as the share of OOD rows in the refit set (`retrain.py`); negative: not refitted
+RETRAIN_OOD_SHARE = {"none": -1.0, "ood": 1.0, "mix": 0.5}
+
+
 def traced_values(cfgs: Config | list[Config], n_evals: int | None = None,
                   depth: int | None = None) -> dict[str, np.ndarray]:
     """The traced inputs of one trained network: key words, true sizes, numeric hyperparameters.
@@ -146,6 +151,10 @@ def traced_values(cfgs: Config | list[Config], n_evals: int | None = None,
         raise ValueError("traced_values: the runs of one network must differ only in EVAL_ONLY_FIELDS")
     evals = cfgs + [cfgs[-1]] * (n_evals - len(cfgs))
     f32, i32 = np_float(), np.int32  # float64 under jax_enable_x64 (numerics.py)
+    # center_inputs: the training background mean c = mean(bg_train) lies in the background's
+    # span, so x - c sum_bg m_j is the input whose background coefficients are drawn from the
+    # ranges moved by -c: every consumer (data, metrics, shifts) sees the centred inputs.
+    c = 0.5 * (cfg.bg_train[0] + cfg.bg_train[1]) if cfg.center_inputs else 0.0
     return {
         "data_key": key_words("data", cfg, DATA_KEY_FIELDS),
         "init_key": key_words("init", cfg, INIT_KEY_FIELDS),
@@ -162,13 +171,16 @@ def traced_values(cfgs: Config | list[Config], n_evals: int | None = None,
         "warmup_steps": f32(cfg.warmup_steps),
         "leaky_slope": f32(effective_slope(cfg)),
         "init_scale": f32(cfg.init_scale),
-        "bg_train": np.array(cfg.bg_train, dtype=f32),
-        "bg_ood": np.array([c.bg_ood for c in evals], dtype=f32),
+        "bg_train": np.array(cfg.bg_train, dtype=f32) - f32(c),
+        "bg_ood": np.array([e.bg_ood for e in evals], dtype=f32) - f32(c),
+        "bg_spurious": f32(cfg.bg_spurious),
+        "bg_ood_orth": np.array([e.bg_ood_direction == "orthogonal" for e in evals], dtype=f32),
+        "retrain_ood_share": np.array([RETRAIN_OOD_SHARE[e.retrain_output] for e in evals], dtype=f32),
         "teacher_bias": f32(cfg.teacher_bias),
         "teacher_lr": f32(cfg.teacher_lr),
-        "probe_ridge": np.array([c.probe_ridge for c in evals], dtype=f32),
-        "critical_level": np.array([c.critical_level for c in evals], dtype=f32),
-        "shift_range": np.array([[c.shift_min, c.shift_max] for c in evals], dtype=f32),
+        "probe_ridge": np.array([e.probe_ridge for e in evals], dtype=f32),
+        "critical_level": np.array([e.critical_level for e in evals], dtype=f32),
+        "shift_range": np.array([[e.shift_min, e.shift_max] for e in evals], dtype=f32),
         **deep_sizes(cfg, depth or cfg.depth),
     }
 

@@ -27,7 +27,10 @@ import pyarrow.parquet as pq
 
 from contamination.config import log_steps
 from contamination.ids import RESULTS_VERSION, hex_ids
-from contamination.shift import SHIFT_CURVES, SHIFT_METRICS as FINAL_ONLY
+from contamination.retrain import RETRAIN_METRICS
+from contamination.shift import SHIFT_CURVES, SHIFT_METRICS
+
+FINAL_ONLY = SHIFT_METRICS + RETRAIN_METRICS  # measured once, on the final network
 
 from .grid import Grid
 from .storage import UNREADABLE, Location
