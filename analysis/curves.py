@@ -11,7 +11,7 @@ from matplotlib.lines import Line2D
 from .aggregate import aggregate
 from .phase import diverged_note
 from .select import values_of
-from .style import NOISE_CAPTION, bounds, fmt, group_label, fmt_value, new_figure, noise_note, plain_log_ticks, short, wrap
+from .style import NOISE_CAPTION, clipped_band, fmt, group_label, fmt_value, new_figure, noise_note, plain_log_ticks, short, wrap
 
 PAPER_PANELS = (("id_loss", "ood_loss"), ("core_norm", "bg_norm"))
 BG_PANELS = (("bg_mean_proj",), ("bg_grad_net", "bg_grad_total"), ("bg_grad_balance",))
@@ -132,7 +132,7 @@ def curves_figure(curves: pd.DataFrame, panels=PAPER_PANELS, *, hue: str | None 
                                     "to cancel)", transform=ax.transAxes, ha="center", va="center", color="0.4",
                                     fontsize=8)
                     ax.plot(xs[keep], mean[keep], STYLES[k % len(STYLES)], color=c, lw=1.6)
-                    lo, hi = np.clip(mean - spread, *bounds(m)), np.clip(mean + spread, *bounds(m))
+                    lo, hi = clipped_band(mean, spread, m)
                     ax.fill_between(xs[keep], lo[keep], hi[keep], color=c, lw=0, alpha=0.18 if len(hues) <= 4 else 0.1)
                     drawn.append(mean[keep])
                     halves.append(np.where(np.isfinite(mean), (hi - lo) / 2, np.nan)[keep])
@@ -205,7 +205,7 @@ def collapse_figure(curves: pd.DataFrame, metrics=("bg_mean_proj",), *, averaged
                 keep = xs > 0 if logx and j == 1 else np.ones_like(xs, dtype=bool)
                 mean, sp = h[f"{m}_mean"].to_numpy(dtype=float), h[f"{m}_{band}"].fillna(0).to_numpy(dtype=float)
                 ax.plot(xs[keep], mean[keep], color=c, lw=1.6)
-                lo, hi = np.clip(mean - sp, *bounds(m)), np.clip(mean + sp, *bounds(m))
+                lo, hi = clipped_band(mean, sp, m)
                 ax.fill_between(xs[keep], lo[keep], hi[keep], color=c, lw=0, alpha=0.15 if len(key) <= 4 else 0.08)
                 drawn.append(mean[keep])
                 halves.append((hi - lo)[keep] / 2)

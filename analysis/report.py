@@ -138,11 +138,9 @@ def training_rows(curves: pd.DataFrame, row: str | None, pooled: list[str]) -> t
     networks), pooling it would average a control into the contaminated networks. Then the
     training background becomes the rows (a derived column, TRAINED_ON) and the axis is pooled
     within each row only. Returns (curves, row, pooled)."""
-    cols = ["bg_train_low", "bg_train_high"]
-    if row is not None or not pooled or not set(cols) <= set(curves):
+    if row is not None or not any(moves_training_background(curves, a) for a in pooled):
         return curves, row, pooled
-    trained = curves[cols].drop_duplicates()
-    if len(trained) < 2 or len(trained) > MAX_ROWS or not any(curves[a].nunique() > 1 for a in pooled):
+    if len(curves[["bg_train_low", "bg_train_high"]].drop_duplicates()) > MAX_ROWS:
         return curves, row, pooled
     names = [f"U[{fmt_value(lo)}, {fmt_value(hi)}]" for lo, hi in zip(curves["bg_train_low"], curves["bg_train_high"])]
     return curves.assign(**{TRAINED_ON: names}), TRAINED_ON, pooled
@@ -344,9 +342,8 @@ def matched_panel(runs: pd.DataFrame, axes: list[str]) -> Panel:
     from .matched import matched_figure, matched_rates, matched_table
 
     table, metric, by = matched_table(runs, axes)
-    df = runs
-    sel = matched_rates(df, metric, None, by=by)
-    fig = matched_figure(df, metric, sel, by=by)
+    sel = matched_rates(runs, metric, None, by=by)
+    fig = matched_figure(runs, metric, sel, by=by)
 
     def cell(row, c):
         v = row.get(c, np.nan)

@@ -50,13 +50,18 @@ def bounds(metric: str) -> tuple[float, float]:
     return (0.0, np.inf) if metric in NONNEGATIVE else (-np.inf, np.inf)
 
 
+def clipped_band(mean, half, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """The band mean ± half clipped to `bounds(metric)`: (lower, upper)."""
+    mean, half = np.asarray(mean, dtype=float), np.asarray(half, dtype=float)
+    return np.clip(mean - half, *bounds(metric)), np.clip(mean + half, *bounds(metric))
+
+
 def clipped_err(mean, half, metric: str) -> np.ndarray:
     """Error bars mean ± half clipped to `bounds(metric)`: matplotlib's (2, n) yerr (NaN half: 0)."""
     mean = np.asarray(mean, dtype=float)
-    half = np.nan_to_num(np.asarray(half, dtype=float))
-    lo, hi = bounds(metric)
+    lo, hi = clipped_band(mean, np.nan_to_num(np.asarray(half, dtype=float)), metric)
     # (a mean a rounding past its bound, e.g. 1 + 2e-16, keeps a zero-length bar on that side)
-    return np.maximum(np.stack([mean - np.clip(mean - half, lo, hi), np.clip(mean + half, lo, hi) - mean]), 0.0)
+    return np.maximum(np.stack([mean - lo, hi - mean]), 0.0)
 
 
 # Metrics drawn on a logarithmic colour scale (they span orders of magnitude).

@@ -86,8 +86,7 @@ def sweep(evaluate, test, shifted, ood, shifts: jax.Array, level_of):
         split = jax.tree_util.tree_map(lambda a, b, c: jnp.where(i == 0, a, jnp.where(i == 1, b, c)),
                                        test, ood, shifted(s))
         loss, acc = evaluate(split)
-        losses, accs = losses.at[jnp.minimum(i, n - 1)].set(jnp.where(i < n, loss, losses[n - 1])), \
-            accs.at[jnp.minimum(i, n - 1)].set(jnp.where(i < n, acc, accs[n - 1]))
+        losses, accs = losses.at[i].set(loss), accs.at[i].set(acc)  # the bisections' too: not returned
         fails = acc < level_of(accs[0])
         # the ladder: the first point below the level brackets the crossing with the point before it
         first = (i >= 2) & (i < n) & fails & ~found
@@ -98,10 +97,10 @@ def sweep(evaluate, test, shifted, ood, shifts: jax.Array, level_of):
         lo, hi = jnp.where(bisecting & ~fails, s, lo), jnp.where(bisecting & fails, s, hi)
         return losses, accs, lo, hi, found | first
 
-    init = (jnp.zeros(n, shifts.dtype), jnp.zeros(n, shifts.dtype), zero + shifts[-1], zero + shifts[-1],
-            jnp.bool_(False))
+    init = (jnp.zeros(n + BISECTIONS, shifts.dtype), jnp.zeros(n + BISECTIONS, shifts.dtype), zero + shifts[-1],
+            zero + shifts[-1], jnp.bool_(False))
     losses, accs, _, hi, found = jax.lax.fori_loop(0, n + BISECTIONS, body, init)
-    return (losses[0], accs[0], losses[1], accs[1], losses[2:], accs[2:], jnp.where(found, hi, shifts[-1]), ~found)
+    return (losses[0], accs[0], losses[1], accs[1], losses[2:n], accs[2:n], jnp.where(found, hi, shifts[-1]), ~found)
 
 
 def shift_metrics(params, ablated, evaluate, data: Data, *, core_dim: int, sizes: Sizes, bg_train: jax.Array,
