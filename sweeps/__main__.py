@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--axes", default=None,
                             help="comma-separated numeric axes to refine (default: every numeric axis)")
             sp.add_argument("--max-depth", type=int, default=3, help="halvings of the grid's cells at most (default 3)")
+        sp.add_argument("--calibrate", action="store_true",
+                        help="measure this machine's device model first (5-15 s; otherwise the planner starts "
+                             "from the saved model, or the platform's shipped default, refitted by every bucket)")
         if name in ("run", "refine"):
             sp.add_argument("--no-progress", action="store_true", help="no progress bar")
             sp.add_argument("--compile-ahead", type=int, default=1,
@@ -122,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
 
     try:
+        if args.calibrate:
+            print(f"device model measured: {engine.calibrate_devices().summary()}", flush=True)
         if args.command == "plan":
             print(engine.describe_plan(grid, out, memory_budget=budget, min_efficiency=min_efficiency,
                                        chunk_size=args.chunk_size))

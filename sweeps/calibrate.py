@@ -1,7 +1,12 @@
 """The planner's device model: how long a program takes to compile and to run, on this device kind.
 
-Three constants, measured once per device kind and set of local devices (about 2-4 s) and
-cached in `calibration/` next to the program store (or in `$CONTAMINATION_DEVICE_MODELS`):
+Three constants per device kind and set of local devices (for a CPU: its model name and core
+count), kept in `calibration/` next to the program store (or in `$CONTAMINATION_DEVICE_MODELS`).
+A machine that has none starts from the shipped default of its platform (`DEFAULTS_FILE`,
+scaled by its devices and cores; `source` says which) and never waits for a measurement: every
+bucket it trains and every program it compiles is recorded into its own model, and the fit
+below takes over from the default after `MIN_RECORDED_RUNS` buckets. `measure` (`python -m
+sweeps calibrate`, or `run --calibrate`) measures the constants on the devices (about 5-15 s):
 
 - `compile_s`: seconds to trace, lower and compile a bucket program afresh (a small
   classifier, JAX's cache bypassed). Every later fresh compile is recorded too, per
@@ -35,6 +40,7 @@ import functools
 import hashlib
 import json
 import os
+import platform
 import statistics
 import time
 from pathlib import Path
@@ -52,6 +58,7 @@ CACHE_DROP = 0.85  # a rate this much below the small chunk's means the large ch
 RECORDED = 32  # recorded compile times kept per experiment
 RECORDED_RUNS = 64  # recorded buckets kept
 MIN_RECORDED_RUNS = 4
+DEFAULTS_FILE = Path(__file__).with_name("device_defaults.json")
 
 
 def nnls(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -80,6 +87,7 @@ class DeviceModel:
     recorded_compile_s: dict[str, list[float]] = dataclasses.field(default_factory=dict)
     recorded_runs: list[list[float]] = dataclasses.field(default_factory=list)  # chunks, chunk-steps, FLOPs, s
     path: str | None = None
+    source: str = "measured"  # or "default: ..." (a shipped default, not measured here)
 
     def compile_s(self, static: Static) -> float:
         seen = self.recorded_compile_s.get(static.experiment)
@@ -144,7 +152,7 @@ class DeviceModel:
             os.replace(tmp, path)
 
     def summary(self) -> dict:
-        return {"device": self.device, "flop_rate": self.flop_rate, "step_s": self.step_s,
+        return {"device": self.device, "source": self.source, "flop_rate": self.flop_rate, "step_s": self.step_s,
                 "cache_bytes": self.cache_bytes, "flop_rate_large": self.flop_rate_large,
                 "compile_s": self.calibration_compile_s,
                 "recorded_compile_s": {k: statistics.median(v) for k, v in self.recorded_compile_s.items() if v},
@@ -152,19 +160,51 @@ class DeviceModel:
                 "run_coefficients": dict(zip(("s_per_chunk", "step_multiplier"), self.run_coefficients))}
 
 
+def cpu_name() -> str:
+    """The CPU's model name (Linux `/proc/cpuinfo`, else `platform.processor()`), for device keys."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith(("model name", "hardware", "cpu model")):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def device_key(mesh) -> tuple[str, str]:
-    """A readable description of the local devices and a file name for their model."""
+    """A readable description of the local devices and a file name for their model. A CPU is
+    described by its model name and usable cores as well: JAX calls every CPU device `cpu`,
+    and one fleet's shared models directory may hold several CPU kinds."""
     import jax
 
+    from .environment import usable_cores
     from .provenance import versions
 
     devices = list(mesh.devices.flat)
     client = devices[0].client
     desc = f"{client.platform} {devices[0].device_kind} x{len(devices)}"
+    if client.platform == "cpu":
+        desc += f" ({cpu_name()}, {usable_cores()} cores)"
     digest = hashlib.sha256(json.dumps([MODEL_VERSION, desc, client.platform_version, sorted(versions().items()),
                                         jax.config.jax_default_matmul_precision,
                                         jax.config.jax_enable_x64]).encode()).hexdigest()[:16]
     return desc, digest
+
+
+def default_model(mesh) -> DeviceModel:
+    """The shipped default of the mesh's platform (`DEFAULTS_FILE`): rates scale with the devices
+    (a CPU's with its usable cores, however many devices they are split into)."""
+    from .environment import usable_cores
+
+    devices = list(mesh.devices.flat)
+    platform_ = devices[0].client.platform
+    table = json.loads(DEFAULTS_FILE.read_text())["platforms"]
+    d = table.get(platform_, table["gpu"])
+    scale = usable_cores() if platform_ == "cpu" else len(devices)
+    cache = d["cache_bytes_per_core"] * scale / len(devices) if d.get("cache_bytes_per_core") else None
+    return DeviceModel(device_key(mesh)[0], d["flop_rate_per_unit"] * scale, d["step_s"], d["compile_s"],
+                       cache, d["large_rate_ratio"] * d["flop_rate_per_unit"] * scale if cache else None,
+                       source=f"default: {platform_} ({d['measured_on']})")
 
 
 def _times(*calls, rounds: int = ROUNDS) -> list[float]:
@@ -280,17 +320,36 @@ def model_dir(cache: Path | None) -> Path | None:
     return cache / "calibration" if cache is not None else None
 
 
-def load_or_measure(mesh, directory: Path | None) -> DeviceModel:
-    """The model of these devices saved in `directory`, or a fresh measurement (saved there)."""
-    desc, digest = device_key(mesh)
-    path = directory / f"{digest}.json" if directory is not None else None
+def _saved(mesh, directory: Path | None) -> tuple[DeviceModel | None, Path | None]:
+    """The model of these devices saved in `directory` (None: none, or unreadable), and its path."""
+    path = directory / f"{device_key(mesh)[1]}.json" if directory is not None else None
     if path is not None and path.exists():
         try:
-            data = json.loads(path.read_text())
-            return DeviceModel(**{**data, "path": str(path)})
+            return DeviceModel(**{**json.loads(path.read_text()), "path": str(path)}), path
         except (ValueError, TypeError):
-            pass  # unreadable: measure again
-    model = measure(mesh)
-    model.path = str(path) if path is not None else None
-    model.save()
+            pass  # unreadable: a new one replaces it
+    return None, path
+
+
+def load(mesh, directory: Path | None) -> DeviceModel:
+    """The model of these devices saved in `directory`, else the platform's shipped default
+    (saved there on its first record, so that this machine's buckets refit it): no measurement."""
+    model, path = _saved(mesh, directory)
+    if model is None:
+        model = default_model(mesh)
+        model.path = str(path) if path is not None else None
     return model
+
+
+def load_or_measure(mesh, directory: Path | None, again: bool = False) -> DeviceModel:
+    """The model of these devices saved in `directory` if it was measured (and not `again`), else
+    a fresh measurement, saved there with the records of the model it replaces."""
+    model, path = _saved(mesh, directory)
+    if model is not None and model.source == "measured" and not again:
+        return model
+    fresh = measure(mesh)
+    if model is not None:
+        fresh.recorded_compile_s, fresh.recorded_runs = model.recorded_compile_s, model.recorded_runs
+    fresh.path = str(path) if path is not None else None
+    fresh.save()
+    return fresh

@@ -30,7 +30,7 @@ from .grid import Grid, Run
 from .plan import Bucket, Network, Planning, TableNetworks, bucketize, fmt_bytes
 from .runs import RunTable
 from .preempt import Preempted, StopFlag, tree_ready
-from .programs import Compiler, chunk_inputs, in_store
+from .programs import Compiler, chunk_inputs, stored_chunks
 from .provenance import provenance as make_provenance
 
 
@@ -102,11 +102,18 @@ def plan_pending(grid: Grid, out: storage.Location, mesh, cache: Path | None, *,
     if len(pending) < len(table):
         networks = TableNetworks(table, pending)
     budget = memory_budget or default_memory_budget()
-    model = calibrate.load_or_measure(mesh, calibrate.model_dir(cache))
+    model = calibrate.load(mesh, calibrate.model_dir(cache))
     store = cache / "executables" if cache is not None else None
-    planning = Planning(budget, mesh.devices.size, model, min_efficiency, chunk_size, in_store(store, mesh))
+    held = stored_chunks(store, mesh)
+    planning = Planning(budget, mesh.devices.size, model, min_efficiency, chunk_size,
+                        lambda static, chunk: chunk in held(static), held)
     buckets = bucketize(networks, planning)
     return Pending(table, pending, len(mine) - len(pending), done, budget, model, buckets)
+
+
+def calibrate_devices(cache_dir: str | None = None) -> calibrate.DeviceModel:
+    """Measure this machine's device model now (`--calibrate`), keeping its recorded buckets."""
+    return calibrate.load_or_measure(local_mesh(), calibrate.model_dir(setup_jax(cache_dir)), again=True)
 
 
 def metric_names(runs: list[Run] | RunTable) -> list[str]:
@@ -306,6 +313,11 @@ def describe_plan(grid: Grid, out, *, memory_budget: int | None, min_efficiency:
         f"device model: {m.flop_rate / 1e9:.1f} GFLOP/s, {m.step_s * 1e6:.0f} us per step, "
         f"compile {m.compile_s(static_spec(p.table.points[p.table.point[0]].config)):.2f} s"
         f" (planning: {'auto, least predicted time' if min_efficiency is None else f'min efficiency {min_efficiency}'})",
+    ]
+    if m.source != "measured":
+        lines.append(f"  {m.source}; refitted by this machine's buckets from {calibrate.MIN_RECORDED_RUNS} on "
+                     f"({len(m.recorded_runs)} recorded; --calibrate measures it)")
+    lines += [
         f"{len(p.buckets)} compiled programs (buckets):",
         f"  {'bucket':8} {'shapes':>6} {'nets':>5} {'runs':>5} {'chunk':>5} {'chunks':>6} {'eff':>5} "
         f"{'mem/run':>10} {'GFLOP':>9} {'compile':>8} {'run':>7} {'total':>7}  padded shape",

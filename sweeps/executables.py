@@ -10,7 +10,10 @@ the program depends on:
 - the versions of Python and the packages the engine records (`provenance.versions`),
 - every `jax.config` value and every `JAX_*` / `XLA_*` environment variable,
 - the backend, its platform version, and the mesh's devices (ids, kinds, processes),
-- the bucket's static spec, chunk size and input shapes and dtypes.
+- the bucket's static spec and input shapes and dtypes; files are named `FAMILY-cCHUNK.jaxexe`,
+  the family covering all of the above (`programs.family_key`), so that the planner can list
+  the chunk sizes held for a bucket and run it at one of them instead of compiling
+  (`plan.reuse_stored_chunk`).
 
 Any change to one of them is a different key, so a stale program is never loaded; a file
 that fails to load, or a loaded program that fails on its first chunk, is recompiled and

@@ -387,6 +387,33 @@ class Planning:
     min_efficiency: float | None = None  # None: auto (least predicted time)
     chunk_size: int | None = None
     in_store: Callable[[Static, int], bool] = lambda static, chunk: False  # noqa: E731
+    # the chunk sizes at which the program store holds a static spec's programs
+    stored_chunks: Callable[[Static], frozenset] = lambda static: frozenset()  # noqa: E731
+
+
+def fits(b: Bucket, chunk: int, p: Planning) -> bool:
+    """Whether chunks of `chunk` networks fit the memory budget per device (half of it when two
+    chunks are in flight), as `choose_chunk` requires."""
+    per_device = p.memory_budget // b.run_memory
+    if len(b.networks) > chunk:
+        per_device = max(per_device // 2, 1)
+    return chunk % p.n_devices == 0 and chunk // p.n_devices <= per_device
+
+
+def reuse_stored_chunk(b: Bucket, p: Planning) -> bool:
+    """Run `b` at a chunk size whose program the store already holds, where that is predicted
+    faster than compiling a program for its own chunk size: a refinement round, or a re-run
+    with another budget, loads the program an earlier plan compiled (the extra padding or
+    chunks cost less than a compile)."""
+    options = [c for c in p.stored_chunks(b.static) if c != b.chunk_size and fits(b, c, p)]
+    if not options:
+        return False
+    run_s = {c: p.model.run_s(dataclasses.replace(b, chunk_size=c)) for c in options}
+    best = min(options, key=lambda c: (run_s[c], -c))
+    if run_s[best] >= p.model.compile_s(b.static) + p.model.run_s(b):
+        return False
+    b.chunk_size = best
+    return True
 
 
 def make_bucket(networks: Sequence[Network], p: Planning) -> Bucket:
@@ -397,7 +424,8 @@ def make_bucket(networks: Sequence[Network], p: Planning) -> Bucket:
     b = Bucket(padded_spec(_statics(networks)), networks)
     choose_chunk(b, p.memory_budget, p.n_devices, chunk_size=p.chunk_size, model=p.model)
     if p.model is not None:
-        b.predicted_compile_s = 0.0 if p.in_store(b.static, b.chunk_size) else p.model.compile_s(b.static)
+        stored = p.in_store(b.static, b.chunk_size) or (p.chunk_size is None and reuse_stored_chunk(b, p))
+        b.predicted_compile_s = 0.0 if stored else p.model.compile_s(b.static)
         b.predicted_run_s = p.model.run_s(b)
     return b
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import functools
 import threading
 import time
 from pathlib import Path
@@ -34,15 +35,35 @@ def abstract_inputs(static: Static, chunk_size: int, sharding=None) -> dict:
     return {k: jax.ShapeDtypeStruct((chunk_size,) + v.shape[1:], v.dtype, sharding=sharding) for k, v in one.items()}
 
 
+def family_key(static: Static, mesh) -> str:
+    """The store's key of a bucket's programs at every chunk size (`executables.program_key`
+    of one network's inputs: the chunk size is the one thing its programs differ in)."""
+    return executables.program_key(static, None, abstract_inputs(static, 1), mesh)
+
+
 def store_key(static: Static, chunk_size: int, mesh) -> str:
-    return executables.program_key(static, chunk_size, abstract_inputs(static, chunk_size), mesh)
+    return f"{family_key(static, mesh)}-c{chunk_size}"
 
 
-def in_store(store: Path | None, mesh):
-    """`(static, chunk_size) -> bool`: whether the store holds that program (for the planner)."""
-    if store is None or not executables.enabled():
-        return lambda static, chunk_size: False
-    return lambda static, chunk_size: executables.exists(store, store_key(static, chunk_size, mesh))
+def stored_chunks(store: Path | None, mesh):
+    """`static -> frozenset of chunk sizes` whose programs the store holds (for the planner, which
+    may run a bucket at a stored chunk size rather than compile its own). The directory is
+    listed once: the planner asks about thousands of candidate buckets."""
+    if store is None or not executables.enabled() or not store.is_dir():
+        return lambda static: frozenset()
+    held: dict[str, set[int]] = {}
+    for path in store.glob("*-c*.jaxexe"):
+        family, _, chunk = path.stem.rpartition("-c")
+        if chunk.isdigit():
+            held.setdefault(family, set()).add(int(chunk))
+    if not held:
+        return lambda static: frozenset()
+
+    @functools.lru_cache(maxsize=None)  # one planning: JAX's settings do not change meanwhile
+    def chunks(static: Static) -> frozenset:
+        return frozenset(held.get(family_key(static, mesh), ()))
+
+    return chunks
 
 
 # Only one thread lowers at a time: `fresh_compile` switches a process-wide JAX setting.

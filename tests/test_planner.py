@@ -3,6 +3,7 @@ evaluate many, the device model, and the results-version guard."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -68,6 +69,15 @@ def test_one_program_equals_one_program_per_shape(tmp_path):
     a, b = final(tmp_path / "one"), final(tmp_path / "exact")
     assert list(a.index) == list(b.index) and len(a) == 8
     np.testing.assert_allclose(a.to_numpy(), b.to_numpy(), **IDENTITY)
+
+
+TINY_GRID = """
+description = "one small program"
+preset = "toy"
+seeds = 2
+[fixed]
+""" + TINY_FIXED + """width = 8
+"""
 
 
 SHIFTS = """
@@ -234,6 +244,72 @@ def test_device_model_is_measured_once_and_cached(tmp_path, monkeypatch):
     again.record_compile(spec, 3.0)
     again.record_compile(spec, 5.0)
     assert calibrate.load_or_measure(mesh, tmp_path / "calibration").compile_s(spec) == 4.0  # the recorded median
+
+
+def test_a_new_machine_plans_from_the_shipped_default_and_refits_it(tmp_path, monkeypatch):
+    """No measurement on the critical path: a machine without a model of its own plans from its
+    platform's shipped default (scaled by its cores), records every bucket into its own copy, and
+    `--calibrate` replaces the constants by a measurement while keeping the records."""
+    import jax
+    from jax.sharding import Mesh
+
+    from sweeps import calibrate
+    from sweeps.environment import usable_cores
+
+    mesh = Mesh(np.array(jax.local_devices()[:1]), ("cfg",))
+    directory = tmp_path / "calibration"
+
+    def no_measure(mesh):
+        raise AssertionError("measured on the critical path")
+
+    monkeypatch.setattr(calibrate, "measure", no_measure)
+    model = calibrate.load(mesh, directory)
+    shipped = json.loads(calibrate.DEFAULTS_FILE.read_text())["platforms"]["cpu"]
+    assert model.source.startswith("default: cpu")
+    assert model.flop_rate == pytest.approx(shipped["flop_rate_per_unit"] * usable_cores())
+    assert calibrate.cpu_name() in model.device  # CPU kinds get models of their own
+    assert not list(directory.glob("*.json"))  # nothing written until something is recorded
+    grid = load(str(write(tmp_path, TINY_GRID)))
+    monkeypatch.setenv("CONTAMINATION_DEVICE_MODELS", str(directory))
+    s = run_grid(grid, tmp_path / "out", progress=False, cache_dir=str(tmp_path / "cache"))
+    saved = calibrate.load(mesh, directory)
+    assert saved.source == model.source and len(saved.recorded_runs) == len(s.buckets) >= 1
+    assert "default: cpu" in describe_plan(grid, tmp_path / "out2", memory_budget=None, min_efficiency=None,
+                                           cache_dir=str(tmp_path / "cache"))
+    monkeypatch.undo()
+    monkeypatch.setattr(calibrate, "measure", lambda mesh: dataclasses.replace(model, source="measured",
+                                                                               flop_rate=1.0, recorded_runs=[]))
+    measured = calibrate.load_or_measure(mesh, directory, again=True)
+    assert measured.source == "measured" and measured.flop_rate == 1.0
+    assert measured.recorded_runs == saved.recorded_runs
+    assert calibrate.load(mesh, directory).source == "measured"
+
+
+def test_a_later_plan_loads_a_program_stored_at_another_chunk_size(tmp_path):
+    """Programs differ only in their chunk size: a later plan of fewer networks (a refinement
+    round, a re-run with another budget) runs at a stored chunk size instead of compiling its
+    own, where the padding costs less than a compile; where it does not, it compiles."""
+    from sweeps.plan import make_bucket
+
+    cache = str(tmp_path / "cache")
+    big = load(str(write(tmp_path, TINY_GRID.replace("seeds = 2", "seeds = 8"), "big")))
+    first = run_grid(big, tmp_path / "a", progress=False, cache_dir=cache)
+    assert [b["program"] for b in first.buckets] == ["compiled"]
+    chunk = first.buckets[0]["chunk_size"]
+    small = load(str(write(tmp_path, TINY_GRID.replace("seeds = 2", "seeds = 3"), "small")))
+    second = run_grid(small, tmp_path / "b", progress=False, cache_dir=cache)
+    assert [(b["program"], b["chunk_size"]) for b in second.buckets] == [("store", chunk)]
+    assert chunk > 4  # an own plan would have chunked three networks by 4 (two devices) or fewer
+    shared = pd.read_parquet(tmp_path / "a" / "runs").set_index("run_id")
+    again = pd.read_parquet(tmp_path / "b" / "runs").set_index("run_id")
+    pd.testing.assert_frame_equal(again[METRICS[:6]], shared.loc[again.index, METRICS[:6]])
+    # the choice is the predicted one: a free compile keeps the bucket's own chunk size
+    nets = networks_of(small.runs())
+    held = lambda static: frozenset({chunk})  # noqa: E731
+    p = Planning(2**30, 2, Model(compile_s=1e6), None, None, lambda s, c: c in held(s), held)
+    assert make_bucket(nets, p).chunk_size == chunk
+    p = Planning(2**30, 2, Model(compile_s=0.0, step_s=1.0), None, None, lambda s, c: c in held(s), held)
+    assert make_bucket(nets, p).chunk_size != chunk
 
 
 def test_calibration_timings_are_interleaved_and_take_the_least():
