@@ -25,7 +25,7 @@ from contamination.spec import static_spec
 from contamination.train import metric_names as _metric_names
 
 from . import calibrate, executables, results, storage
-from .environment import default_memory_budget, device_info
+from .environment import default_memory_budget, device_info, process_age_s
 from .grid import Grid, Run
 from .plan import Bucket, Network, Planning, TableNetworks, bucketize, fmt_bytes
 from .runs import RunTable
@@ -154,6 +154,7 @@ def _run_grid(grid: Grid, out: storage.Location, stop: StopFlag, *, memory_budge
 
     storage.check_reachable(out)
     results.check_version(out)  # before anything is written
+    startup = {"engine": process_age_s()}  # seconds from process start (imports, grid load) to here
     cache = setup_jax(cache_dir)
     store = cache / "executables"
     t_start = time.perf_counter()
@@ -169,7 +170,8 @@ def _run_grid(grid: Grid, out: storage.Location, stop: StopFlag, *, memory_budge
     results.recover(out, *process)
     provenance = make_provenance(grid, dev, metric_names(p.table), float_name(), precisions)
     networks = sum(len(b.networks) for b in p.buckets)
-    invocation = {"started": started, "runs_in_grid": len(p.table), "already_done": p.skipped,
+    startup["planned"] = process_age_s()
+    invocation = {"started": started, "startup_s": startup, "runs_in_grid": len(p.table), "already_done": p.skipped,
                   "planned": len(p.pending), "networks_trained": networks, "memory_budget_bytes": p.budget,
                   "min_efficiency": "auto" if min_efficiency is None else min_efficiency,
                   "compile_ahead": compile_ahead,
@@ -191,7 +193,9 @@ def _run_grid(grid: Grid, out: storage.Location, stop: StopFlag, *, memory_budge
         chunks = bucket.chunks()  # each chunk's networks are built when it is read: read each once
         # Dispatch chunk i+1 before fetching chunk i, so the device trains while the host writes.
         following = chunks[0]
+        startup.setdefault("program", process_age_s())
         result, t0 = prog.compiled(chunk_inputs(s, size, following, prog.sharding)), time.perf_counter()
+        startup.setdefault("first_step", process_age_s())  # the first chunk dispatched
         for i in range(len(chunks)):
             chunk, following = following, chunks[i + 1] if i + 1 < len(chunks) else None
             nxt = prog.compiled(chunk_inputs(s, size, following, prog.sharding)) if following is not None else None

@@ -76,3 +76,14 @@ def default_memory_budget() -> int:
     except (ValueError, OSError):
         ram = 8 * 2**30
     return int(ram / 4 / max(len(jax.local_devices()), 1))
+
+
+def process_age_s() -> float | None:
+    """Seconds since this process started (Linux: /proc), for the engine's start-up timings; None
+    where the start time is unknown."""
+    try:
+        start_ticks = int(open("/proc/self/stat").read().rsplit(")", 1)[1].split()[19])
+        uptime = float(open("/proc/uptime").read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
