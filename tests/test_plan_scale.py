@@ -161,7 +161,7 @@ def test_planning_builds_each_point_once_and_no_run(tmp_path, monkeypatch):
     monkeypatch.setattr(grid_module, "from_dict", counting_from_dict)
     monkeypatch.setattr(RunTable, "_run", count("runs", RunTable._run))
     monkeypatch.setattr(TableNetworks, "_network", count("networks", TableNetworks._network))
-    monkeypatch.setattr(calibrate, "load_or_measure", lambda *a, **k: reference_module().fixed_model())
+    monkeypatch.setattr(calibrate, "load", lambda *a, **k: reference_module().fixed_model())
     path = tmp_path / "large.toml"
     path.write_text(LARGE)
     grid = load(str(path))

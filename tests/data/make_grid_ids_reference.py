@@ -58,14 +58,14 @@ def plan_text(grid) -> str:
 
     from sweeps import calibrate, engine
 
-    measure = calibrate.load_or_measure
-    calibrate.load_or_measure = lambda *a, **k: fixed_model()
+    load = calibrate.load
+    calibrate.load = lambda *a, **k: fixed_model()
     try:
         with tempfile.TemporaryDirectory() as tmp:
             return engine.describe_plan(grid, "results-none", memory_budget=2 ** 30, min_efficiency=None,
                                         cache_dir=tmp)
     finally:
-        calibrate.load_or_measure = measure
+        calibrate.load = load
 
 
 def grid_digests(name: str, scale: str) -> dict:
