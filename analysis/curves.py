@@ -11,7 +11,7 @@ from matplotlib.lines import Line2D
 from .aggregate import aggregate
 from .phase import diverged_note
 from .select import values_of
-from .style import NOISE_CAPTION, clipped_band, fmt, group_label, fmt_value, new_figure, noise_note, plain_log_ticks, short, wrap
+from .style import NOISE_CAPTION, clipped_band, fmt, group_label, fmt_value, new_figure, noise_note, plain_log_ticks, short
 
 PAPER_PANELS = (("id_loss", "ood_loss"), ("core_norm", "bg_norm"))
 BG_PANELS = (("bg_mean_proj",), ("bg_grad_net", "bg_grad_total"), ("bg_grad_balance",))

@@ -102,7 +102,7 @@ def data_mode(runs: pd.DataFrame, teacher: bool = False) -> pd.Series:
     "fixed B" (batches of B from the fixed training set; B = n_train for a full batch). With
     `teacher`, how its `trained` or `standard` teacher did: the student's mode with `teacher_data =
     "student"`, else (`full`, and tables from before the field) a full batch of the fixed set.
-    An effective-robustness baseline compares only with students of its own mode (issue 26)."""
+    An effective-robustness baseline compares only with students of its own mode."""
     idx = runs.index
 
     def col(name, default):

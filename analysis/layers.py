@@ -13,7 +13,7 @@ from .select import values_of
 from .style import NOISE_CAPTION, bounds, clipped_err, fmt_value, new_figure, noise_note, short
 
 # OOD gap, drift along the background mean, share of contaminated neurons, margin kept OOD
-# contamination_ratio: the first layer's drift relative to what it learned (issue 26), so depths and K
+# contamination_ratio: the first layer's drift relative to what it learned, so depths and K
 # compare on one scale even where the first layer of a deep network barely trains
 CONTAMINATION_PANELS = ("ood_minus_id_loss", "bg_mean_proj", "contaminated_frac", "contamination_ratio", "margin_kept")
 

@@ -1,5 +1,5 @@
 """Comparisons at matched in-distribution fit: per arm (e.g. optimizer), the learning rate whose
-ID loss reaches a target, so that two arms are compared where they fit equally well (issue 26).
+ID loss reaches a target, so that two arms are compared where they fit equally well.
 
 An optimizer that fits less in the same number of steps also drifts less: comparing SGD and Adam
 at one learning rate each compares two fits as much as two optimizers. Given a grid with a rate

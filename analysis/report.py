@@ -504,7 +504,7 @@ def _timing(manifest: dict) -> list[str]:
 
 def render(results: Results, panels: list[tuple[Panel, list[Path]]], out_dir: Path, summary_csv: Path | None) -> str:
     """The markdown of report.md; links are relative to `out_dir`."""
-    m, runs, axes = results.manifest, results.runs, varying_axes(results)
+    m, runs = results.manifest, results.runs
     n_runs, n_cfg = len(runs), runs["config_id"].nunique() if "config_id" in runs else len(runs)
     n_div = results.n_diverged
     seeds = m.get("seeds") or sorted(runs["seed"].unique().tolist())

@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import difflib
 
 import numpy as np
 import pandas as pd
 
+from contamination.config import suggest
+
 from .load import AnalysisError
-
-
-def _hint(name: str, allowed) -> str:
-    close = difflib.get_close_matches(str(name), [str(a) for a in allowed], n=1)
-    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def check_axis(name: str, allowed: list[str], what: str = "axis") -> str:
     if name not in allowed:
-        raise AnalysisError(f"unknown {what} '{name}'{_hint(name, allowed)}; allowed: {', '.join(allowed) or '(none)'}")
+        raise AnalysisError(f"unknown {what} '{name}'{suggest(name, allowed)}; allowed: {', '.join(allowed) or '(none)'}")
     return name
 
 

@@ -22,17 +22,16 @@ import jax.numpy as jnp
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from contamination.spec import static_spec, traced_values  # noqa: E402
-from contamination.cost import memory_bytes  # noqa: E402
-from contamination.classify import make_training  # noqa: E402
-from contamination.train import compiled_single_run  # noqa: E402
-from sweeps.engine import run_grid  # noqa: E402
-from sweeps.environment import use_host_devices  # noqa: E402
-from sweeps.grid import load  # noqa: E402
-from sweeps.plan import Planning, bucketize, networks_of  # noqa: E402
-from sweeps.programs import compile_bucket  # noqa: E402
+from contamination.spec import static_spec, traced_values
+from contamination.cost import memory_bytes
+from contamination.classify import make_training
+from contamination.train import compiled_single_run
+from sweeps.engine import run_grid
+from sweeps.environment import use_host_devices
+from sweeps.grid import load
+from sweeps.plan import Planning, bucketize, networks_of
+from sweeps.programs import compile_bucket
 
 SHAPES = {
     # name: (n_train, input_dim, width, core_dim, bg_dim)

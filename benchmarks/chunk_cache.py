@@ -15,13 +15,10 @@ keeps chunks within the cache where that is faster.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sweeps.environment import use_host_devices  # noqa: E402
+from sweeps.environment import use_host_devices
 
 
 def main() -> None:

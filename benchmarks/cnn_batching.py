@@ -14,11 +14,8 @@ ratio to the fastest. The variants' final metrics are checked equal (rtol 1e-3).
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def main() -> int:

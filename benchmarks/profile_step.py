@@ -14,18 +14,16 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from contamination.presets import preset  # noqa: E402
-from contamination.spec import stack_traced, static_spec  # noqa: E402
-from contamination.cost import step_flops  # noqa: E402
-from contamination import classify, loop  # noqa: E402
-from contamination.setup import prepare  # noqa: E402
+from contamination.presets import preset
+from contamination.spec import stack_traced, static_spec
+from contamination.cost import step_flops
+from contamination import classify, loop
+from contamination.setup import prepare
 
 
 def scanned(make_step_fn, s, steps):

@@ -1,4 +1,4 @@
-"""The `classify` experiment: the two-layer network trained on the labels (PAPER.md section 4),
+"""The `classify` experiment: the two-layer network trained on the labels (docs/simulator.md, "The model"),
 measured by `metrics.evaluate` at every logged step."""
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def mlp_training(s: Static, traced: dict):
                     n_classes=s.n_classes, core=s.core, dataset=s.dataset)
     u = ref.u
     synthetic = s.dataset == "synthetic"
-    orth = traced["bg_ood_orth"] if synthetic else None  # issue 27's orthogonal OOD shift (synthetic only)
+    orth = traced["bg_ood_orth"] if synthetic else None  # the orthogonal OOD shift (synthetic only)
     evaluate_md = functools.partial(evaluate, data=data, core_dim=s.core_dim, sizes=setup.sizes,
                                     bg_train=traced["bg_train"], bg_ood=traced["bg_ood"], ref=ref,
                                     activation=s.activation, loss=s.loss,

@@ -125,7 +125,7 @@ class Config:
     critical_level: float = 0.5
     shift_min: float = 0.125
     shift_max: float = 64.0
-    # Interventions (issue 27, docs/interventions.md). `center_inputs`: subtract the training
+    # Interventions (docs/interventions.md). `center_inputs`: subtract the training
     # background's population mean, mean(bg_train) * sum_bg m_j, from every input (training, ID
     # test, OOD and shifted sets alike). `bg_ood_direction`: `mean` (the OOD background range
     # translates every coefficient: the shift lies along the background mean) or `orthogonal`
@@ -171,8 +171,10 @@ BOOL_FIELDS = {n for n, f in FIELDS.items() if f.type == "bool"}
 RANGE_FIELDS = {"bg_train", "bg_ood"}
 LIST_FIELDS = {"widths"}
 
-def suggest(name: str, options) -> str:
-    close = difflib.get_close_matches(name, list(options), n=1)
+def suggest(name, options) -> str:
+    """' (did you mean ...?)' for the option closest to a mistyped name, or ''; every error
+    message about an unknown name (fields, grid keys, presets, analysis columns) uses it."""
+    close = difflib.get_close_matches(str(name), [str(o) for o in options], n=1)
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
@@ -299,7 +301,7 @@ def validate(cfg: Config) -> Config:
 
 
 def check_interventions(cfg: Config) -> None:
-    """The interventions of issue 27 that are defined on the synthetic feature model's classifier only."""
+    """The interventions (docs/interventions.md) that are defined on the synthetic feature model's classifier only."""
     synthetic_mlp = cfg.dataset == "synthetic" and cfg.model == "mlp" and cfg.experiment == "classify"
     if cfg.bg_ood_direction == "orthogonal":
         if not synthetic_mlp:

@@ -89,7 +89,7 @@ def memory_bytes(s: Static) -> int:
     `tests/test_cost.py` checks it within 25%). XLA reuses buffers between the training step
     and the metrics, so the activation term is one term over the evaluation sets rather than a
     sum of the step's and the metrics' tensors; with online batches they overlap less. Refitted
-    with issue 11's metrics (gates and per-sample gradients on the training set).
+    with the gate metrics (gates and per-sample gradients on the training set).
     """
     d0, d = s.core_dim + s.bg_dim, s.input_dim
     # deeper layers count as more units (their activations) and their weights as parameters
@@ -118,7 +118,7 @@ def memory_bytes(s: Static) -> int:
     # the critical shift (shift.py), at the end: a shifted copy of the test set, inputs and
     # activations (fitted to the XLA buffers like the rest)
     acts += s.n_test * (d + s.width)
-    if s.experiment == "classify":  # issue 26's test-set metrics: the gate's class-pair statistics
+    if s.experiment == "classify":  # the test-set metrics: the gate's class-pair statistics
         # and range, the learned weights' class responses (refitted: 4 activation-sized tensors)
         acts += 4 * s.n_test * m
     n_metrics = len(METRICS) + s.depth

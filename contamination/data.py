@@ -1,4 +1,4 @@
-"""The structured feature model (PAPER.md section 2) as pure functions of a key.
+"""The structured feature model (docs/simulator.md, "The model") as pure functions of a key.
 
 Inputs are `x = z_core @ M_core + z_bg @ M_bg` with `M = [M_core; M_bg]` a (d0, d) matrix of
 orthonormal rows (the feature dictionary). Background coefficients are `low + (high - low) * u`
@@ -46,7 +46,7 @@ class Data(NamedTuple):
     test: Split  # independent ID test set
     test_core: jax.Array  # (n_test, d): the test set's core part, shared by every OOD set
     ood_u: jax.Array  # (n_test, bg_dim): base uniforms of the OOD background (masked)
-    # The training background range and `bg_spurious` (issue 27), which the OOD sets need: the
+    # The training background range and `bg_spurious`, which the OOD sets need: the
     # orthogonal shift is measured from the training mean, and the spurious coefficient flips.
     bg_train: jax.Array | None = None
     spurious: jax.Array | float = 0.0
@@ -162,7 +162,7 @@ def background(u: jax.Array, rng: jax.Array, bg_mask: jax.Array) -> jax.Array:
 
 def spurious_offset(y: jax.Array, bg_dim: int, true_bg: jax.Array, spurious) -> jax.Array:
     """(n, bg_dim): `spurious` * y on the first background coefficient (two classes, y = +-1; 0 on
-    padded rows), zero elsewhere: the `bg_spurious` correlation (issue 27)."""
+    padded rows), zero elsewhere: the `bg_spurious` correlation."""
     e0 = ((jnp.arange(bg_dim) == 0) & (true_bg > 0)).astype(float_dtype())
     return spurious * y[:, None] * e0[None, :]
 
@@ -222,7 +222,7 @@ def ood_split(data: Data, core_dim: int, sizes: Sizes, ood_range: jax.Array, ort
 def ood_inputs(M: jax.Array, core_dim: int, sizes: Sizes, x_core: jax.Array, u: jax.Array, split: Split,
                ood_range: jax.Array, orth=None, bg_train=None, spurious=0.0) -> Split:
     """`split`'s points (core part `x_core`, labels, mask) with the background drawn from `ood_range`
-    by base uniforms `u`. With `orth` = 1 (issue 27's orthogonal shift) every coefficient is moved
+    by base uniforms `u`. With `orth` = 1 (the orthogonal shift) every coefficient is moved
     back by the mean shift delta = mean(ood_range) - mean(bg_train) and then by delta times the
     zero-sum `orthogonal_pattern`: the OOD range's spread, an L2 shift of |delta| sqrt(d_bg) as the
     mean shift's, and the training mean. A spurious coefficient (`bg_spurious`) flips its sign."""

@@ -1,4 +1,4 @@
-"""Representation distillation, simulated (PAPER.md section 5), as one pure function per run.
+"""Representation distillation, simulated (docs/distillation.md), as one pure function per run.
 
 - Teacher `phi_T(x) = ReLU(W_T x + b_T)`, `rep_dim` units whose weight rows lie in the core
   subspace, so no background shift can move it. `teacher = "core"`: constructed, rows

@@ -19,7 +19,7 @@ class Entry(NamedTuple):
 
 
 REGISTRY = {
-    # the network trained on labels (PAPER.md section 4)
+    # the network trained on labels (docs/simulator.md)
     "classify": Entry("contamination.classify", ()),
     # a student trained on a teacher's representation (section 5)
     "distill": Entry("contamination.distill", ("rep_dim", "teacher", "teacher_bias", "teacher_steps", "teacher_lr",

@@ -18,7 +18,7 @@ from .experiments import ignored_fields
 # the activation's derivative, the mean-direction and gradient-balance metrics, and data keys
 # that no longer depend on the batch mode; 4: contaminated_frac two-sided on the init weight norm,
 # bg_norm and bg_shift_rms net of init, act_asym on the gate's range, digits' border metrics along
-# the border's mean direction, contamination_sign and contamination_ratio (issue 26).
+# the border's mean direction, contamination_sign and contamination_ratio.
 RESULTS_VERSION = 4
 
 
@@ -28,7 +28,7 @@ RESULTS_VERSION = 4
 # run's position in a batch. Width is excluded because init draws are per neuron.
 # The batch mode is excluded too (since results version 3): a fixed-set run and a fresh-batch
 # run of one seed share their dictionary, training set and test sets, so the two differ in how
-# the student or classifier sees data and in nothing else (issue 12's controls).
+# the student or classifier sees data and in nothing else (the distillation controls).
 DATA_KEY_FIELDS = ("seed", "core_dim", "bg_dim", "input_dim", "core", "n_train", "n_test")
 INIT_KEY_FIELDS = ("seed", "input_dim", "init", "bias", "output")
 

@@ -1,4 +1,4 @@
-"""The quantities of PAPER.md section 4, measured on a network's parameters.
+"""The quantities the theory predicts (docs/simulator.md, "Metrics"), measured on a network's parameters.
 
 Means over neurons, samples and features are taken over the true ones only (padding excluded).
 Metrics of the OOD set are measured once per evaluation variant (`bg_ood`, one row each); the
@@ -86,7 +86,7 @@ class Reference(NamedTuple):
     bg_mean: jax.Array  # (d,) the training background mean in input space
     core_means: jax.Array  # (K, d) the class-conditional means of the core part of the input
     core_defined: bool  # False where the class means of the core are zero (the non-linear core)
-    # (d,) the unit direction of issue 27's orthogonal OOD shift, sum_j s_j m_j / sqrt(d_bg) with s
+    # (d,) the unit direction of the orthogonal OOD shift, sum_j s_j m_j / sqrt(d_bg) with s
     # the zero-sum `data.orthogonal_pattern` (synthetic data; zero for real data)
     v_orth: jax.Array | None = None
 
@@ -156,7 +156,7 @@ def class_onehot(y: jax.Array, n_classes: int, rows: jax.Array) -> jax.Array:
 
 def activation_asymmetry(pre: jax.Array, y: jax.Array, mask: jax.Array, activation: str,
                          slope: jax.Array, n_classes: int = 2, rows: jax.Array | None = None) -> jax.Array:
-    """The gate's class selectivity (PAPER.md section 4.1), on one scale for every activation and K.
+    """The gate's class selectivity (docs/simulator.md, "`act_asym`"), on one scale for every activation and K.
 
     Per neuron k, the gate g_ik = act'(pre_ik) in units of its range over the test samples
     r_k = max_i g_ik - min_i g_ik, and its class means m_kc and their sampling variances v_kc:
@@ -252,7 +252,7 @@ def mean_direction_metrics(w: jax.Array, ref: Reference, mask: jax.Array, true_b
     # that along the unit direction (whose sign follows the training mean).
     delta = (range_mean(bg_ood) - range_mean(bg_train)) * jnp.sqrt(true_bg.astype(float_dtype())) * mean_sign(bg_train)
     shift_rms = jax.vmap(lambda dl: jnp.sqrt(masked_mean((dp * dl) ** 2, mask)))(delta)
-    if orth is not None:  # an orthogonal OOD shift (issue 27) moves the input along ref.v_orth instead
+    if orth is not None:  # an orthogonal OOD shift moves the input along ref.v_orth instead
         dv = (w - ref.w0) @ ref.v_orth
         delta_o = (range_mean(bg_ood) - range_mean(bg_train)) * jnp.sqrt(true_bg.astype(float_dtype()))
         orth_rms = jax.vmap(lambda dl: jnp.sqrt(masked_mean((dv * dl) ** 2, mask)))(delta_o)

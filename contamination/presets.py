@@ -30,7 +30,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "optimizer": "sgd", "momentum": 0.0, "lr": 0.5, "weight_decay": 1e-3,
         "steps": 2000, "log_every": 50,
     },
-    # Representation distillation, simulated (PAPER.md section 5; contamination/distill.py).
+    # Representation distillation, simulated (docs/distillation.md; contamination/distill.py).
     # Teacher (`core`, constructed): phi_T(x) = ReLU(W_T x + b_T), rep_dim = 64 units whose rows
     # lie in the core subspace, so it cannot see the background; biases 2 * N(0, 1) spreads (without
     # them, teacher_bias = 0, the student needs no offsets and is barely contaminated). The
@@ -45,7 +45,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # (over-fitting, not contamination; `--set online=false --set batch_size=0` is that
     # control, `distill_controls` separates the two).
     # The teacher's biases are in units of each unit's pre-activation spread (`teacher_bias_unit =
-    # "spread"`, issue 26): 2 spreads is about the first rounds' absolute 3 on the non-linear core
+    # "spread"`): 2 spreads is about the first rounds' absolute 3 on the non-linear core
     # (whose units' pre-activations have a standard deviation of ~1.55), and means the same share
     # of a unit's range on the linear core, whose spread grows with core_dim (1.5 at 8, 2.7 at 32).
     # A `trained` or `standard` teacher trains in the student's batch mode (`teacher_data =

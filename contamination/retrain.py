@@ -1,4 +1,4 @@
-"""Last-layer retraining (issue 27; Kirichenko et al.'s deep feature reweighting, in closed form):
+"""Last-layer retraining (docs/interventions.md; Kirichenko et al.'s deep feature reweighting, in closed form):
 after training, the last hidden layer is frozen and the output layer refitted on OOD data, to ask
 how much of the OOD failure a new read-out of the same features recovers.
 

@@ -117,7 +117,7 @@ def shift_metrics(params, ablated, evaluate, data: Data, *, core_dim: int, sizes
     def variant(rng, level, shift_range, extra, o):
         e, shifts = direction(bg_train, rng), ladder(shift_range)
         extra = None if per_variant is None else extra
-        o = None if orth is None else o  # issue 27: the ladder and the OOD set move orthogonally to the mean
+        o = None if orth is None else o  # the ladder and the OOD set move orthogonally to the mean
 
         def measure(p):  # one network: traced once, vmapped over the network and its ablation
             id_loss, id_acc, ood_loss, ood_acc, curve_loss, curve_acc, crit, censored = sweep(

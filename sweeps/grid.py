@@ -8,14 +8,13 @@ individual axes, so one file holds e.g. a CPU-sized default and a `full` acceler
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
 import itertools
 import tomllib
 from pathlib import Path
 from typing import Any
 
-from contamination.config import FIELDS, ConfigError, check_field, from_dict
+from contamination.config import FIELDS, ConfigError, check_field, from_dict, suggest
 from contamination.presets import PRESETS, preset
 
 from .runs import Run, RunTable
@@ -109,9 +108,7 @@ def _err(path: str, key: str, msg: str) -> GridError:
 
 
 def _unknown(path: str, where: str, key: str, allowed) -> GridError:
-    close = difflib.get_close_matches(key, list(allowed), n=1)
-    hint = f" (did you mean '{close[0]}'?)" if close else ""
-    return _err(path, f"{where}{key}", f"unknown key{hint}; allowed: {', '.join(allowed)}")
+    return _err(path, f"{where}{key}", f"unknown key{suggest(key, allowed)}; allowed: {', '.join(allowed)}")
 
 
 def _seeds(path: str, key: str, value: Any) -> tuple[int, ...]:
@@ -186,9 +183,8 @@ def load(name_or_path: str, scale: str | None = None) -> Grid:
             raise _unknown(path, "", k, TOP_KEYS)
     preset_name = doc.get("preset", "toy")
     if not isinstance(preset_name, str) or preset_name not in PRESETS:
-        close = difflib.get_close_matches(str(preset_name), list(PRESETS), n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise _err(path, "preset", f"unknown preset {preset_name!r}{hint}; allowed: {', '.join(PRESETS)}")
+        raise _err(path, "preset", f"unknown preset {preset_name!r}{suggest(preset_name, PRESETS)}; "
+                                   f"allowed: {', '.join(PRESETS)}")
     fixed = doc.get("fixed", {})
     if not isinstance(fixed, dict):
         raise _err(path, "fixed", "expected a table of fields")

@@ -8,7 +8,6 @@ it learned, the depth-4 first layer is as contaminated as depth 1's, somewhat mo
 (docs/findings-depth-classes.md).
 """
 
-import numpy as np
 import pytest
 
 from contamination.presets import preset

@@ -72,7 +72,7 @@ def main(isas: list[str]) -> None:
         print(f"{isa}: done", file=sys.stderr)
     out = {"reference_commit": REFERENCE["commit"], "machine": cpu_name(), "isas": isas, "metrics": spread}
     (HERE / "isa-spread.json").write_text(json.dumps(out, indent=1) + "\n")
-    print(f"| metric | max abs | max rel | worst case |\n|---|---|---|---|")
+    print("| metric | max abs | max rel | worst case |\n|---|---|---|---|")
     for k in sorted(spread):
         s = spread[k]
         print(f"| `{k}` | {s['abs']:.2e} | {s['rel']:.2e} | {s['worst']} |")
