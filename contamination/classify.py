@@ -12,7 +12,7 @@ from .experiments import Experiment
 from .loop import Training, init_carry, make_optimizer, make_step
 from .metrics import METRICS, evaluate, layer_metrics, masked_mean, reference
 from .model import forward, loss_values, to_dm
-from .setup import make_get_batch, prepare
+from .setup import make_get_batch, prepare, run_key
 from .retrain import RETRAIN_METRICS, RETRAIN_STREAM, retrain_metrics
 from .shift import SHIFT_METRICS, Net, mlp_shift_metrics
 from .spec import Static
@@ -60,7 +60,7 @@ def mlp_training(s: Static, traced: dict):
                                          critical_level=traced["critical_level"], shift_range=traced["shift_range"],
                                          n_classes=s.n_classes, orth=orth)
         if synthetic and s.retrain_output != "none":
-            data_key = jax.random.wrap_key_data(traced["data_key"], impl="threefry2x32")
+            data_key = run_key(traced, "data_key")
             once.update(retrain_metrics(
                 p, data, key=jax.random.fold_in(data_key, RETRAIN_STREAM), activation=s.activation, slope=slope,
                 mask=mask, deep=setup.deep, core_dim=s.core_dim, core=s.core, sizes=setup.sizes,
@@ -72,7 +72,7 @@ def mlp_training(s: Static, traced: dict):
         return once, curves
 
     get_batch = make_get_batch(s, setup, traced["bg_train"])
-    full_batch = not s.online and not s.batch_size
+    full_batch = s.full_batch
     # The full training set is the batch of every step: transpose it once, outside the loop.
     train_xT = data.train.x.T if full_batch else None
 

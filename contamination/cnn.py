@@ -44,7 +44,7 @@ from .shift import shift_metrics
 from .metrics import (bg_direction, contamination_count, gradient_share, masked_mean, mean_sign, output_metrics,
                       range_mean)
 from .model import activate, loss_values
-from .setup import make_get_batch, prepare
+from .setup import make_get_batch, prepare, run_key
 from .spec import Static
 
 CNN_METRICS = ("train_loss", "id_loss", "id_acc", "ood_loss", "ood_acc", "id_margin", "ood_margin",
@@ -157,7 +157,7 @@ def cnn_training(s: Static, traced: dict) -> Training:
     """One CNN classifier run as a `Training` (step, initial carry, measure)."""
     setup = prepare(s, traced)
     data, mask, sizes = setup.data, setup.mask, setup.sizes
-    init_key = jax.random.wrap_key_data(traced["init_key"], impl="threefry2x32")
+    init_key = run_key(traced, "init_key")
     params = init_conv(init_key, s, traced["true_width"], traced["init_scale"])
     slope, bg_train, bg_ood = traced["leaky_slope"], traced["bg_train"], traced["bg_ood"]
     act = s.activation
@@ -187,7 +187,7 @@ def cnn_training(s: Static, traced: dict) -> Training:
                "bg_grad_share": gradient_share(lambda x: f(p, x), data.test, s.loss, border_u)}
         return {k: jnp.broadcast_to(out[k], (s.n_evals,)) for k in CNN_METRICS}
 
-    full_batch = not s.batch_size
+    full_batch = s.full_batch
     # The full training set is the batch of every step: its patches are gathered once, outside the loop.
     train_patches = patches(data.train.x, s.border) if full_batch and CONV == "patches" else None
 

@@ -97,14 +97,14 @@ def memory_bytes(s: Static) -> int:
     m = s.width + 0.4 * sum(s.hidden)
     mm, extra_out = deep_products(s)
     nb = s.batch_size or s.n_train
-    full_batch = not s.online and not s.batch_size
+    full_batch = s.full_batch
     n_eval = s.n_train + (1 + s.n_evals) * s.n_test
     # the three sets and the dictionary; full batch: the training inputs transposed (train.py)
     data = n_eval * d + d0 * d + (s.n_train * d if full_batch else nb * d)
     params = s.width * d + 3 * (s.width + sum(s.hidden)) + 1 + mm + s.width_last * extra_out
     opt_copies = {"sgd": 1, "adam": 2, "adamw": 2}[s.optimizer]
     param_mem = params * (1 + opt_copies)
-    minibatch = s.batch_size and not s.online
+    minibatch = s.minibatches
     # (full batch: + 0.25 for the classifier's gates and per-sample gradients of bg_grad_balance)
     grad_balance = 0.25 if s.experiment == "classify" else 0.0
     if s.experiment == "distill":  # no classifier metrics on the training set

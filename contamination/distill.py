@@ -54,7 +54,7 @@ from .model import Params, activate, forward, init_params, loss_values
 from .experiments import Experiment
 from .shift import SHIFT_METRICS, ablate, shift_metrics
 from .loop import Training, init_carry, make_optimizer, make_step, train_for
-from .setup import make_get_batch, prepare
+from .setup import make_get_batch, prepare, run_key
 
 DISTILL_METRICS = (
     "student_rep_err_train", "student_rep_err_id", "student_rep_err_ood",
@@ -252,8 +252,8 @@ def distill_training(static: Static, traced: dict) -> Training:
     setup = prepare(s, traced)
     data, mask, sizes = setup.data, setup.mask, setup.sizes
     slope = traced["leaky_slope"]
-    data_key = jax.random.wrap_key_data(traced["data_key"], impl="threefry2x32")
-    init_key = jax.random.wrap_key_data(traced["init_key"], impl="threefry2x32")
+    data_key = run_key(traced, "data_key")
+    init_key = run_key(traced, "init_key")
     k_teacher = jax.random.fold_in(data_key, TEACHER_STREAM)
     if s.teacher in ("core", "linear"):
         teacher = core_teacher(k_teacher, data.M, s.core_dim, sizes.core, s.rep_dim, traced["teacher_bias"],
@@ -333,7 +333,7 @@ def distill_training(static: Static, traced: dict) -> Training:
                              n_classes=2, per_variant=traced["probe_ridge"])
 
     get_batch = make_get_batch(s, setup, traced["bg_train"])
-    full_batch = not s.online and not s.batch_size
+    full_batch = s.full_batch
 
     def objective(p: Student, batch):
         # Full batch: the teacher's targets are the precomputed t_train.

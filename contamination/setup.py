@@ -27,10 +27,14 @@ def sizes_of(traced: dict) -> Sizes:
                  traced["true_n_test"])
 
 
+def run_key(traced: dict, name: str) -> jax.Array:
+    """A run's PRNG key from its traced key data (`data_key`, `init_key`: threefry2x32)."""
+    return jax.random.wrap_key_data(traced[name], impl="threefry2x32")
+
+
 def prepare(s: Static, traced: dict) -> Setup:
     """Data, initial parameters and masks of one run, from its traced values."""
-    data_key = jax.random.wrap_key_data(traced["data_key"], impl="threefry2x32")
-    init_key = jax.random.wrap_key_data(traced["init_key"], impl="threefry2x32")
+    data_key, init_key = run_key(traced, "data_key"), run_key(traced, "init_key")
     k_data, k_batch = jax.random.split(data_key)
     true_width, sizes = traced["true_width"], sizes_of(traced)
     if s.dataset == "digits":

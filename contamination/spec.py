@@ -60,6 +60,16 @@ class Static(NamedTuple):
         """The (padded) width of the last hidden layer, which the output layer reads."""
         return self.hidden[-1] if self.hidden else self.width
 
+    @property
+    def full_batch(self) -> bool:
+        """Every step on the whole fixed training set (no fresh batches, no minibatches)."""
+        return not self.online and not self.batch_size
+
+    @property
+    def minibatches(self) -> bool:
+        """Steps on minibatches of the fixed training set (epoch-wise shuffles)."""
+        return self.batch_size > 0 and not self.online
+
 
 DERIVED_FIELDS = ("n_evals", "hidden")  # not config fields: from the runs and from `widths`/`depth`
 STATIC_FIELDS = tuple(f for f in Static._fields if f not in DERIVED_FIELDS)
@@ -79,10 +89,9 @@ PAD_FIELDS = ("width", "core_dim", "bg_dim", "input_dim", "n_train", "n_test", "
 
 def pad_fields(spec: "Static") -> tuple[str, ...]:
     """The shape fields of `spec` that may be padded (n_train is static with minibatches)."""
-    minibatches = spec.batch_size > 0 and not spec.online
     if spec.dataset != "synthetic":  # a real data set's sizes are its own (the split is static)
         return ("width", "n_evals", "hidden", "teacher_steps")
-    return tuple(f for f in PAD_FIELDS if not (f == "n_train" and minibatches))
+    return tuple(f for f in PAD_FIELDS if not (f == "n_train" and spec.minibatches))
 
 
 # ReLU and the linear network are LeakyReLU with slope 0 and 1 (exactly: where(x >= 0, x, s x)),
