@@ -20,7 +20,10 @@ setup_jax()
 
 
 def pytest_sessionfinish(session, exitstatus):
-    shutil.rmtree(_SESSION, ignore_errors=True)
+    # xdist's workers share the controller's directories: the controller removes them, last
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        shutil.rmtree(os.environ["CONTAMINATION_JAX_CACHE"].rsplit(os.sep, 1)[0], ignore_errors=True)
+        shutil.rmtree(_SESSION, ignore_errors=True)
 
 import pytest  # noqa: E402
 
