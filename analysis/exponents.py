@@ -136,18 +136,31 @@ def mean_weighted_bg(df: pd.DataFrame) -> pd.Series:
     return mu * np.sqrt(df["bg_dim"].astype(float)) * df["bg_mean_proj"]
 
 
+def value_at(steps, values, step: float) -> float:
+    """A positive logged curve at `step`, interpolated linearly in log step and log value (NaN
+    outside the logged steps after 0)."""
+    steps, values = np.asarray(steps, dtype=float), np.asarray(values, dtype=float)
+    keep = (steps > 0) & (values > 0)
+    steps, values = steps[keep], values[keep]
+    if not len(steps) or not np.isfinite(step) or not steps[0] <= step <= steps[-1]:
+        return math.nan
+    return float(np.exp(np.interp(np.log(step), np.log(steps), np.log(values))))
+
+
 def time_scales(curves: pd.DataFrame, runs: pd.DataFrame, t1_level: float = T1_LEVEL) -> pd.DataFrame:
-    """Per run: T0, the half rise of the gates' class selectivity `act_asym` (Theorem 1), and T1,
-    the step at which the mean-weighted background projection reaches `t1_level` (Theorem 2)."""
+    """Per run: T0, the half rise of the gates' class selectivity `act_asym` (Theorem 1); T1, the
+    step at which the mean-weighted background projection reaches `t1_level` (Theorem 2); and
+    `id_loss_3T1`, the ID loss at 3 T1, one point of each run's own dynamics (Theorem 3)."""
     cols = [c for c in ("bg_dim", "bg_train_low", "bg_train_high") if c not in curves]
     c = curves.merge(runs[["run_id", *cols]], on="run_id", how="left") if cols else curves
     c = c.assign(_mw=mean_weighted_bg(c)).sort_values(["run_id", "step"])
     rows = []
     for run_id, g in c.groupby("run_id", sort=False):
         steps = g["step"].to_numpy()
-        rows.append({"run_id": run_id, "T0": half_rise_step(steps, g["act_asym"].to_numpy()),
-                     "T1": crossing_step(steps, g["_mw"].to_numpy(), t1_level)})
-    return pd.DataFrame(rows, columns=["run_id", "T0", "T1"])
+        t1 = crossing_step(steps, g["_mw"].to_numpy(), t1_level)
+        rows.append({"run_id": run_id, "T0": half_rise_step(steps, g["act_asym"].to_numpy()), "T1": t1,
+                     "id_loss_3T1": value_at(steps, g["id_loss"].to_numpy(), 3 * t1)})
+    return pd.DataFrame(rows, columns=["run_id", "T0", "T1", "id_loss_3T1"])
 
 
 def measure(runs: pd.DataFrame, curves: pd.DataFrame | None, t1_level: float = T1_LEVEL) -> pd.DataFrame:
@@ -162,7 +175,7 @@ def measure(runs: pd.DataFrame, curves: pd.DataFrame | None, t1_level: float = T
     if curves is not None and len(curves) and {"act_asym", "bg_mean_proj"} <= set(curves):
         m = m.merge(time_scales(curves[curves["run_id"].isin(m["run_id"])], m, t1_level), on="run_id", how="left")
     else:
-        m["T0"], m["T1"] = math.nan, math.nan
+        m["T0"], m["T1"], m["id_loss_3T1"] = math.nan, math.nan, math.nan
     return m
 
 
@@ -186,10 +199,16 @@ class Spec:
 SPECS = (
     Spec("T0_vs_d", "T0", "input_dim", "relu", -0.5, "Theorem 1: T0 ~ m / (eta sqrt d), slope -1/2",
          "T0 (steps to half the rise of act_asym)"),
+    Spec("T0_vs_d0", "T0", "d0", "relu", 0.0, "Theorem 1: T0 ~ m / (eta sqrt d) has no d0, slope 0",
+         "T0 (steps to half the rise of act_asym)"),
     Spec("T1_vs_d0", "T1", "d0", "relu", -1.0, "Theorem 2: T1 ~ m / (eta d0), slope -1",
+         "T1 (steps to mean-weighted bg projection {level})"),
+    Spec("T1_vs_d", "T1", "input_dim", "relu", 0.0, "Theorem 2: T1 ~ m / (eta d0) has no d, slope 0",
          "T1 (steps to mean-weighted bg projection {level})"),
     Spec("id_risk_vs_d0", "id_loss", "d0", "relu", math.nan, "Theorem 3: ID risk o(1), slope < 0",
          "final ID hinge loss"),
+    Spec("id_risk_3T1_vs_d0", "id_loss_3T1", "d0", "relu", math.nan,
+         "Theorem 3 at 3 T1 (each run's own T1): ID risk o(1), slope < 0", "ID hinge loss at 3 T1"),
     Spec("ood_risk_vs_d0", "ood_loss", "d0", "relu", 0.0, "Theorem 3: OOD risk Theta(1), slope 0 (a level)",
          "final OOD hinge loss"),
     Spec("linear_bg_vs_inv_sqrt_d", "bg_per_feature", "inv_sqrt_d", "linear", 1.0,
