@@ -106,7 +106,8 @@ def tiny_exponents(tmp_path_factory):
     text = (REPO / "sweeps" / "grids" / "scaling_exponents.toml").read_text()
     for old in ("seeds = 4\n", "width = 128\n", "steps = 1500\n", "log_every = 50\n"):
         assert text.count(old) == 1, old
-    text = (text.replace("seeds = 4\n", "seeds = 2\n").replace("width = 128\n", "width = 32\nn_train = 256\nn_test = 256\n")
+    text = (text.replace("seeds = 4\n", "seeds = 2\n")
+            .replace("width = 128\n", "width = 32\nn_train = 256\nn_test = 256\n")
             .replace("steps = 1500\n", "steps = 400\n").replace("log_every = 50\n", "log_every = 20\n"))
     base = tmp_path_factory.mktemp("exponents")
     (base / "scaling_exponents.toml").write_text(text)
