@@ -159,7 +159,7 @@ def _curves(args) -> int:
 def _exponents(args) -> int:
     import pandas as pd
 
-    from .exponents import T1_LEVEL, exponent_table, measure, summary, exponent_parts
+    from .exponents import T1_LEVEL, exponent_parts, exponent_table, summary
 
     res = load(args.results)
     level = T1_LEVEL if args.t1_level is None else args.t1_level

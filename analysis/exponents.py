@@ -221,10 +221,24 @@ SIZE_FIELDS = {"input_dim": ("input_dim",), "inv_sqrt_d": ("input_dim",), "d0": 
 RANGE_COLUMNS = ("bg_train_low", "bg_train_high", "bg_ood_low", "bg_ood_high")
 
 
+# The theory's setting: a two-class MLP classifier on the synthetic feature model (a distillation
+# student's or a digit classifier's losses are not the theorems' risks).
+THEORY = {"experiment": "classify", "dataset": "synthetic", "model": "mlp", "n_classes": 2}
+
+
+def theory_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    keep = np.ones(len(runs), dtype=bool)
+    for col, value in THEORY.items():
+        if col in runs:
+            keep &= (runs[col].astype(str) == str(value)).to_numpy()
+    return runs[keep]
+
+
 def families(meas: pd.DataFrame, spec: Spec, min_x: int = 3) -> list[tuple[dict, pd.DataFrame]]:
     """The families of `spec`: runs of its activation that differ only in its size (and seed),
     with at least `min_x` distinct sizes and two seeds; a d0 family also keeps core_dim / d0."""
-    sel = meas[meas["activation"].astype(str) == spec.activation] if "activation" in meas else meas
+    sel = theory_runs(meas)
+    sel = sel[sel["activation"].astype(str) == spec.activation] if "activation" in sel else sel
     if spec.no_decay and "weight_decay" in sel:
         sel = sel[sel["weight_decay"] == 0]
     if spec.x == "d0":
@@ -232,7 +246,7 @@ def families(meas: pd.DataFrame, spec: Spec, min_x: int = 3) -> list[tuple[dict,
     names = [c for c in (*FIELDS, *RANGE_COLUMNS, "core_share") if c in sel
              and c not in ("seed", *SIZE_FIELDS[spec.x])]
     keys = [c for c in names if sel[c].astype(str).nunique() > 1]
-    groups = sel.groupby(keys, observed=True, sort=True) if keys else [((), sel)]
+    groups = sel.groupby(keys, observed=True, sort=True, dropna=False) if keys else [((), sel)]
     out = []
     for values, g in groups:
         values = values if isinstance(values, tuple) else (values,)

@@ -157,3 +157,22 @@ def test_a_grid_without_a_family_is_refused(tiny_exponents, tmp_path, capsys):
     assert main(["exponents", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and "d or in d0" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_families_hold_everything_but_their_size_and_keep_to_the_theorys_setting():
+    """A d family fixes d0, a d0 family fixes d and the core share; a distillation grid's runs or a
+    K-class classifier's are not the theorems' and form none."""
+    from analysis.exponents import SPECS as specs, families, measure
+
+    rows = [dict(run_id=f"{d0}-{d}-{s}", seed=s, activation="relu", core_dim=d0 // 2, bg_dim=d0 // 2, input_dim=d,
+                 width=64, lr=0.5, weight_decay=0.0, bg_train_low=0.0, bg_train_high=1.0, bg_norm=1.0, id_loss=1.0,
+                 ood_loss=1.0, experiment="classify", n_classes=2)
+            for s in (0, 1) for d0, d in ((8, 64), (8, 128), (8, 256), (4, 256), (16, 256), (4, 64), (16, 512))]
+    meas = measure(pd.DataFrame(rows), None)
+    by_name = {s.name: s for s in specs}
+    (fixed, g), = families(meas, by_name["T0_vs_d"])
+    assert sorted(g["input_dim"].unique()) == [64, 128, 256] and (g["d0"] == 8).all()
+    (fixed, g), = families(meas, by_name["T1_vs_d0"])
+    assert sorted(g["d0"].unique()) == [4, 8, 16] and (g["input_dim"] == 256).all()
+    for other in (dict(experiment="distill"), dict(n_classes=4)):
+        assert not families(measure(pd.DataFrame(rows).assign(**other), None), by_name["T1_vs_d0"]), other
