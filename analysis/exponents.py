@@ -21,7 +21,7 @@ from .style import fmt, fmt_value, new_figure, noise_note
 
 # T1 is the first step at which the mean-weighted background projection sum_bg mu_j <w_k, m_j>,
 # averaged over neurons, reaches this level (Theorem 2's Theta(1) quantity; its final values in
-# the shipped grid lie between 0.5 and 1.1).
+# the shipped grid lie between 0.74 and 1.09).
 T1_LEVEL = 0.25
 N_BOOT = 2000
 
