@@ -263,7 +263,7 @@ def family_label(fixed: dict, g: pd.DataFrame, spec: Spec) -> str:
              and c != spec.x]
     parts += [f"m = {fmt_value(int(g['width'].iloc[0]))}", f"η = {fmt_value(float(g['lr'].iloc[0]))}"]
     parts += [f"{k} = {fmt_value(v)}" for k, v in fixed.items()
-              if k not in ("core_dim", "bg_dim", "input_dim", "width", "lr", "core_share")]
+              if k not in ("core_dim", "bg_dim", "input_dim", "width", "widths", "lr", "core_share")]
     return ", ".join(parts)
 
 
@@ -273,7 +273,7 @@ def exponent_fits(meas: pd.DataFrame, specs=SPECS) -> list[tuple[Spec, str, pd.D
     for spec in specs:
         for fixed, g in families(meas, spec):
             fit = loglog_fit(g[spec.x], g[spec.y], g["seed"])
-            if fit.n_seeds >= 2:  # e.g. T0 unresolved by a coarse log: nothing to fit
+            if fit.n_seeds >= 2 and fit.n_x >= 3:  # e.g. T0 unresolved by a coarse log: too little left
                 out.append((spec, family_label(fixed, g, spec), g, fit))
     return out
 
