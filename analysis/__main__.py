@@ -1,4 +1,4 @@
-"""Command line: `python -m analysis report|phase|curves|table|boundary NAME_OR_DIR [options]`.
+"""Command line: `python -m analysis report|phase|curves|table|boundary|exponents NAME_OR_DIR [options]`.
 
 NAME means results/NAME; a path to an existing directory, or gs://BUCKET/PREFIX or
 s3://BUCKET/PREFIX (an object store, see sweeps/storage.py), is used as-is. User mistakes
@@ -55,6 +55,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--level", type=float, default=None, help="level (default: the one `sweeps refine` used)")
     sp.add_argument("--axes", default=None, help="comma-separated numeric axes (default: refine's, else every numeric axis)")
     sp.add_argument("--csv", default=None, help="write the table here instead of printing it")
+
+    sp = sub.add_parser("exponents", help="scaling exponents with 95%% intervals over seeds: T0 against d, T1, "
+                        "ID and OOD risk against d0, a linear network's background weights against 1/sqrt(d)")
+    sp.add_argument("results", help="NAME (results/NAME), a results directory, or gs://... / s3://...")
+    sp.add_argument("--t1-level", type=float, default=None,
+                    help="the mean-weighted background projection whose crossing is T1 (default 0.25)")
+    sp.add_argument("--out", default=None, help="folder for the figures (default DIR/figures)")
+    sp.add_argument("--csv", default=None, help="also write the fits (numbers) here")
 
     sp = sub.add_parser("table", help="print (or --csv write) final metrics aggregated over seeds")
     sp.add_argument("results", help="NAME (results/NAME), a results directory, or gs://... / s3://...")
@@ -148,6 +156,33 @@ def _curves(args) -> int:
     return 0
 
 
+def _exponents(args) -> int:
+    import pandas as pd
+
+    from .exponents import T1_LEVEL, exponent_parts, exponent_table, summary
+
+    res = load(args.results)
+    level = T1_LEVEL if args.t1_level is None else args.t1_level
+    if not level > 0:
+        raise AnalysisError(f"--t1-level must be positive, got {level:g}")
+    parts = exponent_parts(res.runs, res.curves, level)
+    if not parts:
+        raise AnalysisError(f"{res.name}: no runs that differ only in d or in d0 (three sizes or more, two seeds "
+                            "or more, the rest fixed): nothing to fit (sweeps/grids/scaling_exponents.toml has them)")
+    folder = location(args.out) if args.out else res.location / "figures"
+    for spec, _, fig in parts:
+        print(f"figure: {_write_figure(fig, folder / f'exponent_{spec.name}.png')}")
+    with pd.option_context("display.width", 250, "display.max_columns", 20, "display.max_colwidth", 80):
+        print(f"T1: the step at which the mean-weighted background projection reaches {level:g}; "
+              "slopes on log-log axes, 95% intervals over seeds")
+        print(summary(parts).drop(columns="paper").to_string(index=False))
+    if args.csv:
+        fits = [(spec, label, g, f) for spec, mine, _ in parts for label, g, f in mine]
+        _write_csv(exponent_table(fits), args.csv)
+        print(f"table:  {args.csv}")
+    return 0
+
+
 def _table(args) -> int:
     import pandas as pd
 
@@ -198,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return {"report": _report, "phase": _phase, "curves": _curves, "table": _table,
-                "boundary": _boundary}[args.command](args)
+                "boundary": _boundary, "exponents": _exponents}[args.command](args)
     except (AnalysisError, StorageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -176,6 +176,7 @@ def build_figures(results: Results) -> list[Panel]:
     if rate_varies_within_arm(runs):
         out.append(matched_panel(runs, axes))
     out += depth_class_panels(results, axes)
+    out += exponent_panels(results)
     if "dataset" in runs and (runs["dataset"] == "digits").any():
         from .images import examples_figure, weights_figure
 
@@ -219,6 +220,25 @@ def build_figures(results: Results) -> list[Panel]:
                              "scales are linear in m / η, so the right-hand curves should collapse",
                              collapse_figure(c, collapse, averaged=_rest(axes, "lr", "width")),
                              collapse_note(c, collapse)))
+    return out
+
+
+def exponent_panels(results: Results) -> list[Panel]:
+    """Where runs differ only in d or d0 (three sizes or more, two seeds or more): the scaling
+    exponents of `analysis/exponents.py`, a figure per fit with its table."""
+    from .exponents import exponent_parts, summary
+
+    runs = results.runs
+    runs = runs[runs["round"].fillna(0) == 0] if "round" in runs else runs
+    out = []
+    for spec, fits, fig in exponent_parts(runs, results.curves):
+        table = summary([(spec, fits, fig)])
+        out.append(Panel(f"exponent_{spec.name}", "Scaling exponents",
+                         f"{spec.claim}: {spec.y} against {spec.x} on log-log axes ({spec.activation}), the fit "
+                         "per seed averaged, with its 95% interval over seeds", fig,
+                         "Slope and 95% interval over seeds (t interval of the seeds' own fits), the seed "
+                         "bootstrap's interval and the geometric-mean level (the measurement: the project's "
+                         "docs/exponents.md).\n\n" + _md_table(table)))
     return out
 
 
