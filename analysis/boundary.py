@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from sweeps.refine import Axis, Z, point_stats
+from sweeps.lattice import Axis, Z, point_stats
 
 from .style import new_figure
 
@@ -99,7 +99,8 @@ def boundary_setting(results, metric: str | None = None, level: float | None = N
     `refine.json` records, overridden by the arguments; None when neither says a metric and level."""
     import json
 
-    from sweeps.refine import STATE, RefineError, axes_of_values, facet_columns
+    from sweeps.lattice import RefineError, axes_of_values, facet_columns
+    from sweeps.refine import STATE
 
     state = json.loads(results.location.read_text(STATE)) if results.location.exists(STATE) else {}
     metric = metric or state.get("metric")

@@ -28,7 +28,7 @@ def lattice_grid(grid, axes, n: int, seeds: int):
     """The grid with its refinable axes replaced by n evenly spaced values each (fields interpolated)."""
     import numpy as np
 
-    from sweeps.refine import q
+    from sweeps.lattice import q
 
     new_axes = dict(grid.axes)
     for a in axes:
@@ -61,7 +61,8 @@ def main() -> int:
     use_host_devices(None, runs=10_000)
     from sweeps import engine
     from sweeps.grid import load
-    from sweeps.refine import facet_columns, misclassified, point_stats, read_runs, refinable_axes, refine
+    from sweeps.lattice import facet_columns, misclassified, point_stats, refinable_axes
+    from sweeps.refine import read_runs, refine
     from sweeps.storage import location
 
     grid = load(args.grid)
@@ -93,7 +94,7 @@ def main() -> int:
     ref_stats = point_stats(read_runs(location(out / "reference")), axes, facets, args.metric)
 
     def truth(at):
-        from sweeps.refine import interpolated
+        from sweeps.lattice import interpolated
         return interpolated(ref_stats, axes, at)
 
     print(f"\n{args.grid}: boundary {args.metric} = {args.level:g} over {axes[0].name} x {axes[1].name}\n")

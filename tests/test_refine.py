@@ -22,7 +22,8 @@ import pandas as pd
 import pytest
 
 from sweeps.grid import load
-from sweeps.refine import Axis, RefineError, point_stats, q, refinable_axes, select, misclassified
+from sweeps.lattice import Axis, RefineError, misclassified, point_stats, q, refinable_axes
+from sweeps.refine import select
 
 ROOT = Path(__file__).resolve().parent.parent
 LEVEL = 0.5
