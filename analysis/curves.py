@@ -116,27 +116,7 @@ def curves_figure(curves: pd.DataFrame, panels=PAPER_PANELS, *, hue: str | None 
         sub = table if rv is None else table[table[row] == rv]
         for j, group in enumerate(panels):
             ax = axes[i, j]
-            drawn, halves = [], []
-            for c, hv in zip(colours, hues):
-                h = sub if hv is None else sub[sub[hue] == hv]
-                h = h.sort_values(x)
-                xs = h[x].to_numpy(dtype=float)
-                keep = xs > 0 if logx else np.ones_like(xs, dtype=bool)
-                for k, m in enumerate(group):
-                    mean = h[f"{m}_mean"].to_numpy(dtype=float)
-                    spread = h[f"{m}_{band}"].fillna(0).to_numpy(dtype=float)
-                    if m == "bg_grad_balance" and floor is not None:  # a ratio of near-zero terms: not drawn
-                        mean = np.where(h["bg_grad_total_mean"].to_numpy(dtype=float) >= floor, mean, np.nan)
-                        if not np.isfinite(mean).any() and not ax.texts:
-                            ax.text(0.5, 0.5, "not drawn: the total class gradient\nis under the floor (nothing "
-                                    "to cancel)", transform=ax.transAxes, ha="center", va="center", color="0.4",
-                                    fontsize=8)
-                    ax.plot(xs[keep], mean[keep], STYLES[k % len(STYLES)], color=c, lw=1.6)
-                    lo, hi = clipped_band(mean, spread, m)
-                    ax.fill_between(xs[keep], lo[keep], hi[keep], color=c, lw=0, alpha=0.18 if len(hues) <= 4 else 0.1)
-                    drawn.append(mean[keep])
-                    halves.append(np.where(np.isfinite(mean), (hi - lo) / 2, np.nan)[keep])
-            noted |= noise_note(ax, drawn, halves)
+            noted |= _draw_panel(ax, sub, group, x, hue, hues, colours, band, logx, floor)
             if not np.isfinite(sub[[f"{m}_mean" for m in group]].to_numpy(dtype=float)).any():
                 ax.text(0.5, 0.5, "no runs left: every run diverged", transform=ax.transAxes, ha="center",
                         va="center", color="0.4")
@@ -159,6 +139,39 @@ def curves_figure(curves: pd.DataFrame, panels=PAPER_PANELS, *, hue: str | None 
     if hue:
         fig.legend([Line2D([], [], color=c, lw=2) for c in colours], [fmt_value(v) for v in hues], title=hue,
                    loc="outside right center", frameon=False)
+    fig.suptitle(_caption(table, curves, band, averaged, title, floor, noted))
+    return fig
+
+
+def _draw_panel(ax, sub: pd.DataFrame, group: list[str], x: str, hue, hues, colours, band: str, logx: bool,
+                floor) -> bool:
+    """One panel of `curves_figure`: each metric of `group` (line styles) per hue value (colours),
+    seed means with their bands; True where a band outgrows the lines' range (a noise note)."""
+    drawn, halves = [], []
+    for c, hv in zip(colours, hues):
+        h = sub if hv is None else sub[sub[hue] == hv]
+        h = h.sort_values(x)
+        xs = h[x].to_numpy(dtype=float)
+        keep = xs > 0 if logx else np.ones_like(xs, dtype=bool)
+        for k, m in enumerate(group):
+            mean = h[f"{m}_mean"].to_numpy(dtype=float)
+            spread = h[f"{m}_{band}"].fillna(0).to_numpy(dtype=float)
+            if m == "bg_grad_balance" and floor is not None:  # a ratio of near-zero terms: not drawn
+                mean = np.where(h["bg_grad_total_mean"].to_numpy(dtype=float) >= floor, mean, np.nan)
+                if not np.isfinite(mean).any() and not ax.texts:
+                    ax.text(0.5, 0.5, "not drawn: the total class gradient\nis under the floor (nothing "
+                            "to cancel)", transform=ax.transAxes, ha="center", va="center", color="0.4",
+                            fontsize=8)
+            ax.plot(xs[keep], mean[keep], STYLES[k % len(STYLES)], color=c, lw=1.6)
+            lo, hi = clipped_band(mean, spread, m)
+            ax.fill_between(xs[keep], lo[keep], hi[keep], color=c, lw=0, alpha=0.18 if len(hues) <= 4 else 0.1)
+            drawn.append(mean[keep])
+            halves.append(np.where(np.isfinite(mean), (hi - lo) / 2, np.nan)[keep])
+    return noise_note(ax, drawn, halves)
+
+
+def _caption(table: pd.DataFrame, curves: pd.DataFrame, band: str, averaged, title, floor, noted: bool) -> str:
+    """The title lines of `curves_figure`: what lines and bands are, the floor, notes."""
     what = BAND_WORDS[band]
     n_seeds = int(table["n_runs"].min()) if len(table) else 0
     sub_line = f"lines: mean of {n_seeds} runs (seeds" + (f", pooled over {', '.join(averaged)}" if averaged else "") \
@@ -172,8 +185,7 @@ def curves_figure(curves: pd.DataFrame, panels=PAPER_PANELS, *, hue: str | None 
     n_div = _n_diverged_runs(curves)
     if n_div:
         lines.append(diverged_note(n_div, "curves"))
-    fig.suptitle("\n".join(lines))
-    return fig
+    return "\n".join(lines)
 
 
 def collapse_figure(curves: pd.DataFrame, metrics=("bg_mean_proj",), *, averaged: list[str] = (),

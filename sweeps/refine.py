@@ -206,22 +206,10 @@ def refine(grid: Grid, out, *, metric: str, level: float, rounds: int = 3, batch
     Returns {"rounds": [...], "stopped": why}."""
     from . import storage
 
-    from .engine import metric_names
-
     out = storage.location(out)
     ax = refinable_axes(grid, axes)
     facets = facet_columns(grid.axes, ax)
-    names = metric_names(grid.table)
-    if metric not in names:
-        raise RefineError(f"--metric: {metric!r} is not a metric of {grid.name}; metrics: {', '.join(names)}")
-    if rounds < 0 or (batch is not None and batch < 1) or (seeds_per_point is not None and seeds_per_point < 1):
-        raise RefineError("--rounds must be >= 0, --batch and --seeds-per-point >= 1")
-    spp = seeds_per_point or max(1, round(0.75 * len(grid.seeds)))
-    split_cost = (3 ** len(ax) - 2 ** len(ax)) * spp  # the new points of one split, their seeds
-    batch = batch or max(split_cost, len(grid.table) // 4)
-    if batch < split_cost:
-        raise RefineError(f"--batch: {batch} runs cannot hold one split ({3 ** len(ax) - 2 ** len(ax)} new points "
-                          f"x {spp} seeds = {split_cost} runs)")
+    spp, batch = _check_settings(grid, ax, metric, rounds, batch, seeds_per_point)
     setting = {"metric": metric, "level": level, "axes": [a.name for a in ax], "seeds_per_point": spp,
                "max_depth": max_depth}
     state = read_state(out) or {**setting, "rounds": []}
@@ -247,30 +235,7 @@ def refine(grid: Grid, out, *, metric: str, level: float, rounds: int = 3, batch
         if history and uncertainty > (1 - min_gain) * history[-1]:
             stopped = f"the uncertainty stopped shrinking ({history[-1]:.4g} -> {uncertainty:.4g})"
             break
-        seeds_at = _seeds_at(runs, ax, facets)
-
-        def seeds_of(facet, point, kind):
-            if kind == "split":
-                return list(grid.seeds[:spp]) if spp <= len(grid.seeds) else list(range(spp))
-            used = seeds_at.get((facet, point), set())
-            start = max(used | set(grid.seeds)) + 1
-            return list(range(start, start + spp))
-
-        new = runs_of(grid, ax, facets, taken, seeds_of, k)
-        reasons = {kind: sum(len(c.points) for c in taken if c.kind == kind) for kind in ("split", "seeds")}
-        by_point = {}
-        for c in taken:
-            for p in c.points:
-                by_point[(tuple(c.facet), p)] = c.reason
-        records = []
-        for r in new:
-            point, facet = _placed(r, ax, facets)
-            records.append({"run_id": r.run_id, "config": r.config.to_dict(), "labels": r.labels,
-                            "reason": by_point.get((facet, point), "")})
-        state["rounds"].append({"round": k, "uncertainty": uncertainty, "reasons": reasons, "runs": records,
-                                "candidates": [{"kind": c.kind, "facet": list(map(str, c.facet)), "lo": list(c.lo),
-                                                "hi": list(c.hi), "score": c.score, "reason": c.reason}
-                                               for c in taken]})
+        new, reasons = _add_round(grid, state, runs, ax, facets, taken, uncertainty, spp, k)
         write_state(out, state)  # before training: a stopped round resumes from here
         report(f"round {k}: {len(new)} runs at {sum(len(c.points) for c in taken)} points "
                f"({reasons['split']} from splits, {reasons['seeds']} with more seeds); "
@@ -279,6 +244,53 @@ def refine(grid: Grid, out, *, metric: str, level: float, rounds: int = 3, batch
     state["stopped"] = stopped
     write_state(out, state)
     return {"rounds": state["rounds"], "stopped": stopped}
+
+
+def _check_settings(grid: Grid, ax: list[Axis], metric: str, rounds: int, batch: int | None,
+                    seeds_per_point: int | None) -> tuple[int, int]:
+    """The seeds per point and runs per round of a refinement, its settings checked (one line each)."""
+    from .engine import metric_names
+
+    names = metric_names(grid.table)
+    if metric not in names:
+        raise RefineError(f"--metric: {metric!r} is not a metric of {grid.name}; metrics: {', '.join(names)}")
+    if rounds < 0 or (batch is not None and batch < 1) or (seeds_per_point is not None and seeds_per_point < 1):
+        raise RefineError("--rounds must be >= 0, --batch and --seeds-per-point >= 1")
+    spp = seeds_per_point or max(1, round(0.75 * len(grid.seeds)))
+    split_cost = (3 ** len(ax) - 2 ** len(ax)) * spp  # the new points of one split, their seeds
+    batch = batch or max(split_cost, len(grid.table) // 4)
+    if batch < split_cost:
+        raise RefineError(f"--batch: {batch} runs cannot hold one split ({3 ** len(ax) - 2 ** len(ax)} new points "
+                          f"x {spp} seeds = {split_cost} runs)")
+    return spp, batch
+
+
+def _add_round(grid: Grid, state: dict, runs: pd.DataFrame, ax: list[Axis], facets: list[str],
+               taken: list[Candidate], uncertainty: float, spp: int, k: int) -> tuple[list[Run], dict]:
+    """Round `k`'s runs (new points take the grid's first seeds, more seeds at a point the next
+    unused ones), recorded in `state` with the candidates they came from."""
+    seeds_at = _seeds_at(runs, ax, facets)
+
+    def seeds_of(facet, point, kind):
+        if kind == "split":
+            return list(grid.seeds[:spp]) if spp <= len(grid.seeds) else list(range(spp))
+        used = seeds_at.get((facet, point), set())
+        start = max(used | set(grid.seeds)) + 1
+        return list(range(start, start + spp))
+
+    new = runs_of(grid, ax, facets, taken, seeds_of, k)
+    reasons = {kind: sum(len(c.points) for c in taken if c.kind == kind) for kind in ("split", "seeds")}
+    by_point = {(tuple(c.facet), p): c.reason for c in taken for p in c.points}
+    records = []
+    for r in new:
+        point, facet = _placed(r, ax, facets)
+        records.append({"run_id": r.run_id, "config": r.config.to_dict(), "labels": r.labels,
+                        "reason": by_point.get((facet, point), "")})
+    state["rounds"].append({"round": k, "uncertainty": uncertainty, "reasons": reasons, "runs": records,
+                            "candidates": [{"kind": c.kind, "facet": list(map(str, c.facet)), "lo": list(c.lo),
+                                            "hi": list(c.hi), "score": c.score, "reason": c.reason}
+                                           for c in taken]})
+    return new, reasons
 
 
 def _placed(run: Run, axes: list[Axis], facets: list[str]) -> tuple[tuple, tuple]:
