@@ -287,29 +287,7 @@ def effective_robustness_figure(runs: pd.DataFrame, facet: str | None = "core", 
         if base is not None:
             fb = base[base[facet] == f] if f is not None and facet in base else base
             _draw_baseline(ax, fb if len(fb) else base)
-        sub = df if f is None else df[df[facet] == f]
-        stats = sub.groupby("config_id", observed=True).agg(
-            **{f"{c}_mean": (c, "mean") for c in PROBE}, **{f"{c}_std": (c, "std") for c in PROBE},
-            n=("config_id", "size"), **({hue: (hue, "first")} if hue in sub else {}),
-            **({size: (size, "first")} if size in sub else {}))
-        for h in hues:
-            part = stats if h is None else stats[stats[hue] == h]
-            if part.empty:
-                continue
-            s = 25.0
-            if sizes:
-                rank = part[size].map({v: i for i, v in enumerate(sizes)}).astype(float)
-                s = 15 + 60 * rank / max(len(sizes) - 1, 1)
-            ax.errorbar(part["student_probe_id_acc_mean"], part["student_probe_ood_acc_mean"],
-                        xerr=np.nan_to_num(t_halfwidth(part["student_probe_id_acc_std"], part["n"])),
-                        yerr=np.nan_to_num(t_halfwidth(part["student_probe_ood_acc_std"], part["n"])),
-                        fmt="none", ecolor=colours[h], alpha=0.4, lw=0.8)
-            ax.scatter(part["student_probe_id_acc_mean"], part["student_probe_ood_acc_mean"], s=s,
-                       color=colours[h], alpha=0.8, label=f"student, {hue} = {fmt_value(h)}" if h is not None
-                       else "student")
-        if len(stats):
-            ax.scatter(stats["teacher_probe_id_acc_mean"], stats["teacher_probe_ood_acc_mean"], marker="x", s=40,
-                       color="black", label="teacher", zorder=3)
+        _draw_probes(ax, df if f is None else df[df[facet] == f], hue, hues, colours, size, sizes)
         ax.plot([0, 1], [0, 1], color="0.6", ls="--", lw=1, label="OOD = ID")
         ax.axhline(0.5, color="0.8", ls=":", lw=1)
         ax.set_xlim(0.45, 1.02)
@@ -331,6 +309,33 @@ def effective_robustness_figure(runs: pd.DataFrame, facet: str | None = "core", 
                  "(seed mean), a line per training background")
     fig.suptitle(title)
     return fig
+
+
+def _draw_probes(ax, sub: pd.DataFrame, hue, hues, colours: dict, size, sizes) -> None:
+    """One panel of `effective_robustness_figure`: students' seed means with 95% CI bars (coloured
+    by `hue`, sized by `size`), teachers as black crosses."""
+    stats = sub.groupby("config_id", observed=True).agg(
+        **{f"{c}_mean": (c, "mean") for c in PROBE}, **{f"{c}_std": (c, "std") for c in PROBE},
+        n=("config_id", "size"), **({hue: (hue, "first")} if hue in sub else {}),
+        **({size: (size, "first")} if size in sub else {}))
+    for h in hues:
+        part = stats if h is None else stats[stats[hue] == h]
+        if part.empty:
+            continue
+        s = 25.0
+        if sizes:
+            rank = part[size].map({v: i for i, v in enumerate(sizes)}).astype(float)
+            s = 15 + 60 * rank / max(len(sizes) - 1, 1)
+        ax.errorbar(part["student_probe_id_acc_mean"], part["student_probe_ood_acc_mean"],
+                    xerr=np.nan_to_num(t_halfwidth(part["student_probe_id_acc_std"], part["n"])),
+                    yerr=np.nan_to_num(t_halfwidth(part["student_probe_ood_acc_std"], part["n"])),
+                    fmt="none", ecolor=colours[h], alpha=0.4, lw=0.8)
+        ax.scatter(part["student_probe_id_acc_mean"], part["student_probe_ood_acc_mean"], s=s,
+                   color=colours[h], alpha=0.8, label=f"student, {hue} = {fmt_value(h)}" if h is not None
+                   else "student")
+    if len(stats):
+        ax.scatter(stats["teacher_probe_id_acc_mean"], stats["teacher_probe_ood_acc_mean"], marker="x", s=40,
+                   color="black", label="teacher", zorder=3)
 
 
 def ood_gap_phase_figure(runs: pd.DataFrame, x: str = "width", y: str = "core_dim", facet: str | None = "core",

@@ -111,26 +111,9 @@ def phase_figure(table: pd.DataFrame, x: str, y: str, metric: str, facet: str | 
             ax.set_visible(False)
             continue
         f = facets[k]
-        sub = table if f is None else table[table[facet] == f]
-        cells = {(r[y], r[x]): r for _, r in sub.iterrows()}
-        z = np.full((len(ys), len(xs)), np.nan)
-        for i, yv in enumerate(ys):
-            for j, xv in enumerate(xs):
-                r = cells.get((yv, xv))
-                if r is not None:
-                    z[i, j] = r["mean"]
-        im = ax.imshow(np.ma.masked_invalid(z), origin="lower", aspect="auto", cmap=cmap, norm=norm,
-                       interpolation="nearest")
-        for i, yv in enumerate(ys):
-            for j, xv in enumerate(xs):
-                r = cells.get((yv, xv))
-                under = hatch and r is not None and bool(r["under_fit"])
-                if under:
-                    ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor=(0.85, 0.85, 0.85, 0.75),
-                                           edgecolor="0.45", hatch="//", lw=0, zorder=2))
-                    n_hatched += 1
-                ax.text(j, i, _cell_text(r), ha="center", va="center", fontsize=fontsize, zorder=3,
-                        color="black" if under or not np.isfinite(z[i, j]) else text_colour(cmap(norm(z[i, j]))))
+        im, hatched = _heatmap(ax, table if f is None else table[table[facet] == f], x, y, xs, ys, cmap, norm,
+                               fontsize, hatch)
+        n_hatched += hatched
         ax.set_xticks(range(len(xs)), xt)
         ax.set_yticks(range(len(ys)), yt)
         ax.tick_params(length=0)
@@ -155,6 +138,32 @@ def phase_figure(table: pd.DataFrame, x: str, y: str, metric: str, facet: str | 
         lines.append(CENSORED_NOTE)
     fig.suptitle("\n".join(lines))
     return fig
+
+
+def _heatmap(ax, sub: pd.DataFrame, x: str, y: str, xs, ys, cmap, norm, fontsize: int, hatch: bool):
+    """One facet of `phase_figure`: the cells' seed means as colours, their text, under-fit cells
+    hatched; returns the image (for the colour bar) and how many cells were hatched."""
+    n_hatched = 0
+    cells = {(r[y], r[x]): r for _, r in sub.iterrows()}
+    z = np.full((len(ys), len(xs)), np.nan)
+    for i, yv in enumerate(ys):
+        for j, xv in enumerate(xs):
+            r = cells.get((yv, xv))
+            if r is not None:
+                z[i, j] = r["mean"]
+    im = ax.imshow(np.ma.masked_invalid(z), origin="lower", aspect="auto", cmap=cmap, norm=norm,
+                   interpolation="nearest")
+    for i, yv in enumerate(ys):
+        for j, xv in enumerate(xs):
+            r = cells.get((yv, xv))
+            under = hatch and r is not None and bool(r["under_fit"])
+            if under:
+                ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor=(0.85, 0.85, 0.85, 0.75),
+                                       edgecolor="0.45", hatch="//", lw=0, zorder=2))
+                n_hatched += 1
+            ax.text(j, i, _cell_text(r), ha="center", va="center", fontsize=fontsize, zorder=3,
+                    color="black" if under or not np.isfinite(z[i, j]) else text_colour(cmap(norm(z[i, j]))))
+    return im, n_hatched
 
 
 def _cell_text(r) -> str:
@@ -199,24 +208,7 @@ def line_figure(runs: pd.DataFrame, x: str, panels=DEFAULT_PANELS, *, hue: str |
                 drawn.append(row[f"{m}_mean"])
                 halves.append(err.sum(axis=0) / 2)
         noted |= noise_note(ax, drawn, halves)
-        lo, hi = np.max([bounds(m)[0] for m in group]), np.min([bounds(m)[1] for m in group])
-        if np.isfinite(lo) and np.isfinite(hi):  # shares: their whole range, so that 1.00 reads as the top
-            ax.set_ylim(lo - 0.04 * (hi - lo), hi + 0.04 * (hi - lo))
-        for p in lost:  # every run at this value diverged: say so where the point would be
-            ax.axvline(p, color="0.75", ls=":", lw=1)
-            ax.text(p, 0.5, "all diverged", transform=ax.get_xaxis_transform(), rotation=90, ha="right",
-                    va="center", color="0.45", fontsize=8)
-        log = numeric and (is_geometric(xs) or wide_positive(xs))
-        if log:
-            ax.set_xscale("log")
-            plain_log_ticks(ax, xs)
-        if not numeric or is_geometric(xs):  # label every grid value where they are evenly spaced
-            ax.set_xticks(pos, [fmt_value(v) for v in xs])
-            ax.minorticks_off()
-        if numeric:
-            ax.margins(x=0.08)
-        if not numeric:
-            ax.set_xlim(-0.5, len(xs) - 0.5)
+        log = _line_axes(ax, group, pos, xs, lost, numeric)
         ax.set_xlabel(f"{x} (log scale)" if log else x)
         ax.set_ylabel(short(group[0]) if len(group) == 1 else group_label(group))
         if len(group) > 1:
@@ -236,3 +228,27 @@ def line_figure(runs: pd.DataFrame, x: str, panels=DEFAULT_PANELS, *, hue: str |
         lines.append(diverged_note(n_div))
     fig.suptitle("\n".join(lines))
     return fig
+
+
+def _line_axes(ax, group: list[str], pos, xs, lost, numeric: bool) -> bool:
+    """The axes of one `line_figure` panel: y-limits of shares, the lost values marked, a log x
+    axis where the values are geometric or span decades (returned), ticks at the grid's values."""
+    lo, hi = np.max([bounds(m)[0] for m in group]), np.min([bounds(m)[1] for m in group])
+    if np.isfinite(lo) and np.isfinite(hi):  # shares: their whole range, so that 1.00 reads as the top
+        ax.set_ylim(lo - 0.04 * (hi - lo), hi + 0.04 * (hi - lo))
+    for p in lost:  # every run at this value diverged: say so where the point would be
+        ax.axvline(p, color="0.75", ls=":", lw=1)
+        ax.text(p, 0.5, "all diverged", transform=ax.get_xaxis_transform(), rotation=90, ha="right",
+                va="center", color="0.45", fontsize=8)
+    log = numeric and (is_geometric(xs) or wide_positive(xs))
+    if log:
+        ax.set_xscale("log")
+        plain_log_ticks(ax, xs)
+    if not numeric or is_geometric(xs):  # label every grid value where they are evenly spaced
+        ax.set_xticks(pos, [fmt_value(v) for v in xs])
+        ax.minorticks_off()
+    if numeric:
+        ax.margins(x=0.08)
+    if not numeric:
+        ax.set_xlim(-0.5, len(xs) - 0.5)
+    return log

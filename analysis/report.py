@@ -148,27 +148,13 @@ def training_rows(curves: pd.DataFrame, row: str | None, pooled: list[str]) -> t
 
 def build_figures(results: Results) -> list[Panel]:
     """Phase diagrams (or metric lines for a single axis) and training curves suited to the grid's axes."""
-    runs, curves, axes = results.runs, results.curves, varying_axes(results)
+    runs, axes = results.runs, varying_axes(results)
     out: list[Panel] = shift_panels(results, axes)
     refined = "round" in runs and bool((runs["round"].fillna(0) > 0).any())
     if refined:  # phase diagrams on the grid's own lattice; the boundary figure shows every point
         out += boundary_panels(results)
         runs = runs[runs["round"].fillna(0) == 0]
-    if len(axes) >= 2:
-        x, y = axes[0], axes[1]
-        facet = axes[2] if len(axes) >= 3 else None
-        averaged = _rest(axes, x, y, facet)
-        for m in [m for m in PHASE_METRICS if m in runs]:
-            if phase_stem(m, x, y, facet) in {p.stem for p in out}:  # drawn first (shift_panels)
-                continue
-            table = phase_table(runs, x, y, m, facet)
-            out.append(Panel(phase_stem(m, x, y, facet), "Phase diagrams",
-                             f"{label(m)} over {x} × {y}" + (f", by {facet}" if facet else "")
-                             + (f"; pooled over {', '.join(averaged)}" if averaged else ""),
-                             phase_figure(table, x, y, m, facet, averaged=averaged)))
-    elif len(axes) == 1:
-        out.append(Panel(f"metrics_vs_{axes[0]}", "Final metrics", f"final metrics against {axes[0]}",
-                         line_figure(runs, axes[0])))
+    out += phase_panels(runs, axes, {p.stem for p in out})
     if "student_probe_ood_acc" in runs:
         out += distill_panels(results, axes)
     from .matched import rate_varies_within_arm
@@ -178,48 +164,84 @@ def build_figures(results: Results) -> list[Panel]:
     out += depth_class_panels(results, axes)
     out += exponent_panels(results)
     if "dataset" in runs and (runs["dataset"] == "digits").any():
-        from .images import examples_figure, weights_figure
+        out += digits_panels(runs[runs["dataset"] == "digits"])
+    if len(results.curves) and "step" in results.curves:
+        out += curve_panels(results.curves, runs, axes)
+    return out
 
-        out.append(Panel("digits_examples", "Data", "bordered digits as the runs drew them: training images, "
-                         "and the same test digits ID and OOD (the border redrawn; blue negative, red positive)",
-                         examples_figure(runs[runs["dataset"] == "digits"])))
-        weights = weights_figure(runs[runs["dataset"] == "digits"])
-        if weights is not None:
-            out.append(Panel("digits_weights", "Data", "first-layer weights as images, retrained from the table's "
-                             "configs (lowest seed): the unit average and the units with the largest border "
-                             "weight", weights))
-    if len(curves) and "step" in curves:
-        # a geometric schedule puts most logged points early: a log-step axis shows them
-        logged = np.unique(curves.loc[curves["step"] > 0, "step"].to_numpy(dtype=float))
-        log_steps = len(logged) >= 3 and float(np.median(logged)) < 0.1 * float(logged.max())
-        hue = axes[0] if axes else None
-        row = axes[1] if len(axes) >= 2 and curves[axes[1]].nunique() <= MAX_ROWS else None
-        rowed, row, averaged = training_rows(curves, row, _rest(axes, hue, row))
-        out.append(Panel("curves_loss_norm", "Training curves",
-                         "ID and OOD loss (left) and core and background projection norms (right) against steps",
-                         curves_figure(rowed, PAPER_PANELS, hue=hue, row=row, averaged=averaged, logx=log_steps,
-                                       title="Losses and feature norms against steps")))
-        bg = [m for p in BG_PANELS for m in p if m in curves]
-        if "activation" in axes and bg:
-            # rows: the axis that moves the training background first (its zero-mean control is
-            # the figure's point), then the others in grid order
-            others = sorted(_rest(axes, "activation"), key=lambda a: not moves_training_background(curves, a))
-            row = others[0] if others and curves[others[0]].nunique() <= MAX_ROWS else None
-            rowed, row, averaged = training_rows(curves, row, _rest(others, row))
-            out.append(Panel("curves_background_by_activation", "Training curves",
-                             bg_caption(bg) + " by activation",
-                             curves_figure(rowed, BG_PANELS, hue="activation", row=row,
-                                           averaged=averaged, logx=log_steps,
-                                           title="The drift along the background mean and the class gradients "
-                                           "behind it, by activation")))
-        collapse = [m for m in COLLAPSE_METRICS if m in curves]
-        if {"lr", "width"} & set(axes) and {"lr", "width"} <= set(runs) and collapse:
-            c = attach(curves, runs, ["lr", "width"])
-            out.append(Panel("collapse_eta_t_over_m", "Training curves",
-                             "curves against raw steps and against η t / m (lr × step / width): the theory's time "
-                             "scales are linear in m / η, so the right-hand curves should collapse",
-                             collapse_figure(c, collapse, averaged=_rest(axes, "lr", "width")),
-                             collapse_note(c, collapse)))
+
+def phase_panels(runs: pd.DataFrame, axes: list[str], drawn: set[str]) -> list[Panel]:
+    """A phase diagram per metric over the first two axes (faceted by a third; the rest pooled),
+    except those already `drawn`; metric lines against a single axis."""
+    out = []
+    if len(axes) >= 2:
+        x, y = axes[0], axes[1]
+        facet = axes[2] if len(axes) >= 3 else None
+        averaged = _rest(axes, x, y, facet)
+        for m in [m for m in PHASE_METRICS if m in runs]:
+            if phase_stem(m, x, y, facet) in drawn:  # drawn first (shift_panels)
+                continue
+            table = phase_table(runs, x, y, m, facet)
+            out.append(Panel(phase_stem(m, x, y, facet), "Phase diagrams",
+                             f"{label(m)} over {x} × {y}" + (f", by {facet}" if facet else "")
+                             + (f"; pooled over {', '.join(averaged)}" if averaged else ""),
+                             phase_figure(table, x, y, m, facet, averaged=averaged)))
+    elif len(axes) == 1:
+        out.append(Panel(f"metrics_vs_{axes[0]}", "Final metrics", f"final metrics against {axes[0]}",
+                         line_figure(runs, axes[0])))
+    return out
+
+
+def digits_panels(digits: pd.DataFrame) -> list[Panel]:
+    """The bordered digits as the runs drew them, and first-layer weights as images."""
+    from .images import examples_figure, weights_figure
+
+    out = []
+    out.append(Panel("digits_examples", "Data", "bordered digits as the runs drew them: training images, "
+                     "and the same test digits ID and OOD (the border redrawn; blue negative, red positive)",
+                     examples_figure(digits)))
+    weights = weights_figure(digits)
+    if weights is not None:
+        out.append(Panel("digits_weights", "Data", "first-layer weights as images, retrained from the table's "
+                         "configs (lowest seed): the unit average and the units with the largest border "
+                         "weight", weights))
+    return out
+
+
+def curve_panels(curves: pd.DataFrame, runs: pd.DataFrame, axes: list[str]) -> list[Panel]:
+    """Training curves: losses and norms, the background drift by activation, the eta t / m collapse."""
+    out = []
+    # a geometric schedule puts most logged points early: a log-step axis shows them
+    logged = np.unique(curves.loc[curves["step"] > 0, "step"].to_numpy(dtype=float))
+    log_steps = len(logged) >= 3 and float(np.median(logged)) < 0.1 * float(logged.max())
+    hue = axes[0] if axes else None
+    row = axes[1] if len(axes) >= 2 and curves[axes[1]].nunique() <= MAX_ROWS else None
+    rowed, row, averaged = training_rows(curves, row, _rest(axes, hue, row))
+    out.append(Panel("curves_loss_norm", "Training curves",
+                     "ID and OOD loss (left) and core and background projection norms (right) against steps",
+                     curves_figure(rowed, PAPER_PANELS, hue=hue, row=row, averaged=averaged, logx=log_steps,
+                                   title="Losses and feature norms against steps")))
+    bg = [m for p in BG_PANELS for m in p if m in curves]
+    if "activation" in axes and bg:
+        # rows: the axis that moves the training background first (its zero-mean control is
+        # the figure's point), then the others in grid order
+        others = sorted(_rest(axes, "activation"), key=lambda a: not moves_training_background(curves, a))
+        row = others[0] if others and curves[others[0]].nunique() <= MAX_ROWS else None
+        rowed, row, averaged = training_rows(curves, row, _rest(others, row))
+        out.append(Panel("curves_background_by_activation", "Training curves",
+                         bg_caption(bg) + " by activation",
+                         curves_figure(rowed, BG_PANELS, hue="activation", row=row,
+                                       averaged=averaged, logx=log_steps,
+                                       title="The drift along the background mean and the class gradients "
+                                       "behind it, by activation")))
+    collapse = [m for m in COLLAPSE_METRICS if m in curves]
+    if {"lr", "width"} & set(axes) and {"lr", "width"} <= set(runs) and collapse:
+        c = attach(curves, runs, ["lr", "width"])
+        out.append(Panel("collapse_eta_t_over_m", "Training curves",
+                         "curves against raw steps and against η t / m (lr × step / width): the theory's time "
+                         "scales are linear in m / η, so the right-hand curves should collapse",
+                         collapse_figure(c, collapse, averaged=_rest(axes, "lr", "width")),
+                         collapse_note(c, collapse)))
     return out
 
 

@@ -39,7 +39,7 @@ set and probes; the student trains once.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -246,15 +246,28 @@ def probe_accuracy(probe, h: jax.Array, y: jax.Array, mask: jax.Array) -> jax.Ar
     return masked_mean(y * (h @ w + b) > 0, mask)
 
 
-def distill_training(static: Static, traced: dict) -> Training:
-    """One distillation run: the teacher (constructed or trained), the student's step, carry and measure."""
-    s = static
-    setup = prepare(s, traced)
-    data, mask, sizes = setup.data, setup.mask, setup.sizes
-    slope = traced["leaky_slope"]
-    data_key = run_key(traced, "data_key")
-    init_key = run_key(traced, "init_key")
-    k_teacher = jax.random.fold_in(data_key, TEACHER_STREAM)
+class TeacherSide(NamedTuple):
+    """A distillation run's teacher and what the student is measured against: its representations
+    of the training, ID and OOD sets (one per evaluation variant), their ID variance, and the
+    teacher's own probe accuracies and projections."""
+
+    teacher: Any
+    diverged: jax.Array
+    linear: bool
+    oods: jax.Array  # (n_evals, n_test, d): the OOD inputs of each variant
+    train: jax.Array
+    id: jax.Array
+    ood: jax.Array
+    var: jax.Array
+    probe_id: jax.Array
+    probe_ood: jax.Array
+    proj: dict
+
+
+def teacher_side(s: Static, traced: dict, setup) -> TeacherSide:
+    """The teacher (constructed or trained) of one run and its side of the measurements."""
+    data, sizes = setup.data, setup.sizes
+    k_teacher = jax.random.fold_in(run_key(traced, "data_key"), TEACHER_STREAM)
     if s.teacher in ("core", "linear"):
         teacher = core_teacher(k_teacher, data.M, s.core_dim, sizes.core, s.rep_dim, traced["teacher_bias"],
                                train=data.train if s.teacher_bias_unit == "spread" else None)
@@ -262,11 +275,6 @@ def distill_training(static: Static, traced: dict) -> Training:
     else:
         teacher, teacher_diverged = trained_teacher(k_teacher, s, data, sizes, traced)
     linear_teacher = s.teacher == "linear"
-
-    student = init_student(init_key, s, traced["true_width"], sizes.d, mask, traced["init_scale"])
-    # Same masks as the classifier's: padded neurons never train; biases only with `bias`.
-    trainable = Student(w=mask[:, None], b=mask * float(s.bias), v=mask[None, :],
-                        c=jnp.full((s.rep_dim,), float(s.bias)))
     train, test = data.train, data.test
     # One OOD set per evaluation variant; the teacher's representations of every set, once.
     oods = jax.vmap(lambda rng: ood_split(data, s.core_dim, sizes, rng).x)(traced["bg_ood"])
@@ -280,13 +288,18 @@ def distill_training(static: Static, traced: dict) -> Training:
 
     t_probe_id, t_probe_ood = jax.vmap(teacher_probe)(traced["probe_ridge"], t_oods)
     t_proj = projection_metrics(teacher.w, data.M, s.core_dim, jnp.ones((s.rep_dim,)), sizes.bg)
-    ref = reference(student.w, data.M, s.core_dim, sizes, traced["bg_train"], mask, train, core=s.core,
-                    dataset=s.dataset)
-    u = ref.u
-    n_evals = s.n_evals
+    return TeacherSide(teacher, teacher_diverged, linear_teacher, oods, t_train, t_id, t_oods, t_var,
+                       t_probe_id, t_probe_ood, t_proj)
+
+
+def student_measure(s: Static, traced: dict, setup, ts: TeacherSide, ref):
+    """`measure(student) -> {metric: (n_evals,)}`: the student's representation error against its
+    teacher (relative to the teacher's ID variance), its probe's accuracies, its projections."""
+    data, mask, sizes, slope = setup.data, setup.mask, setup.sizes, traced["leaky_slope"]
+    train, test = data.train, data.test
 
     def rel_err(h, target, rows):
-        return masked_mean(jnp.sum((h - target) ** 2, axis=1), rows) / t_var
+        return masked_mean(jnp.sum((h - target) ** 2, axis=1), rows) / ts.var
 
     def measure(p: Student) -> dict:
         h_train, _ = student_rep(p, train.x, s.activation, slope, mask)
@@ -298,22 +311,43 @@ def distill_training(static: Static, traced: dict) -> Training:
             return (rel_err(h_ood, t_ood, test.mask), probe_accuracy(probe, h_id, test.y, test.mask),
                     probe_accuracy(probe, h_ood, test.y, test.mask))
 
-        err_ood, probe_id, probe_ood = jax.vmap(variant)(traced["probe_ridge"], oods, t_oods)
+        err_ood, probe_id, probe_ood = jax.vmap(variant)(traced["probe_ridge"], ts.oods, ts.ood)
         out = {
-            "student_rep_err_train": rel_err(h_train, t_train, train.mask),
-            "student_rep_err_id": rel_err(h_id, t_id, test.mask),
+            "student_rep_err_train": rel_err(h_train, ts.train, train.mask),
+            "student_rep_err_id": rel_err(h_id, ts.id, test.mask),
             "student_rep_err_ood": err_ood,
             "student_probe_id_acc": probe_id,
             "student_probe_ood_acc": probe_ood,
-            "teacher_probe_id_acc": t_probe_id,
-            "teacher_probe_ood_acc": t_probe_ood,
+            "teacher_probe_id_acc": ts.probe_id,
+            "teacher_probe_ood_acc": ts.probe_ood,
             "act_asym": activation_asymmetry(pre, test.y, mask, s.activation, slope),
             **projection_metrics(p.w, data.M, s.core_dim, mask, sizes.bg, ref),
             **mean_direction_metrics(p.w, ref, mask, sizes.bg, traced["bg_train"], traced["bg_ood"]),
-            "teacher_core_norm": t_proj["core_norm"],
-            "teacher_bg_norm": t_proj["bg_norm"],
+            "teacher_core_norm": ts.proj["core_norm"],
+            "teacher_bg_norm": ts.proj["bg_norm"],
         }
-        return {k: jnp.broadcast_to(out[k], (n_evals,)) for k in DISTILL_METRICS}
+        return {k: jnp.broadcast_to(out[k], (s.n_evals,)) for k in DISTILL_METRICS}
+
+    return measure
+
+
+def distill_training(static: Static, traced: dict) -> Training:
+    """One distillation run: the teacher (`teacher_side`), the student's step, carry and measure."""
+    s = static
+    setup = prepare(s, traced)
+    data, mask, sizes = setup.data, setup.mask, setup.sizes
+    slope = traced["leaky_slope"]
+    ts = teacher_side(s, traced, setup)
+    teacher, linear_teacher, t_train = ts.teacher, ts.linear, ts.train
+    student = init_student(run_key(traced, "init_key"), s, traced["true_width"], sizes.d, mask, traced["init_scale"])
+    # Same masks as the classifier's: padded neurons never train; biases only with `bias`.
+    trainable = Student(w=mask[:, None], b=mask * float(s.bias), v=mask[None, :],
+                        c=jnp.full((s.rep_dim,), float(s.bias)))
+    train = data.train
+    ref = reference(student.w, data.M, s.core_dim, sizes, traced["bg_train"], mask, train, core=s.core,
+                    dataset=s.dataset)
+    u = ref.u
+    measure = student_measure(s, traced, setup, ts, ref)
 
     def probe_on(p: Student, split, ridge):
         """The student's probe (refitted on its own training representation) on a split: its mean
@@ -345,7 +379,7 @@ def distill_training(static: Static, traced: dict) -> Training:
                         traced["warmup_steps"])
     step = make_step(objective, tx, trainable, get_batch)
     # A diverged teacher (kept at its last finite parameters) voids the run: flagged at step 0.
-    return Training(step, init_carry(student, tx), measure, void=teacher_diverged, final=final)
+    return Training(step, init_carry(student, tx), measure, void=ts.diverged, final=final)
 
 
 EXPERIMENT = Experiment("distill", DISTILL_METRICS, distill_training, spec_metrics=lambda s: SHIFT_METRICS)
