@@ -45,10 +45,24 @@ import statistics
 import time
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
 
-from contamination.cost import trains_teacher
-from contamination.spec import Static
+from contamination.cost import memory_bytes, step_flops, trains_teacher
+from contamination.loop import init_carry, make_optimizer, make_step
+from contamination.model import Params, forward, loss_values, to_dm, trainable_mask
+from contamination.numerics import float_dtype
+from contamination.presets import preset
+from contamination.spec import Static, static_spec
+
+from . import executables
+from .environment import usable_cores
+from .grid import Run
+from .plan import networks_of
+from .programs import chunk_inputs, compile_bucket
+from .provenance import versions
 
 CALIBRATION_STEPS = 400
 MODEL_VERSION = 2  # part of a saved model's file name: a model of an older form is measured again
@@ -175,11 +189,6 @@ def device_key(mesh) -> tuple[str, str]:
     """A readable description of the local devices and a file name for their model. A CPU is
     described by its model name and usable cores as well: JAX calls every CPU device `cpu`,
     and one fleet's shared models directory may hold several CPU kinds."""
-    import jax
-
-    from .environment import usable_cores
-    from .provenance import versions
-
     devices = list(mesh.devices.flat)
     client = devices[0].client
     desc = f"{client.platform} {devices[0].device_kind} x{len(devices)}"
@@ -194,8 +203,6 @@ def device_key(mesh) -> tuple[str, str]:
 def default_model(mesh) -> DeviceModel:
     """The shipped default of the mesh's platform (`DEFAULTS_FILE`): rates scale with the devices
     (a CPU's with its usable cores, however many devices they are split into)."""
-    from .environment import usable_cores
-
     devices = list(mesh.devices.flat)
     platform_ = devices[0].client.platform
     table = json.loads(DEFAULTS_FILE.read_text())["platforms"]
@@ -213,8 +220,6 @@ def _times(*calls, rounds: int = ROUNDS) -> list[float]:
     the machine ran meanwhile, and the calls compared under the same conditions. (Timed once
     each, one after the other, the rate measured on the shared 2-core machine varied from 92 to
     147 GFLOP/s between cold runs, and one in three saw no drop past the caches.)"""
-    import jax
-
     for call in calls:
         jax.block_until_ready(call())
     best = [float("inf")] * len(calls)
@@ -228,12 +233,6 @@ def _times(*calls, rounds: int = ROUNDS) -> list[float]:
 
 def _train_steps(cfg, steps: int, x, w_dm):
     """`steps` classifier training steps on inputs `x` from first-layer weights `w_dm` (d, m)."""
-    import jax
-    import jax.numpy as jnp
-
-    from contamination.model import Params, forward, loss_values, to_dm, trainable_mask
-    from contamination.loop import init_carry, make_optimizer, make_step
-
     m = cfg.width
     y = jnp.where(jnp.arange(x.shape[0]) % 2 == 0, 1.0, -1.0)
     xT, mask = x.T, jnp.ones((m,))
@@ -251,20 +250,6 @@ def _train_steps(cfg, steps: int, x, w_dm):
 
 def measure(mesh) -> DeviceModel:
     """Measure the three constants on the mesh's devices (module docstring)."""
-    import jax
-    import jax.numpy as jnp
-    from jax.sharding import NamedSharding, PartitionSpec as P
-
-    from contamination.numerics import float_dtype
-    from contamination.presets import preset
-    from contamination.spec import static_spec
-    from contamination.cost import memory_bytes, step_flops
-    from sweeps.grid import Run
-    from sweeps.plan import networks_of
-
-    from . import executables
-    from .programs import chunk_inputs, compile_bucket
-
     n_dev = mesh.devices.size
     sharding = NamedSharding(mesh, P("cfg"))
 
