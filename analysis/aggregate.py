@@ -38,12 +38,14 @@ def aggregate(df: pd.DataFrame, by: list[str], metrics: list[str]) -> pd.DataFra
     mean, std, cnt = g.mean(), g.std(ddof=1), g.count()
     out = out.join(mean.add_suffix("_mean"), how="left")
     out["n"] = out["n_runs"] - out["n_diverged"]
+    per_metric = {}  # joined at once (a column at a time fragments the frame)
     for m in metrics:
-        out[f"{m}_mean"] = out.get(f"{m}_mean", np.nan)
         s = std[m].reindex(out.index)
-        c = cnt[m].reindex(out.index).fillna(0)
-        out[f"{m}_std"] = s
-        out[f"{m}_ci95"] = t_halfwidth(s, c)
+        per_metric[f"{m}_mean"] = out[f"{m}_mean"] if f"{m}_mean" in out else pd.Series(np.nan, index=out.index)
+        per_metric[f"{m}_std"] = s
+        per_metric[f"{m}_ci95"] = pd.Series(t_halfwidth(s, cnt[m].reindex(out.index).fillna(0)), index=out.index)
+    out = pd.concat([out.drop(columns=[c for c in per_metric if c in out]), pd.DataFrame(per_metric, index=out.index)],
+                    axis=1)
     cols = ["n_runs", "n_diverged", "n"] + [f"{m}_{s}" for m in metrics for s in STATS]
     out = out[cols].reset_index()
     if not by:

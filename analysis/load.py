@@ -191,9 +191,15 @@ def with_derived(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
+# Columns of the runs table aggregated like metrics though no curve logs them: the step at which a
+# run stopped (the steps to reach a target fit, with `stop = "id_loss"`).
+RUN_METRICS = ("stopped_step",)
+
+
 def metric_columns(df: pd.DataFrame, manifest: dict | None = None) -> list[str]:
-    """The metric columns of a table: the manifest's list (or the defaults), then the derived ones."""
-    names = list((manifest or {}).get("metrics") or DEFAULT_METRICS) + list(DERIVED)
+    """The metric columns of a table: the manifest's list (or the defaults), then the derived ones
+    and RUN_METRICS."""
+    names = list((manifest or {}).get("metrics") or DEFAULT_METRICS) + list(DERIVED) + list(RUN_METRICS)
     return [m for m in dict.fromkeys(names) if m in df]
 
 

@@ -32,7 +32,7 @@ def main() -> None:
     spec = padded_spec([n.static for n in nets])
     if args.arm == "without":
         run_training = loop.run_training
-        train.run_training = lambda s, training: run_training(s, training._replace(final=None))
+        train.run_training = lambda s, training, *rule: run_training(s, training._replace(final=None), *rule)
     traced = stack_traced([[r.config for r in n.runs] for n in nets], n_evals=spec.n_evals, depth=spec.depth)
     abstract = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), traced)
     fn = jax.jit(train.batched(spec))

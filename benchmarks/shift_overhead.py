@@ -28,7 +28,7 @@ WITHOUT = """
 import runpy, sys
 from contamination import loop, train
 run_training = loop.run_training
-train.run_training = lambda s, training: run_training(s, training._replace(final=None))
+train.run_training = lambda s, training, *rule: run_training(s, training._replace(final=None), *rule)
 sys.argv = ["sweeps"] + sys.argv[1:]
 runpy.run_module("sweeps", run_name="__main__")
 """

@@ -38,6 +38,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "precision": ("highest", "tf32", "bf16"),  # numerics.PRECISIONS
     "bg_ood_direction": ("mean", "orthogonal"),
     "retrain_output": ("none", "ood", "mix"),
+    "stop": ("steps", "id_loss", "converged"),  # spec.STOP_KINDS
 }
 
 
@@ -140,6 +141,18 @@ class Config:
     bg_ood_direction: str = "mean"
     bg_spurious: float = 0.0
     retrain_output: str = "none"
+    # When a run stops (checked at its logged steps; docs/interventions.md#stopping-at-matched-fit):
+    # `steps` trains all `steps` steps; `id_loss` stops at the first logged step whose ID test loss
+    # (a distillation student's ID representation error) is <= `target_id_loss`: runs compared at
+    # matched fit; `converged` stops at the first logged step where every tracked metric (the
+    # training loss and bg_mean_proj) moved by at most `stop_tol` of its size over the last
+    # `stop_window` logged points. `steps` caps both. A stopped run trains no further while the
+    # rest of its program goes on; its later logged points repeat its values at the stop.
+    # `stop_window` is also the window of the `drift_trend` column, in every mode.
+    stop: str = "steps"
+    target_id_loss: float = 0.1
+    stop_tol: float = 0.01
+    stop_window: int = 5
 
     def replace(self, **changes: Any) -> "Config":
         return from_dict({**self.to_dict(), **changes})
@@ -295,6 +308,7 @@ def validate(cfg: Config) -> Config:
     if not 0 < cfg.shift_min < cfg.shift_max:
         raise ConfigError(f"shift_min, shift_max: need 0 < shift_min < shift_max, got {cfg.shift_min} and {cfg.shift_max}")
     check_interventions(cfg)
+    check_stop(cfg)
     if cfg.seed < 0 or cfg.seed >= 2**63:
         raise ConfigError(f"seed: must be in [0, 2^63), got {cfg.seed}")
     return cfg
@@ -317,6 +331,18 @@ def check_interventions(cfg: Config) -> None:
     if cfg.retrain_output != "none" and not synthetic_mlp:
         raise ConfigError("retrain_output: last-layer retraining needs dataset = \"synthetic\", model = \"mlp\" "
                           "and experiment = \"classify\" (it draws fresh OOD data from the feature model)")
+
+
+def check_stop(cfg: Config) -> None:
+    if cfg.target_id_loss <= 0:
+        raise ConfigError(f"target_id_loss: must be > 0 (the ID loss at which a run stops), got {cfg.target_id_loss}")
+    if cfg.stop_tol <= 0:
+        raise ConfigError(f"stop_tol: must be > 0 (a relative change), got {cfg.stop_tol}")
+    if cfg.stop_window < 1:
+        raise ConfigError(f"stop_window: must be at least 1 logged point, got {cfg.stop_window}")
+    if cfg.stop == "converged" and cfg.stop_window >= cfg.n_logs:
+        raise ConfigError(f"stop_window: {cfg.stop_window} logged points back from the last would reach before step 0 "
+                          f"(the run logs {cfg.n_logs} points); stop = \"converged\" could never stop")
 
 
 def check_cnn(cfg: Config) -> None:
@@ -356,7 +382,16 @@ def from_dict(values: dict[str, Any], base: Config | None = None) -> Config:
         check_field(name)
         fields[name] = value
     coerced = {name: _coerce(name, value) for name, value in fields.items()}
-    return validate(Config(**canonical_data(canonical_widths(coerced))))
+    return validate(Config(**canonical_stop(canonical_data(canonical_widths(coerced)))))
+
+
+def canonical_stop(fields: dict[str, Any]) -> dict[str, Any]:
+    """A stopping number the run's `stop` mode does not read is stored at its default (so it
+    changes no id): `target_id_loss` outside `id_loss`, `stop_tol` outside `converged`."""
+    defaults = {"target_id_loss": ("id_loss", FIELDS["target_id_loss"].default),
+                "stop_tol": ("converged", FIELDS["stop_tol"].default)}
+    mode = fields.get("stop", "steps")
+    return {**fields, **{k: d for k, (m, d) in defaults.items() if mode != m and k in fields}}
 
 
 def canonical_data(fields: dict[str, Any]) -> dict[str, Any]:

@@ -379,7 +379,10 @@ def distill_training(static: Static, traced: dict) -> Training:
                         traced["warmup_steps"])
     step = make_step(objective, tx, trainable, get_batch)
     # A diverged teacher (kept at its last finite parameters) voids the run: flagged at step 0.
-    return Training(step, init_carry(student, tx), measure, void=ts.diverged, final=final)
+    # Stopping reads the student's fit to its teacher: its ID representation error (stop = "id_loss")
+    # and, with bg_mean_proj, its training error (stop = "converged").
+    return Training(step, init_carry(student, tx), measure, void=ts.diverged, final=final,
+                    fit="student_rep_err_id", tracked=("student_rep_err_train", "bg_mean_proj"))
 
 
 EXPERIMENT = Experiment("distill", DISTILL_METRICS, distill_training, spec_metrics=lambda s: SHIFT_METRICS)

@@ -1,5 +1,5 @@
 """The generic training loop every experiment shares: the optimizer, one guarded step, and the
-scan over steps that measures at the logged steps.
+loop over steps that measures at the logged steps and stops a run by its rule (`StopRule`).
 
 An experiment (`experiments.py`) builds a `Training` for one run: its step, initial carry and
 measure; `run_training` trains and logs it. The carry is `init_carry(params, tx)`: (params,
@@ -26,13 +26,18 @@ class Training(NamedTuple):
     (`init_carry`), `measure(params) -> {metric: (n_evals,)}`, `void`: a flag that voids the
     run (marked diverged at step 0; e.g. a distillation teacher that diverged), and `final`:
     measurements of the trained network only, `final(params) -> ({metric: (n_evals,)},
-    {curve: (n_evals, points)})` (the critical shift and its curve, `shift.py`), or None."""
+    {curve: (n_evals, points)})` (the critical shift and its curve, `shift.py`), or None; `fit`
+    and `tracked`: the metrics the stopping rules read (`StopRule`)."""
 
     step: Callable
     carry: Any
     measure: Callable
     void: Any = False
     final: Callable | None = None
+    # what the stopping rules read (`StopRule`): the fit metric of `stop = "id_loss"` and the
+    # metrics whose relative change `stop = "converged"` tracks (those `measure` returns)
+    fit: str = "id_loss"
+    tracked: tuple[str, ...] = ("train_loss", "bg_mean_proj")
 
 
 def _sgd(learning_rate, weight_decay, momentum):
@@ -112,13 +117,69 @@ def train_for(step: Callable, carry, n: int):
     return carry if n == 0 else jax.lax.scan(step, carry, None, length=n)[0]
 
 
-def train_and_log(step: Callable, carry, measure: Callable, steps: int, log_every: int,
-                  schedule: str = "linear") -> dict:
-    """Train `steps` steps, measuring at the steps of `config.log_steps` (step 0 first, the last step last).
+class StopRule(NamedTuple):
+    """When a run stops (`Config.stop`). `mode` is static: `steps` (a fixed-length scan) or `rule`
+    (a loop that ends when the run meets its rule); the rest is traced (one compile for all):
+    `kind` 0 for `id_loss`, 1 for `converged` (`spec.STOP_KINDS`), and the rules' numbers."""
 
-    Returns the run's output: {"curves": {metric: (n_logs, ...)}, "final": {metric, "diverged", "diverged_step"},
-    "params": the final parameters}.
+    mode: str = "steps"
+    kind: Any = -1
+    target: Any = None  # id_loss: the fit metric's level
+    tol: Any = None  # converged: the largest relative change over the window
+    window: Any = 5  # logged points back (converged; and `drift_trend`'s window in every mode)
+
+
+def stop_rule(s: Static, traced: dict) -> StopRule:
+    return StopRule(s.stop, traced["stop_kind"], traced["target_id_loss"], traced["stop_tol"], traced["stop_window"])
+
+
+# Final values the loop adds to every run's (one per evaluation variant, like the metrics):
+# `drift_trend` is a metric column, `stopped_step` an integer column beside `diverged_step`.
+LOOP_METRICS = ("drift_trend",)
+
+
+def met(rule: StopRule, curves: dict, i, fit: str, tracked: tuple[str, ...]) -> jax.Array:
+    """Whether a run meets `rule` at its logged point `i` (curves filled up to it): `id_loss`, the
+    fit metric at or below the target; `converged`, every tracked metric m with |m_i - m_(i-w)|
+    <= tol max(|m_i|, |m_(i-w)|) for the window w (never before w points are logged)."""
+    fitted = jnp.all(curves[fit][i] <= rule.target)
+    back = i - rule.window
+    steady = back >= 0
+    for name in (t for t in tracked if t in curves):
+        now, then = curves[name][i], curves[name][jnp.maximum(back, 0)]
+        steady &= jnp.all(jnp.abs(now - then) <= rule.tol * jnp.maximum(jnp.abs(now), jnp.abs(then)))
+    return jnp.where(rule.kind == 0, fitted, steady)
+
+
+def train_and_log(step: Callable, carry, measure: Callable, steps: int, log_every: int,
+                  schedule: str = "linear", rule: StopRule = StopRule(), fit: str = "id_loss",
+                  tracked: tuple[str, ...] = ("train_loss", "bg_mean_proj")) -> dict:
+    """Train `steps` steps, measuring at the steps of `config.log_steps` (step 0 first, the last step
+    last), or until the run meets `rule` at a logged step (`until_stopped`).
+
+    Returns the run's output: {"curves": {metric: (n_logs, ...)}, "final": {metric, "diverged",
+    "diverged_step", "stopped_step", "drift_trend"}, "params": the final parameters}.
     """
+    points = log_steps(steps, log_every, schedule)
+    if rule.mode == "steps":
+        carry, curves = fixed_steps(step, carry, measure, steps, log_every, schedule)
+        stop_index, stopped_step = len(points) - 1, jnp.int32(steps)
+    else:
+        carry, curves, stop_index, stopped = until_stopped(step, carry, measure, points, log_every, schedule,
+                                                           lambda c, i: met(rule, c, i, fit, tracked))
+        stopped_step = jnp.where(stopped, jnp.asarray(points, jnp.int32)[stop_index], steps)
+    final = {k: v[-1] for k, v in curves.items()}
+    shape = final[next(iter(final))].shape  # (n_evals,): one value per evaluation variant
+    if "bg_mean_proj" in curves:
+        final["drift_trend"] = drift_trend(curves["bg_mean_proj"], points, stop_index, rule.window)
+    final["stopped_step"] = jnp.broadcast_to(stopped_step, shape)
+    final["diverged"] = carry[3]
+    final["diverged_step"] = carry[4]
+    return {"curves": curves, "final": final, "params": carry[0]}
+
+
+def fixed_steps(step: Callable, carry, measure: Callable, steps: int, log_every: int, schedule: str):
+    """All `steps` steps, measured at the logged steps: (final carry, curves {metric: (n_logs, ...)})."""
     first = measure(carry[0])
     if schedule == "geometric":
         # Blocks of unequal (static) lengths: one scan over them, each a loop of its length.
@@ -129,28 +190,85 @@ def train_and_log(step: Callable, carry, measure: Callable, steps: int, log_ever
             return carry, measure(carry[0])
 
         carry, logged = jax.lax.scan(uneven_block, carry, lengths)
-        curves = {k: jnp.concatenate([first[k][None], logged[k]]) for k in first}
-    else:
-        def block(carry, _):
-            carry = train_for(step, carry, log_every)
-            return carry, measure(carry[0])
+        return carry, {k: jnp.concatenate([first[k][None], logged[k]]) for k in first}
 
-        n_blocks, rest = divmod(steps, log_every)
-        carry, logged = jax.lax.scan(block, carry, None, length=n_blocks)
-        curves = {k: jnp.concatenate([first[k][None], logged[k]]) for k in first}
-        if rest:
-            carry = train_for(step, carry, rest)
-            last = measure(carry[0])
-            curves = {k: jnp.concatenate([curves[k], last[k][None]]) for k in curves}
-    final = {k: v[-1] for k, v in curves.items()}
-    final["diverged"] = carry[3]
-    final["diverged_step"] = carry[4]
-    return {"curves": curves, "final": final, "params": carry[0]}
+    def block(carry, _):
+        carry = train_for(step, carry, log_every)
+        return carry, measure(carry[0])
+
+    n_blocks, rest = divmod(steps, log_every)
+    carry, logged = jax.lax.scan(block, carry, None, length=n_blocks)
+    curves = {k: jnp.concatenate([first[k][None], logged[k]]) for k in first}
+    if rest:
+        carry = train_for(step, carry, rest)
+        last = measure(carry[0])
+        curves = {k: jnp.concatenate([curves[k], last[k][None]]) for k in curves}
+    return carry, curves
 
 
-def run_training(s: Static, training: Training) -> dict:
-    """Train and log one run at `s`'s steps and schedule; a voided run is flagged at step 0."""
-    out = train_and_log(training.step, training.carry, training.measure, s.steps, s.log_every, s.log_schedule)
+def until_stopped(step: Callable, carry, measure: Callable, points: list[int], log_every: int, schedule: str,
+                  meets: Callable):
+    """Train block by block between the logged `points` until the run `meets(curves, i)` at its
+    logged point i, or diverges, or reaches the last step: (carry, curves, i, met).
+
+    A `lax.while_loop` over the blocks, its curves preallocated and written at each logged point.
+    Under `vmap` its predicate is per run: a run that has stopped keeps its carry while the others
+    train, and the loop ends when every run has stopped. The curves past a run's stop repeat its
+    values at the stop. A linear schedule's blocks are static scans of `log_every` steps (a
+    shorter last block runs after the loop, kept only by runs still training).
+    """
+    n_logs = len(points)
+    first = measure(carry[0])
+    curves = {k: jnp.zeros((n_logs, *jnp.shape(v)), jnp.result_type(v)).at[0].set(v) for k, v in first.items()}
+    linear = schedule != "geometric"
+    short_last = linear and (points[-1] - points[-2]) != log_every
+    n_loop = n_logs - 1 - short_last  # blocks inside the loop
+    lengths = jnp.asarray(np.diff(points), dtype=jnp.int32)
+
+    def advance(carry, i):
+        if linear:
+            return train_for(step, carry, log_every)
+        return jax.lax.fori_loop(0, lengths[i], lambda _, c: step(c, None)[0], carry)
+
+    def body(state):
+        carry, curves, i, _ = state
+        carry = advance(carry, i)
+        logged = measure(carry[0])
+        curves = {k: curves[k].at[i + 1].set(logged[k]) for k in curves}
+        return carry, curves, i + 1, meets(curves, i + 1) | carry[3]
+
+    state = (carry, curves, jnp.int32(0), meets(curves, 0) | carry[3])
+    carry, curves, i, done = jax.lax.while_loop(lambda st: (st[2] < n_loop) & ~st[3], body, state)
+    if short_last:
+        new = train_for(step, carry, points[-1] - points[-2])
+        logged = measure(new[0])
+        curves = {k: curves[k].at[n_logs - 1].set(logged[k]) for k in curves}
+        carry = jax.tree_util.tree_map(lambda old, upd: jnp.where(done, old, upd), carry, new)
+        i = jnp.where(done, i, n_logs - 1)
+    index = jnp.arange(n_logs)
+    curves = {k: jnp.where((index <= i).reshape(-1, *(1,) * (v.ndim - 1)), v, v[i]) for k, v in curves.items()}
+    return carry, curves, i, meets(curves, i)
+
+
+def drift_trend(values: jax.Array, points: list[int], stop_index, window) -> jax.Array:
+    """The least-squares slope of `values` (n_logs, ...) against the step, per 1000 steps, over the
+    logged points stop_index - window .. stop_index (NaN with one point)."""
+    index = jnp.arange(len(points))
+    w = ((index <= stop_index) & (index >= stop_index - window)).astype(values.dtype)
+    w = w.reshape(-1, *(1,) * (values.ndim - 1))
+    x = (jnp.asarray(points, values.dtype) / 1000.0).reshape(w.shape)
+    n = jnp.sum(w, axis=0)
+    dx = x - jnp.sum(w * x, axis=0) / n
+    dy = values - jnp.sum(w * values, axis=0) / n
+    den = jnp.sum(w * dx ** 2, axis=0)
+    return jnp.where(den > 0, jnp.sum(w * dx * dy, axis=0) / jnp.where(den > 0, den, 1.0), jnp.nan)
+
+
+def run_training(s: Static, training: Training, rule: StopRule = StopRule()) -> dict:
+    """Train and log one run at `s`'s steps and schedule, stopping by `rule` (`stop_rule`); a
+    voided run is flagged at step 0."""
+    out = train_and_log(training.step, training.carry, training.measure, s.steps, s.log_every, s.log_schedule,
+                        rule, training.fit, training.tracked)
     params = out.pop("params")
     if training.final is not None:
         once, out["shifts"] = training.final(params)

@@ -9,7 +9,7 @@ import numpy as np
 
 from .config import Config, log_steps
 from . import experiments
-from .loop import train_for
+from .loop import stop_rule, train_and_log, train_for
 from .model import Params
 from .numerics import matmul_precision
 from .spec import padded_spec, stack_traced, static_spec, traced_values
@@ -55,9 +55,15 @@ def _compiled_trainer(s):
     @matmul_precision(s.precision)
     def train(traced):
         training = experiments.get(s.experiment).training(s, traced)
-        carry = train_for(training.step, training.carry, s.steps)
-        final = {k: v[0] for k, v in training.measure(carry[0]).items()}
-        return carry[0], {**final, "diverged": carry[3]}
+        if s.stop == "steps":
+            carry = train_for(training.step, training.carry, s.steps)
+            params, diverged = carry[0], carry[3]
+        else:  # the run stopped where the sweep's stopped it
+            out = train_and_log(training.step, training.carry, training.measure, s.steps, s.log_every,
+                                s.log_schedule, stop_rule(s, traced), training.fit, training.tracked)
+            params, diverged = out["params"], out["final"]["diverged"]
+        final = {k: v[0] for k, v in training.measure(params).items()}
+        return params, {**final, "diverged": diverged}
 
     return train
 

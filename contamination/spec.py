@@ -50,6 +50,9 @@ class Static(NamedTuple):
     # the last-layer refit (`retrain.py`) is compiled only into programs that ask for it: traced,
     # it cost every synthetic MLP program about 20% more compile time
     retrain_output: str = "none"
+    # `steps` compiles the fixed-length scan; `rule` (stop = `id_loss` or `converged`, the mode
+    # and its numbers traced: `loop.StopRule`) a loop that ends when every run has stopped
+    stop: str = "steps"
 
     @property
     def depth(self) -> int:
@@ -75,7 +78,7 @@ DERIVED_FIELDS = ("n_evals", "hidden")  # not config fields: from the runs and f
 STATIC_FIELDS = tuple(f for f in Static._fields if f not in DERIVED_FIELDS)
 TRACED_FIELDS = ("lr", "weight_decay", "momentum", "warmup_steps", "leaky_slope", "init_scale", "bg_train", "bg_ood", "seed",
                  "teacher_bias", "teacher_lr", "probe_ridge", "critical_level", "shift_min", "shift_max",
-                 "center_inputs", "bg_ood_direction", "bg_spurious")
+                 "center_inputs", "bg_ood_direction", "bg_spurious", "target_id_loss", "stop_tol", "stop_window")
 assert set(STATIC_FIELDS) | set(TRACED_FIELDS) | {"depth", "widths"} == set(FIELDS)
 
 # Shape fields a program may pad (exactly: masks, true sizes traced; model.py, data.py). A run's
@@ -109,11 +112,19 @@ def effective_slope(cfg: Config) -> float:
     return PIECEWISE_LINEAR_SLOPE.get(cfg.activation, cfg.leaky_slope)
 
 
+# The stopping rules share one compiled loop, the rule traced (`loop.StopRule`): -1 for none.
+STOP_KINDS = {"steps": -1, "id_loss": 0, "converged": 1}
+
+
+def compiled_stop(stop: str) -> str:
+    return "steps" if stop == "steps" else "rule"
+
+
 def static_spec(cfg: Config, n_evals: int = 1) -> Static:
     """The compile-time description of `cfg` alone (its own sizes; `padded_spec` pads several)."""
     spec = Static(**{n: getattr(cfg, n) for n in STATIC_FIELDS}, n_evals=n_evals,
                   hidden=cfg.hidden_widths[1:])
-    return spec._replace(activation=compiled_activation(cfg.activation))
+    return spec._replace(activation=compiled_activation(cfg.activation), stop=compiled_stop(cfg.stop))
 
 
 def pad_key(spec: Static) -> Static:
@@ -193,6 +204,10 @@ def traced_values(cfgs: Config | list[Config], n_evals: int | None = None,
         "probe_ridge": np.array([e.probe_ridge for e in evals], dtype=f32),
         "critical_level": np.array([e.critical_level for e in evals], dtype=f32),
         "shift_range": np.array([[e.shift_min, e.shift_max] for e in evals], dtype=f32),
+        "stop_kind": i32(STOP_KINDS[cfg.stop]),
+        "target_id_loss": f32(cfg.target_id_loss),
+        "stop_tol": f32(cfg.stop_tol),
+        "stop_window": i32(cfg.stop_window),
         **deep_sizes(cfg, depth or cfg.depth),
     }
 

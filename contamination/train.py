@@ -15,7 +15,7 @@ from typing import Callable
 import jax
 
 from . import experiments
-from .loop import run_training
+from .loop import LOOP_METRICS, run_training, stop_rule
 from .numerics import matmul_precision
 from .spec import Static
 
@@ -25,7 +25,7 @@ def make_run(static: Static) -> Callable[[dict], dict]:
 
     def run(traced: dict) -> dict:
         with matmul_precision(static.precision):
-            return run_training(static, training(static, traced))
+            return run_training(static, training(static, traced), stop_rule(static, traced))
 
     return run
 
@@ -47,7 +47,7 @@ def batched(static: Static) -> Callable[[dict], dict]:
 
 def metric_names(static: Static) -> tuple[str, ...]:
     """The metric names a run of this static spec logs (its curves' and final keys, in order)."""
-    return experiments.get(static.experiment).metric_names(static)
+    return experiments.get(static.experiment).metric_names(static) + LOOP_METRICS
 
 
 @functools.lru_cache(maxsize=None)

@@ -35,7 +35,7 @@ from .runs import Run, RunTable
 
 # Static fields added after bucket ids were first compared across versions (commit ec221b9): left
 # out of a bucket's id at their default, so that adding one leaves existing ids alone.
-LATER_STATIC = ("precision", "teacher_bias_unit", "teacher_data", "retrain_output")
+LATER_STATIC = ("precision", "teacher_bias_unit", "teacher_data", "retrain_output", "stop")
 
 
 def bucket_id(static: Static) -> str:

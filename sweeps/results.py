@@ -27,10 +27,11 @@ import pyarrow.parquet as pq
 
 from contamination.config import log_steps
 from contamination.ids import RESULTS_VERSION, hex_ids
+from contamination.loop import LOOP_METRICS
 from contamination.retrain import RETRAIN_METRICS
 from contamination.shift import SHIFT_CURVES, SHIFT_METRICS
 
-FINAL_ONLY = SHIFT_METRICS + RETRAIN_METRICS  # measured once, on the final network
+FINAL_ONLY = SHIFT_METRICS + RETRAIN_METRICS + LOOP_METRICS  # measured once, on the final network (or curve)
 
 from .grid import Grid
 from .storage import UNREADABLE, Location
@@ -385,6 +386,7 @@ def build_tables(grid: Grid, networks: list, out: dict, extra: dict,
                 row[k] = float(out["final"][k][i, e])
             row["diverged"] = bool(out["final"]["diverged"][i])
             row["diverged_step"] = int(out["final"]["diverged_step"][i])
+            row["stopped_step"] = int(out["final"]["stopped_step"][i, e])
             row.update(extra)
             rows.append(row)
             curve_index.append((i, e))
