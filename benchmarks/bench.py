@@ -99,11 +99,11 @@ def python_loop_run(cfg) -> None:
     s = static_spec(cfg)
     step, carry, measure = make_training(s, traced_values(cfg))[:3]
     step, measure = jax.jit(step), jax.jit(measure)
-    logs = [measure(carry[0])]
+    logs = [measure(carry.params)]
     for t in range(s.steps):
         carry, _ = step(carry, None)
         if (t + 1) % s.log_every == 0 or t + 1 == s.steps:
-            logs.append(measure(carry[0]))
+            logs.append(measure(carry.params))
     jax.block_until_ready(logs)
 
 

@@ -39,7 +39,7 @@ def main() -> int:
 
     def measured(tr):
         step, carry, measure = make_training(s, tr)[:3]
-        return measure(carry[0])
+        return measure(carry.params)
 
     for name, fn in (("data and init (prepare)", lambda tr: prepare(s, tr)), ("prepare + one measurement", measured),
                      ("whole run", make_run(s))):

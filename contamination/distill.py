@@ -166,12 +166,12 @@ def trained_teacher(key: jax.Array, s: Static, data: Data, sizes, traced: dict):
         # A program padded to more teacher steps than the run's own: the steps past them leave
         # the carry (parameters, optimizer state, step, divergence flag) exactly as it was.
         new, _ = step(carry, x)
-        live = carry[2] < traced["true_teacher_steps"]
+        live = carry.step < traced["true_teacher_steps"]
         return jax.tree_util.tree_map(lambda old, upd: jnp.where(live, upd, old), carry, new), None
 
     carry = train_for(own_steps_only, init_carry(params, tx), s.teacher_steps)
-    p = carry[0]
-    return Teacher(p.w @ basis, p.b), carry[3]
+    p = carry.params
+    return Teacher(p.w @ basis, p.b), carry.diverged
 
 
 def init_student(key: jax.Array, s: Static, true_width: jax.Array, true_d: jax.Array, mask: jax.Array,

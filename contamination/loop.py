@@ -80,10 +80,20 @@ def _all_finite(tree) -> jax.Array:
     return functools.reduce(jnp.logical_and, [jnp.all(jnp.isfinite(x)) for x in leaves])
 
 
+class Carry(NamedTuple):
+    """The training loop's state for one run (a pytree: it scans, vmaps and selects as a tuple)."""
+
+    params: Any
+    opt_state: Any
+    step: jax.Array  # steps taken
+    diverged: jax.Array  # the loss or parameters went non-finite: frozen since
+    diverged_step: jax.Array  # the step at which it diverged (-1: never)
+
+
 def make_step(objective: Callable, tx: optax.GradientTransformation, trainable, get_batch: Callable):
     """One optimizer step for `lax.scan`, over any parameter pytree.
 
-    The carry is `init_carry(params, tx)`: (params, optimizer state, step, diverged, diverged step).
+    The carry is a `Carry` (`init_carry(params, tx)`).
     `trainable` is a pytree of 0/1 masks broadcastable to the parameters.
     """
 
@@ -103,13 +113,13 @@ def make_step(objective: Callable, tx: optax.GradientTransformation, trainable, 
         p = jax.tree_util.tree_map(lambda old, new: jnp.where(keep, old, new), p, new_p)
         opt_state = jax.tree_util.tree_map(lambda old, new: jnp.where(keep, old, new), opt_state, new_state)
         div_step = jnp.where(newly, t, div_step)
-        return (p, opt_state, t + 1, keep, div_step), None
+        return Carry(p, opt_state, t + 1, keep, div_step), None
 
     return step
 
 
-def init_carry(params, tx: optax.GradientTransformation):
-    return (params, tx.init(params), jnp.int32(0), jnp.bool_(False), jnp.int32(-1))
+def init_carry(params, tx: optax.GradientTransformation) -> Carry:
+    return Carry(params, tx.init(params), jnp.int32(0), jnp.bool_(False), jnp.int32(-1))
 
 
 def train_for(step: Callable, carry, n: int):
@@ -173,35 +183,35 @@ def train_and_log(step: Callable, carry, measure: Callable, steps: int, log_ever
     if "bg_mean_proj" in curves:
         final["drift_trend"] = drift_trend(curves["bg_mean_proj"], points, stop_index, rule.window)
     final["stopped_step"] = jnp.broadcast_to(stopped_step, shape)
-    final["diverged"] = carry[3]
-    final["diverged_step"] = carry[4]
-    return {"curves": curves, "final": final, "params": carry[0]}
+    final["diverged"] = carry.diverged
+    final["diverged_step"] = carry.diverged_step
+    return {"curves": curves, "final": final, "params": carry.params}
 
 
 def fixed_steps(step: Callable, carry, measure: Callable, steps: int, log_every: int, schedule: str):
     """All `steps` steps, measured at the logged steps: (final carry, curves {metric: (n_logs, ...)})."""
-    first = measure(carry[0])
+    first = measure(carry.params)
     if schedule == "geometric":
         # Blocks of unequal (static) lengths: one scan over them, each a loop of its length.
         lengths = jnp.asarray(np.diff(log_steps(steps, log_every, schedule)), dtype=jnp.int32)
 
         def uneven_block(carry, n):
             carry = jax.lax.fori_loop(0, n, lambda _, c: step(c, None)[0], carry)
-            return carry, measure(carry[0])
+            return carry, measure(carry.params)
 
         carry, logged = jax.lax.scan(uneven_block, carry, lengths)
         return carry, {k: jnp.concatenate([first[k][None], logged[k]]) for k in first}
 
     def block(carry, _):
         carry = train_for(step, carry, log_every)
-        return carry, measure(carry[0])
+        return carry, measure(carry.params)
 
     n_blocks, rest = divmod(steps, log_every)
     carry, logged = jax.lax.scan(block, carry, None, length=n_blocks)
     curves = {k: jnp.concatenate([first[k][None], logged[k]]) for k in first}
     if rest:
         carry = train_for(step, carry, rest)
-        last = measure(carry[0])
+        last = measure(carry.params)
         curves = {k: jnp.concatenate([curves[k], last[k][None]]) for k in curves}
     return carry, curves
 
@@ -218,7 +228,7 @@ def until_stopped(step: Callable, carry, measure: Callable, points: list[int], l
     shorter last block runs after the loop, kept only by runs still training).
     """
     n_logs = len(points)
-    first = measure(carry[0])
+    first = measure(carry.params)
     curves = {k: jnp.zeros((n_logs, *jnp.shape(v)), jnp.result_type(v)).at[0].set(v) for k, v in first.items()}
     linear = schedule != "geometric"
     short_last = linear and (points[-1] - points[-2]) != log_every
@@ -233,15 +243,15 @@ def until_stopped(step: Callable, carry, measure: Callable, points: list[int], l
     def body(state):
         carry, curves, i, _ = state
         carry = advance(carry, i)
-        logged = measure(carry[0])
+        logged = measure(carry.params)
         curves = {k: curves[k].at[i + 1].set(logged[k]) for k in curves}
-        return carry, curves, i + 1, meets(curves, i + 1) | carry[3]
+        return carry, curves, i + 1, meets(curves, i + 1) | carry.diverged
 
-    state = (carry, curves, jnp.int32(0), meets(curves, 0) | carry[3])
+    state = (carry, curves, jnp.int32(0), meets(curves, 0) | carry.diverged)
     carry, curves, i, done = jax.lax.while_loop(lambda st: (st[2] < n_loop) & ~st[3], body, state)
     if short_last:
         new = train_for(step, carry, points[-1] - points[-2])
-        logged = measure(new[0])
+        logged = measure(new.params)
         curves = {k: curves[k].at[n_logs - 1].set(logged[k]) for k in curves}
         carry = jax.tree_util.tree_map(lambda old, upd: jnp.where(done, old, upd), carry, new)
         i = jnp.where(done, i, n_logs - 1)

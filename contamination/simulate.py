@@ -57,7 +57,7 @@ def _compiled_trainer(s):
         training = experiments.get(s.experiment).training(s, traced)
         if s.stop == "steps":
             carry = train_for(training.step, training.carry, s.steps)
-            params, diverged = carry[0], carry[3]
+            params, diverged = carry.params, carry.diverged
         else:  # the run stopped where the sweep's stopped it
             out = train_and_log(training.step, training.carry, training.measure, s.steps, s.log_every,
                                 s.log_schedule, stop_rule(s, traced), training.fit, training.tracked)

@@ -130,7 +130,7 @@ def test_padded_entries_are_exact_zeros():
     assert np.asarray(train.y)[10:].tolist() == [0.0] * 6 and float(np.asarray(train.mask).sum()) == 10
     step, carry = make_training(s, one)[:2]
     carry = jax.lax.scan(step, carry, None, length=5)[0]
-    w = np.asarray(carry[0].w).T  # training layout (d, m) -> (m, d)
+    w = np.asarray(carry.params.w).T  # training layout (d, m) -> (m, d)
     assert not w[5:].any() and not w[:, 9:].any() and w[:5, :9].all()
 
 
