@@ -33,6 +33,7 @@ import hashlib
 import json
 import os
 import pickle
+import time
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +114,30 @@ def save(store: Path, key: str, compiled) -> bool:
 
 def discard(store: Path, key: str) -> None:
     (store / f"{key}.jaxexe").unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def compiling(store: Path, key: str, devices):
+    """Around compiling the program `key` for the store: yields None when this process is to
+    compile it, or the program another process stored meanwhile. A shared store (one folder for
+    a fleet of one machine kind) is compiled into once per program: the compiling process holds
+    the lease `compile-KEY` (`lease.py`, in `leases/` of the store), and the others that need the
+    program wait for it to end, then load the program (or compile it, if none landed)."""
+    from . import storage
+    from .lease import Lease
+
+    lease = Lease(storage.location(str(store)), f"compile-{key[:32]}")
+    while not lease.try_acquire():
+        while lease.blockers():
+            time.sleep(0.1)
+        found = load(store, key, devices)
+        if found is not None:
+            yield found
+            return
+    try:
+        yield load(store, key, devices)  # stored between the caller's look and the lease
+    finally:
+        lease.release()
 
 
 @contextlib.contextmanager
