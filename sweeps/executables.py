@@ -33,6 +33,7 @@ import hashlib
 import json
 import os
 import pickle
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -96,8 +97,12 @@ def load(store: Path, key: str, devices):
         return None
 
 
-def save(store: Path, key: str, compiled) -> bool:
-    """Store a compiled program atomically; False where the backend cannot serialize it."""
+COMPILE_LOG = "compiles.log"  # one line per program compiled into the store: what a fleet compiled
+
+
+def save(store: Path, key: str, compiled, seconds: float | None = None) -> bool:
+    """Store a compiled program atomically, and log it (`COMPILE_LOG`: key, host, pid, seconds);
+    False where the backend cannot serialize it."""
     from jax.experimental.serialize_executable import serialize
 
     try:
@@ -109,6 +114,9 @@ def save(store: Path, key: str, compiled) -> bool:
     tmp = store / f".tmp-{key}-{os.getpid()}"
     tmp.write_bytes(data)
     os.replace(tmp, store / f"{key}.jaxexe")
+    line = json.dumps({"key": key, "host": socket.gethostname(), "pid": os.getpid(), "seconds": seconds})
+    with open(store / COMPILE_LOG, "a") as f:  # one short append: whole lines, even from several processes
+        f.write(line + "\n")
     return True
 
 

@@ -103,7 +103,7 @@ def compile_bucket(static: Static, chunk_size: int, mesh, store: Path | None = N
             compiled = fn.lower(abstract).compile()
         seconds = time.perf_counter() - t0
         if key:
-            executables.save(store, key, compiled)
+            executables.save(store, key, compiled, seconds)
     return Program(compiled, sharding, seconds, "compiled", key)
 
 

@@ -267,3 +267,50 @@ def test_killed_shard_reruns_then_sweep_up_and_status(shard_env, reference, flee
     assert_same_metrics(runs, reference, **F32)
     from analysis import load as load_results
     assert len(load_results(out).runs) == N_RUNS  # analysis reads the shards' files as one
+
+
+# --- the recipes ----------------------------------------------------------------------------
+
+def test_recipes_name_the_engines_settings_and_commands_the_cli_takes():
+    """Only the Slurm recipe runs here (`make test-cluster`); the others are checked for the
+    settings docs/clusters.md promises, and their commands are parsed by the real parser."""
+    import shlex
+
+    import yaml
+
+    from sweeps.__main__ import build_parser
+
+    recipes = ROOT / "clusters"
+    job = yaml.safe_load((recipes / "k8s-indexed-job.yaml").read_text())["spec"]
+    assert job["completionMode"] == "Indexed" and job["backoffLimitPerIndex"] >= 1
+    assert job["template"]["spec"]["restartPolicy"] == "Never"
+    rules = job["podFailurePolicy"]["rules"]
+    assert {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]} in rules
+    assert any(r["action"] == "FailIndex" and r["onExitCodes"]["values"] == [2] for r in rules)
+    pod = job["template"]["spec"]["containers"][0]
+    assert {"name": "CONTAMINATION_SHARDS", "value": str(job["completions"])} in pod["env"]
+    batch = json.loads((recipes / "cloud-batch.json").read_text())["taskGroups"][0]
+    assert batch["taskSpec"]["maxRetryCount"] >= 1
+    assert batch["taskSpec"]["lifecyclePolicies"] == [{"action": "FAIL_TASK", "actionCondition": {"exitCodes": [2]}}]
+    sky = yaml.safe_load((recipes / "skypilot.yaml").read_text())
+    assert sky["resources"]["use_spot"] and "SHARD" in sky["envs"]
+    slurm = (recipes / "slurm.sbatch").read_text()
+    assert subprocess.run(["bash", "-n", str(recipes / "slurm.sbatch")]).returncode == 0
+    def argv(shell: str, env: dict) -> list[str]:
+        """The arguments a recipe's shell line passes to python, as bash expands them."""
+        line = shell.replace("\\\n", " ").split("python", 1)[1]
+        out = subprocess.run(["bash", "-c", f"printf '%s\\n' {line}"], env={**os.environ, **env},
+                             capture_output=True, text=True, check=True).stdout
+        return out.splitlines()
+
+    container = batch["taskSpec"]["runnables"][0]["container"]
+    commands = [pod["command"][1:], container["commands"],
+                argv(sky["run"], {**sky["envs"], "SHARD": "3/8"}),
+                argv(slurm.split("exec .venv/bin/", 1)[1], {"SHARDS": "8", "GRID": "quickstart", "OUT": "x",
+                                                            "SCALE": "full", "EXTRA_ARGS": "--chunk-size 2"})]
+    for cmd in commands:
+        assert cmd[:2] == ["-m", "sweeps"], cmd
+        args = build_parser().parse_args(cmd[2:])
+        assert args.command == "run" and args.shard is not None and args.no_progress, cmd
+    page = (ROOT / "docs" / "clusters.md").read_text()
+    assert all(f"../clusters/{p.name}" in page for p in recipes.iterdir() if p.suffix in (".sbatch", ".yaml", ".json"))
