@@ -4,7 +4,9 @@ The pieces live in their own modules: `environment` (JAX set-up, devices), `prov
 `storage` (where results live: a folder or an object-store prefix), `results` (the directory,
 its tables and manifest, crash safety), `preempt` (stopping cleanly on SIGTERM), `plan` (networks, buckets,
 chunks), `calibrate` (the device model the planner predicts with), `programs` (compiling and
-loading bucket programs, in a background thread) and `executables` (the program store).
+loading bucket programs, in a background thread), `executables` (the program store), and for
+array jobs `shards` (which networks a shard trains), `scope` (what this invocation may train,
+under which name) and `lease` (one attempt at a time per shard).
 """
 
 from __future__ import annotations
@@ -122,6 +124,10 @@ def calibrate_devices(cache_dir: str | None = None) -> calibrate.DeviceModel:
     return calibrate.load_or_measure(local_mesh(), calibrate.model_dir(setup_jax(cache_dir)), again=True)
 
 
+def same_runs(a: results.Done, b: results.Done) -> bool:
+    return np.array_equal(np.unique(a.keys), np.unique(b.keys))
+
+
 def metric_names(runs: list[Run] | RunTable) -> list[str]:
     """Metric columns of these runs (the union over their experiments, in first-seen order)."""
     if isinstance(runs, RunTable):
@@ -153,7 +159,7 @@ def run_grid(grid: Grid, out, *, memory_budget: int | None = None, min_efficienc
     results.check_version(out)  # before anything is written
     stop = StopFlag()
     with stop.installed():
-        scope = scopes.take(grid, out, process or this_process(), shard, stop)
+        scope = scopes.take(grid, out, process or this_process(), shard)
         try:
             return _run_grid(grid, out, stop, scope, memory_budget=memory_budget, min_efficiency=min_efficiency,
                              chunk_size=chunk_size, progress=progress, cache_dir=cache_dir,
@@ -173,12 +179,19 @@ def _run_grid(grid: Grid, out: storage.Location, stop: StopFlag, scope: scopes.S
     started = dt.datetime.now(dt.timezone.utc).isoformat()
     mesh = local_mesh()
     dev = device_info()
+    def plan() -> Pending:
+        return plan_pending(grid, out, mesh, cache, memory_budget=memory_budget, min_efficiency=min_efficiency,
+                            chunk_size=chunk_size, process=process, rows=scope.rows)
+
     # Planning raises on an impossible budget before anything is written.
-    p = plan_pending(grid, out, mesh, cache, memory_budget=memory_budget, min_efficiency=min_efficiency,
-                     chunk_size=chunk_size, process=process, rows=scope.rows)
+    p = plan()
     precisions = {p.table.points[k].config.precision for k in p.table.live_points()}
     results.check_numerics(out, precisions, float_name())  # before anything is written
     stop.check()  # a signal while planning: nothing written yet
+    rows = scope.rows
+    scope.acquire(stop)  # the lease: one attempt at a time (it may wait here)
+    if scope.rows is not rows or not same_runs(p.done, results.done_runs(out)):
+        p = plan()  # another attempt wrote meanwhile, or running shards keep their runs
     results.recover(out, scope.prefix, scope.keep)
     provenance = make_provenance(grid, dev, metric_names(p.table), float_name(), precisions)
     networks = sum(len(b.networks) for b in p.buckets)
@@ -187,7 +200,7 @@ def _run_grid(grid: Grid, out: storage.Location, stop: StopFlag, scope: scopes.S
                   "min_efficiency": "auto" if min_efficiency is None else min_efficiency,
                   "compile_ahead": compile_ahead,
                   "device_model": p.model.summary(), "plan_s": time.perf_counter() - t_start, "buckets": [],
-                  **({"shard": scope.record} if scope.rows is not None and scope.tag else scope.record), **note}
+                  **scope.record, **note}
     manifest_name = results.manifest_name(scope.tag)
     manifest = results.write_manifest(out, manifest_name, grid, provenance, invocation)
     for table in results.TABLES:
@@ -282,8 +295,8 @@ def _run_grid(grid: Grid, out: storage.Location, stop: StopFlag, scope: scopes.S
         invocation["stopped_by"] = stopped.name
     results.write_manifest(out, manifest_name, grid, provenance, invocation, manifest)
     total, within = len(p.table), "the grid"
-    if scope.rows is not None and scope.tag:
-        total, within = len(scope.rows), f"shard {scope.record['index']}/{scope.record['count']} ({len(p.table)} in the grid)"
+    if scope.shard is not None:
+        total, within = len(scope.rows), f"shard {scope.shard[0]}/{scope.shard[1]} ({len(p.table)} in the grid)"
     summary = Summary(out, total, p.skipped, done_count, networks, len(p.buckets), seconds,
                       compiler.waited_s, invocation["buckets"], within)
     if stopped is not None:

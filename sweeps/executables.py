@@ -22,7 +22,9 @@ replaced. Programs are compiled for the store with JAX's persistent cache bypass
 a file that loads but fails to run on the CPU backend (jaxlib 0.10: "Function ... not found"). Files live in `executables/` next to JAX's
 cache (`~/.cache/contamination/jax` or `$CONTAMINATION_JAX_CACHE`); they are pickles, so
 the directory must be trusted as the cache itself is. `CONTAMINATION_EXECUTABLE_CACHE=0`
-turns the store off.
+turns the store off. A fleet of one machine kind can share the store (the cache on a shared
+filesystem): a process compiling a program holds a lease on it (`compiling`), so each program is
+compiled once, and `compiles.log` lists every program compiled into the store.
 """
 
 from __future__ import annotations

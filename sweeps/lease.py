@@ -19,6 +19,7 @@ before its next write. `CONTAMINATION_LEASE_BEAT_S`, `_STALE_S`, `_SETTLE_S` set
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -44,6 +45,7 @@ def timings(local: bool) -> tuple[float, float, float]:
     return _env_s("BEAT", 10.0), _env_s("STALE", 60.0), _env_s("SETTLE", 0.05 if local else 1.0)
 
 
+@functools.lru_cache(maxsize=None)
 def pid_space() -> str:
     """This process namespace on this boot of this machine ("" where unknown): within it a pid
     tells whether a claim's process is still running."""

@@ -7,8 +7,9 @@ Commit protocol (crash safety): each Parquet file is serialised in memory and pu
 the same name. A run is done when its row is in a readable `runs/` file. On start, temporaries,
 curves files without their runs file (a crash between the two writes) and files whose Parquet
 footer does not read are removed with a warning, so a killed sweep resumes with no lost and no
-duplicate rows. With several hosts, chunk names carry the host (`p{index}-`), and a host removes
-only its own orphaned curves files (another host's may be between its two writes). What is done
+duplicate rows. With several writers (the hosts of a slice, the shards of an array job), chunk
+names carry the writer's tag (`p{index}-`, `s{K}of{N}-`: `writer_tag`), and a writer removes only
+its own temporaries and orphaned curves files (another's may be between its two writes). What is done
 is read from the runs files' `run_id` column alone, or from the hosts' indexes of their runs
 files (`done_runs`, `write_index`).
 """

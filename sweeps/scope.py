@@ -9,6 +9,9 @@
 - A single process without `--shard` (a sweep, or the sweep-up after an array): every run,
   under the lease `all` (two sweeps of one directory take turns, and a shard that starts
   meanwhile waits for it), less the networks of shards whose attempts are running now.
+
+The engine plans and checks everything it can before it takes the lease (`Scope.acquire`), so
+that refused input writes nothing, then plans again if the lease changed what is left to train.
 """
 
 from __future__ import annotations
@@ -32,68 +35,83 @@ SWEEP = "all"  # the lease of a sweep without --shard
 class Scope:
     tag: str  # `results.writer_tag`
     rows: np.ndarray | None  # rows of the grid's table this invocation may train (None: the host's share)
-    lease: Lease | None = None
+    lease: Lease | None = None  # held from `acquire` to `release`
     keep: tuple[str, ...] = ()  # chunk prefixes of other writers running now
-    record: dict = dataclasses.field(default_factory=dict)  # for the manifest's invocation
+    shard: tuple[int, int] | None = None
+    record: dict = dataclasses.field(default_factory=dict)  # added to the manifest's invocation
+    grid: Grid | None = None
+    assignment: shards.Assignment | None = None
 
     @property
     def prefix(self) -> str:
         return chunk_prefix(self.tag)
 
+    def acquire(self, stop=None) -> None:
+        """Take the lease (waiting while another attempt holds it; `stop` ends the wait with
+        `Preempted`), then check who else runs: a shard refuses to run beside a shard of another
+        assignment, and a sweep leaves the running shards' runs to them."""
+        if self.lease is None:
+            return
+        self.lease.acquire(stop)
+        try:
+            if self.shard is not None:
+                self._check_assignments()
+            else:
+                self._leave_to_running_shards()
+        except ResultsError:
+            self.release()
+            raise
+
     def release(self) -> None:
         if self.lease is not None:
             self.lease.release()
 
+    def _check_assignments(self) -> None:
+        other = [c for c in self.lease.others() if _is_shard(c) and c.get("assignment") != self.assignment.digest]
+        if other:
+            raise ResultsError(f"{self.lease.out}: shard {other[0]['name']} of another assignment is running "
+                               f"({other[0].who()}): another grid file, code version, shard count or "
+                               f"{shards.MODEL_ENV}; their shares would overlap, so wait for it or give another --out")
+
+    def _leave_to_running_shards(self) -> None:
+        running = sorted((c for c in self.lease.others() if _is_shard(c)), key=lambda c: c["name"])
+        if not running:
+            return
+        table = self.grid.table
+        excluded = np.zeros(len(table), bool)
+        assignments: dict[int, shards.Assignment] = {}
+        for c in running:
+            a = assignments.setdefault(int(c["count"]), shards.assign(table, int(c["count"])))
+            if a.digest != c.get("assignment"):
+                raise ResultsError(f"{self.lease.out}: shard {c['name']} of another assignment is running "
+                                   f"({c.who()}): another grid file or code version; wait for it or give another --out")
+            excluded[a.rows(int(c["index"]))] = True
+        print(f"leaving {int(excluded.sum())} runs to the shards running now: "
+              f"{', '.join(c['name'] for c in running)}", file=sys.stderr, flush=True)
+        self.rows = np.flatnonzero(~excluded)
+        self.keep = tuple(chunk_prefix(c["name"]) for c in running)
+        self.record = {"left_to_running_shards": [c["name"] for c in running]}
+
 
 def _is_shard(c: Claim) -> bool:
-    return str(c.get("name", "")).startswith("s") and "count" in c
+    return "count" in c and "assignment" in c
 
 
-def take(grid: Grid, out: Location, process: tuple[int, int], shard: tuple[int, int] | None, stop=None) -> Scope:
-    """This invocation's scope; waits for its lease (`stop` ends the wait with `Preempted`)."""
+def take(grid: Grid, out: Location, process: tuple[int, int], shard: tuple[int, int] | None) -> Scope:
+    """This invocation's scope; its lease (if any) is taken by `Scope.acquire`, once the run has
+    checked everything it can before writing."""
     if process[1] > 1:
         if shard is not None:
             raise PlanError("--shard: not with --distributed (a slice's hosts already share the grid out)")
         return Scope(writer_tag(*process), None)
-    if shard is not None:
-        return _take_shard(grid, out, *shard, stop)
-    return _take_sweep(grid, out, stop)
-
-
-def _take_shard(grid: Grid, out: Location, index: int, count: int, stop) -> Scope:
+    if shard is None:
+        lease = Lease(out, SWEEP, conflicts=lambda mine, other: other.get("name") == SWEEP)
+        return Scope("", None, lease, grid=grid)
+    index, count = shard
     a = shards.assign(grid.table, count)
     name = shards.tag(index, count)
     lease = Lease(out, name, {"count": count, "index": index, "assignment": a.digest},
                   conflicts=lambda mine, other: other.get("name") in (mine["name"], SWEEP))
-    lease.acquire(stop)
-    other = [c for c in lease.others() if _is_shard(c) and c.get("assignment") != a.digest]
-    if other:
-        lease.release()
-        raise ResultsError(f"{out}: shard {other[0]['name']} of another assignment is running ({other[0].who()}): "
-                           "another grid file, code version, shard count or CONTAMINATION_SHARD_MODEL; their "
-                           "shares would overlap, so wait for it or give another --out")
-    record = {"index": index, "count": count, "assignment": a.digest, "reference_model": a.model_name,
-              "attempt": lease.attempt}
-    return Scope(name, a.rows(index), lease, record=record)
-
-
-def _take_sweep(grid: Grid, out: Location, stop) -> Scope:
-    lease = Lease(out, SWEEP, conflicts=lambda mine, other: other.get("name") == SWEEP)
-    lease.acquire(stop)
-    running = sorted((c for c in lease.others() if _is_shard(c)), key=lambda c: c["name"])
-    rows = np.arange(len(grid.table))
-    if not running:
-        return Scope("", None, lease)
-    excluded = np.zeros(len(grid.table), bool)
-    assignments: dict[int, shards.Assignment] = {}
-    for c in running:
-        a = assignments.setdefault(int(c["count"]), shards.assign(grid.table, int(c["count"])))
-        if a.digest != c.get("assignment"):
-            lease.release()
-            raise ResultsError(f"{out}: shard {c['name']} of another assignment is running ({c.who()}): another "
-                               "grid file or code version; wait for it or give another --out")
-        excluded[a.rows(int(c["index"]))] = True
-    print(f"leaving {int(excluded.sum())} runs to the shards running now: "
-          f"{', '.join(c['name'] for c in running)}", file=sys.stderr, flush=True)
-    keep = tuple(chunk_prefix(c["name"]) for c in running)
-    return Scope("", rows[~excluded], lease, keep, {"left_to_running_shards": [c["name"] for c in running]})
+    record = {"shard": {"index": index, "count": count, "assignment": a.digest, "reference_model": a.model_name,
+                        "attempt": lease.attempt}}
+    return Scope(name, a.rows(index), lease, shard=shard, record=record, grid=grid, assignment=a)

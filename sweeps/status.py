@@ -80,6 +80,8 @@ def report(grid: Grid, out: Location, count: int | None = None) -> str:
             count = counts[-1]
         else:
             count = 1
+    if count == 1 and (0, 1) not in manifests and out.exists("manifest.json"):  # a sweep without --shard
+        manifests[(0, 1)] = json.loads(out.read_text("manifest.json"))
     a = shards.assign(table, count)
     recorded = [(inv, m) for m in manifests.values() for inv in m.get("invocations", [])[-1:]]
     recorded.sort(key=lambda im: str(im[0].get("started", "")))

@@ -1,9 +1,9 @@
 """Shards for array jobs: the assignment (from the grid alone, disjoint, balanced by predicted
-seconds), `--shard` parsing, leases, and real processes: shards and a second attempt of one of
-them at once into one directory equal one process, with the shared program compiled once; a
-SIGKILLed shard re-run completes, the sweep-up without --shard finishes the rest, and `status`
-follows it from the results alone. (Into a bucket: tests/test_object_store.py; on a real Slurm
-cluster: tests/cluster/, `make test-cluster`.)"""
+seconds), `--shard` parsing, leases, the recipes, and an array job in real processes: shards
+and a second attempt of one of them at once into one directory, a SIGKILLed shard re-run, the
+sweep-up without --shard, `status` throughout, equal to one process, the fleet's one program
+compiled once. (Into a bucket: tests/test_object_store.py; on a real Slurm cluster:
+tests/cluster/, `make test-cluster`.)"""
 
 from __future__ import annotations
 
@@ -22,7 +22,6 @@ import pytest
 from sweeps import lease as leases
 from sweeps import shards
 from sweeps.__main__ import main as sweeps_main
-from sweeps.engine import run_grid
 from sweeps.grid import load
 from sweeps.plan import TableNetworks
 from sweeps.results import recover
@@ -32,9 +31,9 @@ from conftest import TINY_FIXED
 from test_engine import assert_same_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
-F32 = dict(rtol=1e-5, atol=1e-6)  # float32: the same programs or a one-device one (test_object_store.F32)
+F32 = dict(rtol=1e-5, atol=1e-6)  # float32 (test_object_store.F32); here the programs are the same
 
-# One shape, so that the two shards' pieces of it are one program (compiled once by the fleet).
+# One shape, so that the shards' pieces of it are one program (compiled once by the fleet).
 ONE_SHAPE = """
 description = "one shape, for shards"
 preset = "toy_theory"
@@ -47,36 +46,19 @@ activation = "relu"
 [axes]
 background = [{label = "shifted", bg_train = [0.0, 1.0]}, {label = "centred", bg_train = [-0.5, 0.5]}]
 """
-N_RUNS = 18
+N_RUNS = 18  # 6 per shard of 3
 
 
 @pytest.fixture
 def shard_env(tmp_path, monkeypatch):
-    """A reference model whose compiles are nearly free, so that the one bucket is cut in two
-    (the shipped one keeps a grid this small whole); in os.environ, for subprocesses too."""
+    """A reference model whose compiles are nearly free, so that the one bucket is cut into
+    shares (the shipped one keeps a grid this small whole); in os.environ, for subprocesses too."""
     model = tmp_path / "model.json"
     model.write_text(json.dumps({"device": "test", "flop_rate": 7e10, "step_s": 4e-5, "calibration_compile_s": 1e-3}))
     monkeypatch.setenv(shards.MODEL_ENV, str(model))
     grid = tmp_path / "one.toml"
     grid.write_text(ONE_SHAPE)
     return grid
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    """The grid trained by one process (in this one)."""
-    tmp = tmp_path_factory.mktemp("ref")
-    grid = tmp / "ref.toml"
-    grid.write_text(ONE_SHAPE)
-    run_grid(load(str(grid)), tmp / "ref", progress=False)
-    return pd.read_parquet(tmp / "ref" / "runs")
-
-
-@pytest.fixture(scope="module")
-def fleet(tmp_path_factory):
-    """The subprocesses' environment: a program store of their own (the fleet's shared one),
-    fresh for the first test that starts processes; the others load its programs."""
-    return {**os.environ, "CONTAMINATION_JAX_CACHE": str(tmp_path_factory.mktemp("fleet-cache"))}
 
 
 # --- the assignment -------------------------------------------------------------------------
@@ -203,70 +185,74 @@ def test_recover_leaves_running_writers_files(tmp_path):
 
 # --- real processes -------------------------------------------------------------------------
 
-def shard_cmd(grid: Path, out: str, shard: str, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "sweeps", "run", str(grid), "--out", out, "--shard", shard, "--no-progress", *extra]
+def sweep(grid: Path, out: Path, *extra: str) -> list[str]:
+    # chunks of two networks: every process below runs one program, which the fleet compiles once
+    return [sys.executable, "-m", "sweeps", "run", str(grid), "--out", str(out), "--no-progress",
+            "--chunk-size", "2", *extra]
 
 
-# Both tests run chunks of 2 networks: one program, compiled by the first test's fleet.
-def test_shards_and_a_second_attempt_at_once_equal_one_process(shard_env, reference, fleet, tmp_path):
-    out = tmp_path / "out"
-    env = {**fleet, shards.MODEL_ENV: os.environ[shards.MODEL_ENV]}
-    procs = [subprocess.Popen(shard_cmd(shard_env, str(out), s, "--chunk-size", "2"), cwd=ROOT, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for s in ("0/2", "1/2", "1/2")]
-    outs = [p.communicate(timeout=300) for p in procs]
-    for p, (stdout, stderr) in zip(procs, outs):
-        assert p.returncode == 0, stderr[-3000:]
-    trained = [int(o.split(" runs trained")[0].split()[-1]) for o, _ in outs]
-    assert trained[0] == 9 and sorted(trained[1:]) == [0, 9], outs  # the second attempt found it done
-    assert "waiting: s1of2 is held by another attempt" in outs[1][1] + outs[2][1]
+def freeze_after_first_chunk(proc: subprocess.Popen, out: Path, prefix: str) -> int:
+    """SIGSTOP `proc` within milliseconds of its first runs file (a chunk takes far longer), then
+    SIGKILL it; the runs files it wrote."""
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None:
+        if (out / "runs").is_dir() and any(p.name.startswith(prefix) for p in (out / "runs").iterdir()):
+            proc.send_signal(signal.SIGSTOP)
+            break
+        time.sleep(0.005)
+    time.sleep(0.3)
+    written = len([p for p in (out / "runs").glob(f"{prefix}*.parquet")])
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return written
+
+
+def test_an_array_job_in_processes_equals_one_process(shard_env, tmp_path, capsys):
+    """Shards 0 and 1 of 3, and a second attempt of shard 1, at once; shard 0 SIGKILLed after its
+    first chunk and re-run; shard 2 never started, left to the sweep-up; `status` throughout; the
+    result equals one process's, and the fleet (one shared cache) compiled its one program once."""
+    out, n = tmp_path / "out", N_RUNS // 3
+    env = {**os.environ, "CONTAMINATION_JAX_CACHE": str(tmp_path / "fleet-cache")}  # fresh, shared
+    procs = [subprocess.Popen(sweep(shard_env, out, "--shard", s), cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for s in ("0/3", "1/3", "1/3")]
+    partial = freeze_after_first_chunk(procs[0], out, "s0of3-")
+    assert 0 < partial * 2 < n, "the kill should land part way"
+    outs = [p.communicate(timeout=300) for p in procs[1:]]
+    assert [p.returncode for p in procs[1:]] == [0, 0], outs
+    trained = sorted(int(o.split(" runs trained")[0].split()[-1]) for o, _ in outs)
+    assert trained == [0, n], outs  # the second attempt waited for the first, then found it done
+    assert "waiting: s1of3 is held by another attempt" in outs[0][1] + outs[1][1]
+    assert sweeps_main(["status", str(shard_env), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert f"{N_RUNS - n - 2 * partial} missing" in text and "ended without a record" in text and "not started" in text
+
+    res = subprocess.run(sweep(shard_env, out, "--shard", "0/3"), cwd=ROOT, env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]  # the retry goes on at once: its claim's process is gone
+    assert f"{n - 2 * partial} runs trained" in res.stdout and f"{2 * partial} already done, of {n} in shard 0/3" \
+        in res.stdout
+    res = subprocess.run(sweep(shard_env, out), cwd=ROOT, env=env, capture_output=True, text=True)  # the sweep-up
+    assert res.returncode == 0 and f"{n} runs trained" in res.stdout and f"{2 * n} already done" in res.stdout, res
+    assert sweeps_main(["status", str(shard_env), "--out", str(out)]) == 0
+    assert "nothing missing" in capsys.readouterr().out
+
+    ref = subprocess.run(sweep(shard_env, tmp_path / "one"), cwd=ROOT, env=env, capture_output=True, text=True)
+    assert ref.returncode == 0, ref.stderr[-3000:]
     runs = pd.read_parquet(out / "runs")
     assert len(runs) == N_RUNS and runs["run_id"].is_unique
     curves = pd.read_parquet(out / "curves")
     assert len(curves) == N_RUNS * 5 and not curves.duplicated(["run_id", "step"]).any()
-    assert_same_metrics(runs, reference, **F32)
-    assert {p.name[:5] for p in (out / "runs").iterdir()} == {"s0of2", "s1of2"}
-    # the two shards' pieces are one program: compiled once by the fleet, loaded by the other shard
-    buckets = [b for k in (0, 1) for inv in json.loads((out / f"manifest-s{k}of2.json").read_text())["invocations"]
-               for b in inv["buckets"]]
-    assert len(buckets) == 2 and len({b["program_key"] for b in buckets}) == 1
-    assert sorted(b["program"] for b in buckets) == ["compiled", "store"]
-    assert not list((out / "leases").glob("*.json"))
-
-
-def test_killed_shard_reruns_then_sweep_up_and_status(shard_env, reference, fleet, tmp_path, capsys):
-    out = tmp_path / "out"
-    env = {**fleet, shards.MODEL_ENV: os.environ[shards.MODEL_ENV]}
-    cmd = shard_cmd(shard_env, str(out), "0/2", "--chunk-size", "2")
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 180
-    while time.time() < deadline and proc.poll() is None:
-        if len(list((out / "runs").glob("s0of2-*.parquet")) if (out / "runs").is_dir() else []) >= 2:
-            break
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    partial = len(pd.read_parquet(out / "runs"))
-    assert 0 < partial < 9, "the kill should land part way"
-    assert list((out / "leases").glob("s0of2.*.json")), "a SIGKILL leaves its claim"
-    assert sweeps_main(["status", str(shard_env), "--out", str(out)]) == 0
-    text = capsys.readouterr().out
-    assert f"{N_RUNS - partial} missing" in text and "ended without a record" in text and "not started" in text
-    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)  # the retry: its claim's process is gone
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert f"{9 - partial} runs trained" in res.stdout and f"{partial} already done, of 9 in shard 0/2" in res.stdout
-    assert sweeps_main(["status", str(shard_env), "--out", str(out)]) == 0
-    text = capsys.readouterr().out
-    assert "9 missing" in text and "0/2 " in text and "1/2 " in text
-    # the sweep-up: a run without --shard trains what is missing (shard 1 never ran)
-    s = run_grid(load(str(shard_env)), out, progress=False)
-    assert (s.done, s.skipped) == (9, 9)
-    assert sweeps_main(["status", str(shard_env), "--out", str(out)]) == 0
-    assert "nothing missing" in capsys.readouterr().out
-    runs = pd.read_parquet(out / "runs")
-    assert len(runs) == N_RUNS and runs["run_id"].is_unique
-    assert_same_metrics(runs, reference, **F32)
+    assert_same_metrics(runs, pd.read_parquet(tmp_path / "one" / "runs"), **F32)
+    compiles = (tmp_path / "fleet-cache" / "executables" / "compiles.log").read_text().splitlines()
+    assert len(compiles) == 1, compiles  # shards 0 and 1 started together; one compiled, every other loaded
+    keys = {b["program_key"] for m in [*out.glob("manifest*.json"), tmp_path / "one" / "manifest.json"]
+            for inv in json.loads(m.read_text())["invocations"] for b in inv["buckets"]}
+    assert keys == {json.loads(compiles[0])["key"]}
     from analysis import load as load_results
-    assert len(load_results(out).runs) == N_RUNS  # analysis reads the shards' files as one
+    res = load_results(out)  # analysis reads the shards' files as one, and every writer's invocations
+    assert len(res.runs) == N_RUNS and res.runs["run_id"].is_unique
+    assert sorted(i["writer"] for i in res.manifest["invocations"]) == \
+        ["manifest-s0of3.json"] * 2 + ["manifest-s1of3.json"] * 2 + ["manifest.json"]
+    assert not list((out / "leases").glob("*.json"))
 
 
 # --- the recipes ----------------------------------------------------------------------------
