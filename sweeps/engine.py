@@ -179,6 +179,7 @@ def _run_grid(grid: Grid, out: storage.Location, stop: StopFlag, scope: scopes.S
     started = dt.datetime.now(dt.timezone.utc).isoformat()
     mesh = local_mesh()
     dev = device_info()
+
     def plan() -> Pending:
         return plan_pending(grid, out, mesh, cache, memory_budget=memory_budget, min_efficiency=min_efficiency,
                             chunk_size=chunk_size, process=process, rows=scope.rows)

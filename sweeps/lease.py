@@ -174,6 +174,8 @@ class Lease:
             self._thread.join()
         try:
             self.out.delete(FOLDER, self.file)
+            if self.out.local:
+                os.rmdir(self.out.path(FOLDER))  # when empty: no trace of a finished run
         except OSError:
             pass
 
