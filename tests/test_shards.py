@@ -33,14 +33,15 @@ from test_engine import assert_same_metrics
 ROOT = Path(__file__).resolve().parent.parent
 F32 = dict(rtol=1e-5, atol=1e-6)  # float32 (test_object_store.F32); here the programs are the same
 
-# One shape, so that the shards' pieces of it are one program (compiled once by the fleet).
+# One shape, so that the shards' pieces of it are one program (compiled once by the fleet); 2000
+# steps, so that a chunk takes long enough (~0.1 s) for a kill to land between two.
 ONE_SHAPE = """
 description = "one shape, for shards"
 preset = "toy_theory"
 seeds = 9
 
 [fixed]
-""" + TINY_FIXED + """width = 16
+""" + TINY_FIXED.replace("steps = 40", "steps = 2000").replace("log_every = 10", "log_every = 500") + """width = 16
 activation = "relu"
 
 [axes]
