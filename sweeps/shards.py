@@ -11,7 +11,8 @@ by itself, so it must not depend on the machine a task runs on nor on what is al
 - Balance. The buckets, in plan order, are laid out into N consecutive shares of at most T
   predicted seconds each, T the least for which N shares suffice (bisection). A bucket is cut
   only where a share is full, so at most N - 1 buckets are cut, each cut costing a compile in
-  both shares (on one kind of machine the shared program store makes the second a load).
+  both shares (the fleet's shared program store makes the second a load where both shards plan
+  the same program).
 
 A shard then plans its own networks on its own machine as any sweep does (`engine.plan_pending`).
 """
