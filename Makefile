@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 GRID   ?= quickstart
 EXTRAS ?= test
 
-.PHONY: install lock test test-all test-portable run sweep plan refine analyze demo bench clean FORCE
+.PHONY: install lock test test-all test-portable test-cluster run sweep plan refine analyze demo bench clean FORCE
 
 # Installs come from hash-pinned lock files (requirements/, written by `make lock`); EXTRAS picks
 # the lock: tpu -> tpu.lock, gpu -> gpu.lock, anything else (test, digits) -> test.lock.
@@ -63,6 +63,11 @@ test: $(STAMP)
 PORTABLE_ISAS ?= AVX2 SSE4_2
 test-portable: $(STAMP)
 	for isa in $(PORTABLE_ISAS); do echo "== XLA_FLAGS=--xla_cpu_max_isa=$$isa"; 	  XLA_FLAGS="$$XLA_FLAGS --xla_cpu_max_isa=$$isa" $(PY) -m pytest -q -n 2 --dist loadfile 	    -m '(identity or reference) and not slow' || exit 1; done
+
+## A real single-node Slurm cluster (installs slurm-wlm and munge with apt: root): the quickstart grid
+## as an array job, one task killed and resubmitted (tests/cluster/slurm.sh; not part of `make test`).
+test-cluster: $(STAMP)
+	bash tests/cluster/slurm.sh
 
 ## Everything, slow tests included.
 test-all: $(STAMP)

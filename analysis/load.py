@@ -116,10 +116,19 @@ def load(name_or_dir: str | Path | Location) -> Results:
 
 
 def read_manifest(loc: Location) -> dict:
-    """manifest.json (host 0's), else the first host's manifest present, else {}."""
+    """manifest.json (host 0's), else the first writer's manifest present, else {}; with several
+    writers (hosts, shards: `manifest-pK.json`, `manifest-sKofN.json`), the invocations of all,
+    in order of their start, each naming its manifest (`writer`)."""
     names = loc.files(prefix="manifest", suffix=".json")
     name = "manifest.json" if "manifest.json" in names else (names[0] if names else None)
-    return json.loads(loc.read_text(name)) if name else {}
+    if name is None:
+        return {}
+    manifest = json.loads(loc.read_text(name))
+    if len(names) > 1:
+        invocations = [{**inv, "writer": n} for n in names
+                       for inv in (manifest if n == name else json.loads(loc.read_text(n))).get("invocations", [])]
+        manifest["invocations"] = sorted(invocations, key=lambda inv: str(inv.get("started", "")))
+    return manifest
 
 
 def _read_one(loc: Location, table: str, name: str) -> pd.DataFrame | None:

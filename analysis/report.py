@@ -532,7 +532,8 @@ def _timing(manifest: dict) -> list[str]:
         run_s = sum(b.get("run_s") or 0 for b in buckets)
         secs = inv.get("seconds")
         rate = inv.get("runs_per_s")
-        lines.append(f"- invocation {k}: started {inv.get('started', '?')}, "
+        lines.append(f"- invocation {k}: " + (f"{inv['writer']}, " if "writer" in inv else "")
+                     + f"started {inv.get('started', '?')}, "
                      + (f"{secs:.1f} s wall, " if secs is not None else "unfinished, ")
                      + f"{inv.get('trained', 0)} runs trained"
                      + (f" by {inv['networks_trained']} networks" if "networks_trained" in inv else "")

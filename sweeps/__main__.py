@@ -1,4 +1,4 @@
-"""Command line: `python -m sweeps run|plan|refine NAME_OR_PATH [options]`."""
+"""Command line: `python -m sweeps run|plan|refine|status NAME_OR_PATH [options]`."""
 
 from __future__ import annotations
 
@@ -58,10 +58,24 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--calibrate", action="store_true",
                         help="measure this machine's device model first (5-15 s; otherwise the planner starts "
                              "from the saved model, or the platform's shipped default, refitted by every bucket)")
+        if name in ("run", "plan"):
+            sp.add_argument("--shard", default=None, metavar="K/N|auto",
+                            help="train shard K of N (0 <= K < N), a share of the grid balanced by predicted "
+                                 "seconds; auto: K (and N) from the array job (SLURM_ARRAY_TASK_ID/COUNT, "
+                                 "JOB_COMPLETION_INDEX, BATCH_TASK_INDEX/COUNT) (docs/clusters.md)")
+            sp.add_argument("--shards", type=int, default=None, metavar="N",
+                            help="the shard count (with --shard auto; $CONTAMINATION_SHARDS also gives it); for "
+                                 "plan alone: print each of N shards' predicted seconds")
         if name in ("run", "refine"):
             sp.add_argument("--no-progress", action="store_true", help="no progress bar")
             sp.add_argument("--compile-ahead", type=int, default=1,
                             help="programs compiled in a background thread while a bucket trains (default 1; 0: none)")
+    sp = sub.add_parser("status", help="runs done and missing per shard, and predicted seconds left, from the results")
+    sp.add_argument("grid", help="a grid name in sweeps/grids/ or a path to a .toml file")
+    sp.add_argument("--scale", default=None, help="a named scale of the grid ([scales.NAME]); default: the top level")
+    sp.add_argument("--out", default=None, help="results directory or URI (default: results/NAME or results/NAME-SCALE)")
+    sp.add_argument("--shards", type=int, default=None, metavar="N",
+                    help="the shard count (default: the one the shards' manifests record)")
     return p
 
 
@@ -78,10 +92,41 @@ def parse_min_efficiency(text: str) -> float | None:
     return value
 
 
+def default_out(grid) -> str:
+    return os.path.join("results", grid.name if grid.scale == "default" else f"{grid.name}-{grid.scale}")
+
+
+def status(grid, args) -> int:
+    """`sweeps status`: no JAX, nothing written."""
+    from . import status as status_
+    from .results import ResultsError, check_version
+    from .storage import StorageError, check_reachable, location
+
+    try:
+        out = location(args.out or default_out(grid))
+        check_reachable(out)
+        check_version(out)
+        if args.shards is not None and args.shards < 1:
+            raise PlanError(f"--shards: expected a positive integer, got {args.shards}")
+        print(status_.report(grid, out, args.shards))
+    except (PlanError, ResultsError, StorageError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    shard = None
     try:
         grid = load(args.grid, args.scale)
+        if args.command == "status":
+            return status(grid, args)
+        if getattr(args, "shard", None) is not None:
+            from .shards import parse
+            shard = parse(args.shard, args.shards)
+        elif getattr(args, "shards", None) is not None and (args.command != "plan" or args.shards < 1):
+            raise PlanError("--shards: with --shard auto (the shard count), or with plan alone (a positive count)")
         budget = parse_bytes(args.memory_budget) if args.memory_budget else None
         min_efficiency = parse_min_efficiency(args.min_efficiency)
         if getattr(args, "compile_ahead", 0) < 0:
@@ -109,8 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.x64:
         enable_x64()
     try:
-        out = location(args.out or os.path.join(
-            "results", grid.name if grid.scale == "default" else f"{grid.name}-{grid.scale}"))
+        out = location(args.out or default_out(grid))
         check_reachable(out)
         check_version(out)
         if args.command != "plan":
@@ -129,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"device model measured: {engine.calibrate_devices().summary()}", flush=True)
         if args.command == "plan":
             print(engine.describe_plan(grid, out, memory_budget=budget, min_efficiency=min_efficiency,
-                                       chunk_size=args.chunk_size))
+                                       chunk_size=args.chunk_size, shard=shard,
+                                       shards_count=None if shard else args.shards))
             return 0
         if args.command == "refine":
             from .refine import refine
@@ -146,10 +191,13 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         summary = engine.run_grid(grid, out, memory_budget=budget, min_efficiency=min_efficiency,
                                   chunk_size=args.chunk_size, progress=not args.no_progress,
-                                  compile_ahead=args.compile_ahead)
+                                  compile_ahead=args.compile_ahead, shard=shard)
     except (PlanError, ResultsError, StorageError, RefineError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except engine.LeaseLost as e:
+        print(f"error: {e}", file=sys.stderr)
+        return LEASE_LOST_EXIT
     except Preempted as e:
         print(stopped_line(e, argv), flush=True)
         sys.stderr.flush()
@@ -157,6 +205,9 @@ def main(argv: list[str] | None = None) -> int:
         os._exit(e.exit_code)
     print(summary.line())
     return 0
+
+
+LEASE_LOST_EXIT = 75  # EX_TEMPFAIL: a retry waits for the attempt that took over, then finds the work done
 
 
 def stopped_line(e, argv: list[str] | None) -> str:

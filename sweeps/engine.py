@@ -4,7 +4,9 @@ The pieces live in their own modules: `environment` (JAX set-up, devices), `prov
 `storage` (where results live: a folder or an object-store prefix), `results` (the directory,
 its tables and manifest, crash safety), `preempt` (stopping cleanly on SIGTERM), `plan` (networks, buckets,
 chunks), `calibrate` (the device model the planner predicts with), `programs` (compiling and
-loading bucket programs, in a background thread) and `executables` (the program store).
+loading bucket programs, in a background thread), `executables` (the program store), and for
+array jobs `shards` (which networks a shard trains), `scope` (what this invocation may train,
+under which name) and `lease` (one attempt at a time per shard).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from contamination.numerics import float_name
 from contamination.spec import static_spec
 from contamination.train import metric_names as _metric_names
 
-from . import calibrate, executables, results, storage
+from . import calibrate, executables, results, scope as scopes, shards, storage
 from .environment import default_memory_budget, device_info, process_age_s
 from .grid import Grid, Run
 from .plan import Bucket, Network, Planning, TableNetworks, bucketize, fmt_bytes
@@ -45,11 +47,12 @@ class Summary:
     seconds: float
     compile_wait_s: float
     buckets: list[dict]
+    within: str = "the grid"  # what `total` counts: the grid, or a shard of it
 
     def line(self) -> str:
         rate = self.done / self.seconds if self.seconds > 0 else 0.0
         return (f"{self.done} runs trained ({self.networks} networks), {self.skipped} already done, of {self.total} "
-                f"in the grid; {self.compiles} compiled programs; {self.seconds:.1f} s ({rate:.1f} runs/s, "
+                f"in {self.within}; {self.compiles} compiled programs; {self.seconds:.1f} s ({rate:.1f} runs/s, "
                 f"{self.compile_wait_s:.1f} s waiting for compiles); results in {self.out}")
 
 
@@ -58,6 +61,10 @@ def share(networks: list[Network], process_index: int, process_count: int) -> li
     `TableNetworks.share` is the same over columns)."""
     ordered = sorted(networks, key=lambda n: n.id)
     return ordered[process_index::process_count]
+
+
+class LeaseLost(RuntimeError):
+    """Another attempt took this one's lease (it judged this one dead); nothing more is written."""
 
 
 @dataclasses.dataclass
@@ -86,8 +93,9 @@ def this_process() -> tuple[int, int]:
 
 def plan_pending(grid: Grid, out: storage.Location, mesh, cache: Path | None, *, memory_budget: int | None,
                  min_efficiency: float | None, chunk_size: int | None,
-                 process: tuple[int, int] | None = None) -> Pending:
-    """What this process still has to train, and its plan (the run and the dry run share it).
+                 process: tuple[int, int] | None = None, rows: np.ndarray | None = None) -> Pending:
+    """What this process still has to train, and its plan (the run and the dry run share it):
+    the table's `rows` (a shard's), or else this process's share of the grid.
 
     Over the grid's columns (`Grid.table`): the runs are grouped into networks by a few sorts,
     and what is done is the `run_id` column of the results (`results.done_runs`)."""
@@ -96,7 +104,7 @@ def plan_pending(grid: Grid, out: storage.Location, mesh, cache: Path | None, *,
     # Share first, then skip what is done: the shares stay disjoint and complete even when
     # each host of a slice sees only its own results directory.
     networks = TableNetworks(table)
-    mine = networks.share(*(process or this_process()))
+    mine = networks.share(*(process or this_process())) if rows is None else np.asarray(rows, np.int64)
     todo = ~np.isin(table.run_key[mine], done.keys)
     pending = mine[todo]
     if len(pending) < len(table):
@@ -116,6 +124,10 @@ def calibrate_devices(cache_dir: str | None = None) -> calibrate.DeviceModel:
     return calibrate.load_or_measure(local_mesh(), calibrate.model_dir(setup_jax(cache_dir)), again=True)
 
 
+def same_runs(a: results.Done, b: results.Done) -> bool:
+    return np.array_equal(np.unique(a.keys), np.unique(b.keys))
+
+
 def metric_names(runs: list[Run] | RunTable) -> list[str]:
     """Metric columns of these runs (the union over their experiments, in first-seen order)."""
     if isinstance(runs, RunTable):
@@ -130,30 +142,37 @@ def metric_names(runs: list[Run] | RunTable) -> list[str]:
 
 def run_grid(grid: Grid, out, *, memory_budget: int | None = None, min_efficiency: float | None = None,
              chunk_size: int | None = None, progress: bool = True, cache_dir: str | None = None,
-             compile_ahead: int = 1, process: tuple[int, int] | None = None, note: dict | None = None) -> Summary:
+             compile_ahead: int = 1, process: tuple[int, int] | None = None, shard: tuple[int, int] | None = None,
+             note: dict | None = None) -> Summary:
     """Train every pending run of `grid` into `out` (a path, a URI or a `storage.Location`);
     `min_efficiency` None plans by predicted time.
 
     `compile_ahead` programs compile in a background thread while a bucket trains (0: none).
-    `process` (index, count) overrides JAX's, to run one host's share of a slice. `note` goes into
-    the invocation's manifest record (e.g. the refine round that asked for these runs).
+    `process` (index, count) overrides JAX's, to run one host's share of a slice; `shard` (K, N)
+    trains shard K of N (`shards.py`) under its lease (`scope.py`). `note` goes into the
+    invocation's manifest record (e.g. the refine round that asked for these runs).
     SIGTERM or Ctrl-C stops it between chunks with `preempt.Preempted`; what was written is
     complete, and running it again resumes.
     """
-    stop = StopFlag()
-    with stop.installed():
-        return _run_grid(grid, storage.location(out), stop, memory_budget=memory_budget,
-                         min_efficiency=min_efficiency, chunk_size=chunk_size, progress=progress,
-                         cache_dir=cache_dir, compile_ahead=compile_ahead, process=process or this_process(),
-                         note=note or {})
-
-
-def _run_grid(grid: Grid, out: storage.Location, stop: StopFlag, *, memory_budget, min_efficiency, chunk_size,
-              progress, cache_dir, compile_ahead, process: tuple[int, int], note: dict) -> Summary:
-    import jax
-
+    out = storage.location(out)
     storage.check_reachable(out)
     results.check_version(out)  # before anything is written
+    stop = StopFlag()
+    with stop.installed():
+        scope = scopes.take(grid, out, process or this_process(), shard)
+        try:
+            return _run_grid(grid, out, stop, scope, memory_budget=memory_budget, min_efficiency=min_efficiency,
+                             chunk_size=chunk_size, progress=progress, cache_dir=cache_dir,
+                             compile_ahead=compile_ahead, process=process or this_process(), note=note or {})
+        finally:
+            scope.release()
+
+
+def _run_grid(grid: Grid, out: storage.Location, stop: StopFlag, scope: scopes.Scope, *, memory_budget,
+              min_efficiency, chunk_size, progress, cache_dir, compile_ahead, process: tuple[int, int],
+              note: dict) -> Summary:
+    import jax
+
     startup = {"engine": process_age_s()}  # seconds from process start (imports, grid load) to here
     cache = setup_jax(cache_dir)
     store = cache / "executables"
@@ -161,13 +180,21 @@ def _run_grid(grid: Grid, out: storage.Location, stop: StopFlag, *, memory_budge
     started = dt.datetime.now(dt.timezone.utc).isoformat()
     mesh = local_mesh()
     dev = device_info()
+
+    def plan() -> Pending:
+        return plan_pending(grid, out, mesh, cache, memory_budget=memory_budget, min_efficiency=min_efficiency,
+                            chunk_size=chunk_size, process=process, rows=scope.rows)
+
     # Planning raises on an impossible budget before anything is written.
-    p = plan_pending(grid, out, mesh, cache, memory_budget=memory_budget, min_efficiency=min_efficiency,
-                     chunk_size=chunk_size, process=process)
+    p = plan()
     precisions = {p.table.points[k].config.precision for k in p.table.live_points()}
     results.check_numerics(out, precisions, float_name())  # before anything is written
     stop.check()  # a signal while planning: nothing written yet
-    results.recover(out, *process)
+    rows = scope.rows
+    scope.acquire(stop)  # the lease: one attempt at a time (it may wait here)
+    if scope.rows is not rows or not same_runs(p.done, results.done_runs(out)):
+        p = plan()  # another attempt wrote meanwhile, or running shards keep their runs
+    results.recover(out, scope.prefix, scope.keep)
     provenance = make_provenance(grid, dev, metric_names(p.table), float_name(), precisions)
     networks = sum(len(b.networks) for b in p.buckets)
     startup["planned"] = process_age_s()
@@ -176,12 +203,12 @@ def _run_grid(grid: Grid, out: storage.Location, stop: StopFlag, *, memory_budge
                   "min_efficiency": "auto" if min_efficiency is None else min_efficiency,
                   "compile_ahead": compile_ahead,
                   "device_model": p.model.summary(), "plan_s": time.perf_counter() - t_start, "buckets": [],
-                  **note}
-    manifest_name = results.manifest_name(process[0])
+                  **scope.record, **note}
+    manifest_name = results.manifest_name(scope.tag)
     manifest = results.write_manifest(out, manifest_name, grid, provenance, invocation)
     for table in results.TABLES:
         out.make_dirs(table)
-    prefix = results.chunk_prefix(*process)
+    prefix = scope.prefix
 
     bar = None
     if progress:
@@ -209,10 +236,13 @@ def _run_grid(grid: Grid, out: storage.Location, stop: StopFlag, *, memory_budge
                      "dtype": provenance["dtype"],
                      "process_index": process[0]}
             runs_df, curves_df, shifts_df = results.build_tables(grid, chunk, host, extra, provenance["metrics"])
+            if scope.lease is not None and scope.lease.lost:
+                raise LeaseLost(f"{out}: lost the lease {scope.tag or scopes.SWEEP} to another attempt (this one "
+                                f"was silent too long); stopped before writing, that attempt goes on")
             results.write_chunk(out, name, runs_df, curves_df, provenance, shifts_df)
             p.done.add(name, id_keys(list(runs_df["run_id"])))
             if time.perf_counter() - index_at[0] > results.INDEX_EVERY_S:  # bounds what a SIGKILL leaves unindexed
-                results.write_index(out, process[0], p.done)
+                results.write_index(out, scope.tag, p.done)
                 index_at[0] = time.perf_counter()
             written[0] += n_runs
             if bar:
@@ -251,7 +281,8 @@ def _run_grid(grid: Grid, out: storage.Location, stop: StopFlag, *, memory_budge
                 p.model.record_compile(bucket.static, prog.seconds)
             p.model.record_run(bucket, run_s)
             done_count += written[0]
-            invocation["buckets"].append(bucket_record(bucket, compile_s, source, compiler.waited_s - waited, run_s))
+            invocation["buckets"].append(bucket_record(bucket, compile_s, source, compiler.waited_s - waited, run_s,
+                                                       prog.key))
             results.write_manifest(out, manifest_name, grid, provenance, invocation, manifest)
     except Preempted as e:
         stopped = e
@@ -261,27 +292,31 @@ def _run_grid(grid: Grid, out: storage.Location, stop: StopFlag, *, memory_budge
         compiler.close(wait=stopped is None)
         if bar:
             bar.close()
-        results.write_index(out, process[0], p.done)
+        results.write_index(out, scope.tag, p.done)
     seconds = time.perf_counter() - t_start
     invocation.update(finished=dt.datetime.now(dt.timezone.utc).isoformat(), seconds=seconds, trained=done_count,
                       compile_wait_s=compiler.waited_s, runs_per_s=done_count / seconds if seconds > 0 else None)
     if stopped is not None:
         invocation["stopped_by"] = stopped.name
     results.write_manifest(out, manifest_name, grid, provenance, invocation, manifest)
-    summary = Summary(out, len(p.table), p.skipped, done_count, networks, len(p.buckets), seconds,
-                      compiler.waited_s, invocation["buckets"])
+    total, within = len(p.table), "the grid"
+    if scope.shard is not None:
+        total, within = len(scope.rows), f"shard {scope.shard[0]}/{scope.shard[1]} ({len(p.table)} in the grid)"
+    summary = Summary(out, total, p.skipped, done_count, networks, len(p.buckets), seconds,
+                      compiler.waited_s, invocation["buckets"], within)
     if stopped is not None:
         stopped.summary = summary
         raise stopped
     return summary
 
 
-def bucket_record(b: Bucket, compile_s: float, source: str, compile_wait_s: float, run_s: float) -> dict:
+def bucket_record(b: Bucket, compile_s: float, source: str, compile_wait_s: float, run_s: float,
+                  program_key: str | None = None) -> dict:
     """The manifest's entry of one bucket: its plan, predicted and measured seconds, throughput."""
     return {
         "bucket": b.id, "static": b.static._asdict(), "shapes": len(b.shapes), "widths": b.widths,
         "networks": len(b.networks), "runs": b.n_runs, "chunk_size": b.chunk_size, "chunks": b.n_chunks,
-        "padding_efficiency": b.efficiency, "program": source,
+        "padding_efficiency": b.efficiency, "program": source, "program_key": program_key,
         "predicted_compile_s": b.predicted_compile_s, "compile_s": compile_s, "compile_wait_s": compile_wait_s,
         "predicted_run_s": b.predicted_run_s, "run_s": run_s,
         "runs_per_s": b.n_runs / run_s if run_s > 0 else None,
@@ -293,8 +328,10 @@ def bucket_record(b: Bucket, compile_s: float, source: str, compile_wait_s: floa
 
 
 def describe_plan(grid: Grid, out, *, memory_budget: int | None, min_efficiency: float | None,
-                  chunk_size: int | None = None, cache_dir: str | None = None) -> str:
-    """The dry run: configs, networks, buckets, padding, chunks, predicted seconds, FLOPs, memory."""
+                  chunk_size: int | None = None, cache_dir: str | None = None, shard: tuple[int, int] | None = None,
+                  shards_count: int | None = None) -> str:
+    """The dry run: configs, networks, buckets, padding, chunks, predicted seconds, FLOPs, memory;
+    of one `shard` (K, N), and with `shards_count` N each of N shards' predicted seconds."""
     import jax
 
     out = storage.location(out)
@@ -302,16 +339,18 @@ def describe_plan(grid: Grid, out, *, memory_budget: int | None, min_efficiency:
     results.check_version(out)
     cache = setup_jax(cache_dir)
     mesh = local_mesh()
+    rows = shards.assign(grid.table, shard[1]).rows(shard[0]) if shard else None
     p = plan_pending(grid, out, mesh, cache, memory_budget=memory_budget, min_efficiency=min_efficiency,
-                     chunk_size=chunk_size)
+                     chunk_size=chunk_size, rows=rows)
     n_dev = mesh.devices.size
     n_cfg = len({p.table.points[k].config_id for k in p.table.live_points()})
     networks = sum(len(b.networks) for b in p.buckets)
     m = p.model
     lines = [
         f"grid {grid.name} (scale {grid.scale}): {grid.description}",
-        f"{n_cfg} configs x {len(grid.seeds)} seeds = {len(p.table)} runs; {p.skipped} already in {out}; "
-        f"{len(p.pending)} to train as {networks} networks",
+        f"{n_cfg} configs x {len(grid.seeds)} seeds = {len(p.table)} runs"
+        + (f", {len(rows)} of them in shard {shard[0]}/{shard[1]}" if shard else "")
+        + f"; {p.skipped} already in {out}; {len(p.pending)} to train as {networks} networks",
         f"devices: {n_dev} x {jax.local_devices()[0].device_kind} ({jax.default_backend()}); "
         f"memory budget {fmt_bytes(p.budget)} per device",
         f"device model: {m.flop_rate / 1e9:.1f} GFLOP/s, {m.step_s * 1e6:.0f} us per step, "
@@ -349,4 +388,7 @@ def describe_plan(grid: Grid, out, *, memory_budget: int | None, min_efficiency:
     lines.append(f"total: {total_exec / 1e12:.3f} TFLOP executed ({eff:.0%} useful after padding); predicted "
                  f"{compile_total:.1f} s compiling + {run_total:.1f} s training = {compile_total + run_total:.1f} s "
                  f"(compiles overlap training); peak estimated memory {fmt_bytes(peak)} per device")
+    if shards_count:
+        local = Planning(p.budget, n_dev, m, min_efficiency, chunk_size)
+        lines += shards.describe(shards.assign(grid.table, shards_count), grid.table, local)
     return "\n".join(lines)

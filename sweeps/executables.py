@@ -22,7 +22,9 @@ replaced. Programs are compiled for the store with JAX's persistent cache bypass
 a file that loads but fails to run on the CPU backend (jaxlib 0.10: "Function ... not found"). Files live in `executables/` next to JAX's
 cache (`~/.cache/contamination/jax` or `$CONTAMINATION_JAX_CACHE`); they are pickles, so
 the directory must be trusted as the cache itself is. `CONTAMINATION_EXECUTABLE_CACHE=0`
-turns the store off.
+turns the store off. A fleet of one machine kind can share the store (the cache on a shared
+filesystem): a process compiling a program holds a lease on it (`compiling`), so each program is
+compiled once, and `compiles.log` lists every program compiled into the store.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ import hashlib
 import json
 import os
 import pickle
+import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -95,8 +99,12 @@ def load(store: Path, key: str, devices):
         return None
 
 
-def save(store: Path, key: str, compiled) -> bool:
-    """Store a compiled program atomically; False where the backend cannot serialize it."""
+COMPILE_LOG = "compiles.log"  # one line per program compiled into the store: what a fleet compiled
+
+
+def save(store: Path, key: str, compiled, seconds: float | None = None) -> bool:
+    """Store a compiled program atomically, and log it (`COMPILE_LOG`: key, host, pid, seconds);
+    False where the backend cannot serialize it."""
     from jax.experimental.serialize_executable import serialize
 
     try:
@@ -108,11 +116,38 @@ def save(store: Path, key: str, compiled) -> bool:
     tmp = store / f".tmp-{key}-{os.getpid()}"
     tmp.write_bytes(data)
     os.replace(tmp, store / f"{key}.jaxexe")
+    line = json.dumps({"key": key, "host": socket.gethostname(), "pid": os.getpid(), "seconds": seconds})
+    with open(store / COMPILE_LOG, "a") as f:  # one short append: whole lines, even from several processes
+        f.write(line + "\n")
     return True
 
 
 def discard(store: Path, key: str) -> None:
     (store / f"{key}.jaxexe").unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def compiling(store: Path, key: str, devices):
+    """Around compiling the program `key` for the store: yields None when this process is to
+    compile it, or the program another process stored meanwhile. A shared store (one folder for
+    a fleet of one machine kind) is compiled into once per program: the compiling process holds
+    the lease `compile-KEY` (`lease.py`, in `leases/` of the store), and the others that need the
+    program wait for it to end, then load the program (or compile it, if none landed)."""
+    from . import storage
+    from .lease import Lease
+
+    lease = Lease(storage.location(str(store)), f"compile-{key[:32]}")
+    while not lease.try_acquire():
+        while lease.blockers():
+            time.sleep(0.1)
+        found = load(store, key, devices)
+        if found is not None:
+            yield found
+            return
+    try:
+        yield load(store, key, devices)  # stored between the caller's look and the lease
+    finally:
+        lease.release()
 
 
 @contextlib.contextmanager

@@ -89,17 +89,21 @@ def compile_bucket(static: Static, chunk_size: int, mesh, store: Path | None = N
         compiled = executables.load(store, key, list(mesh.devices.flat))
         if compiled is not None:
             return Program(compiled, sharding, time.perf_counter() - t0, "store", key)
-    if sequential(static):  # one network after another on each device, over its own shard
-        fn = jax.jit(jax.shard_map(batched(static), mesh=mesh, in_specs=P("cfg"), out_specs=P("cfg"),
-                                   check_vma=False))  # the run mixes per-network and constant values
-    else:
-        fn = jax.jit(batched(static), in_shardings=(sharding,), out_shardings=sharding)
-    abstract = abstract_inputs(static, chunk_size, sharding)
-    with _compile_lock, (executables.fresh_compile() if key else contextlib.nullcontext()):
-        compiled = fn.lower(abstract).compile()
-    seconds = time.perf_counter() - t0
-    if key:
-        executables.save(store, key, compiled)
+    # another process of the fleet compiling this program: wait, and load what it stores
+    with executables.compiling(store, key, list(mesh.devices.flat)) if key else contextlib.nullcontext() as found:
+        if found is not None:
+            return Program(found, sharding, time.perf_counter() - t0, "store", key)
+        if sequential(static):  # one network after another on each device, over its own shard
+            fn = jax.jit(jax.shard_map(batched(static), mesh=mesh, in_specs=P("cfg"), out_specs=P("cfg"),
+                                       check_vma=False))  # the run mixes per-network and constant values
+        else:
+            fn = jax.jit(batched(static), in_shardings=(sharding,), out_shardings=sharding)
+        abstract = abstract_inputs(static, chunk_size, sharding)
+        with _compile_lock, (executables.fresh_compile() if key else contextlib.nullcontext()):
+            compiled = fn.lower(abstract).compile()
+        seconds = time.perf_counter() - t0
+        if key:
+            executables.save(store, key, compiled, seconds)
     return Program(compiled, sharding, seconds, "compiled", key)
 
 

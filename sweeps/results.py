@@ -7,8 +7,9 @@ Commit protocol (crash safety): each Parquet file is serialised in memory and pu
 the same name. A run is done when its row is in a readable `runs/` file. On start, temporaries,
 curves files without their runs file (a crash between the two writes) and files whose Parquet
 footer does not read are removed with a warning, so a killed sweep resumes with no lost and no
-duplicate rows. With several hosts, chunk names carry the host (`p{index}-`), and a host removes
-only its own orphaned curves files (another host's may be between its two writes). What is done
+duplicate rows. With several writers (the hosts of a slice, the shards of an array job), chunk
+names carry the writer's tag (`p{index}-`, `s{K}of{N}-`: `writer_tag`), and a writer removes only
+its own temporaries and orphaned curves files (another's may be between its two writes). What is done
 is read from the runs files' `run_id` column alone, or from the hosts' indexes of their runs
 files (`done_runs`, `write_index`).
 """
@@ -115,23 +116,36 @@ def table_bytes(table: pa.Table) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
-def chunk_prefix(process_index: int, process_count: int) -> str:
-    """Chunk names of a host: `p{index}-` with several hosts, none with one."""
-    return f"p{process_index}-" if process_count > 1 else ""
+def writer_tag(process_index: int = 0, process_count: int = 1, shard: str = "") -> str:
+    """Who writes into a results directory: "" (one process), `p{index}` (a host of a slice) or
+    a shard's tag (`shards.tag`). It prefixes the writer's chunk names and names its manifest
+    and index, so that writers that run at once never write the same file."""
+    return shard or (f"p{process_index}" if process_count > 1 else "")
 
 
-def recover(out: Location, process_index: int = 0, process_count: int = 1) -> None:
-    """Remove temporaries, and the curves files (of this host) whose runs file never landed."""
+def chunk_prefix(tag: str) -> str:
+    """Chunk names of a writer: `{tag}-` (none for a single process)."""
+    return f"{tag}-" if tag else ""
+
+
+def recover(out: Location, prefix: str = "", keep: tuple[str, ...] = ()) -> None:
+    """Remove temporaries, and the curves files whose runs file never landed, of the writer whose
+    chunk names start with `prefix` ("": every writer's), leaving alone those of the prefixes in
+    `keep` (writers running now: theirs may be between two writes)."""
+    def mine(name: str) -> bool:
+        return name.startswith(prefix) and not (keep and name.startswith(tuple(keep)))
+
     for table in TABLES:
         for name in out.files(table, prefix=".tmp-", hidden=True):
-            out.delete(table, name)
-    for name in out.files(prefix=".tmp-", hidden=True):
-        out.delete(name)
+            if mine(name[len(".tmp-"):]):
+                out.delete(table, name)
+    if not prefix and not keep:  # the directory's only writer: its manifests' and indexes' temporaries too
+        for name in out.files(prefix=".tmp-", hidden=True):
+            out.delete(name)
     committed = set(out.files("runs", suffix=".parquet"))
-    mine = chunk_prefix(process_index, process_count)
     for table in BEFORE_RUNS:
-        for name in out.files(table, suffix=".parquet", prefix=mine):
-            if name not in committed:
+        for name in out.files(table, suffix=".parquet", prefix=prefix):
+            if name not in committed and mine(name):
                 warn(f"{out}: removing {table}/{name}, whose runs file never landed (a run stopped between the two)")
                 out.delete(table, name)
 
@@ -146,8 +160,10 @@ READ_THREADS = 16  # runs files read at once from an object store (each read wai
 INDEX_EVERY_S = 120.0  # a run also writes its index after a chunk when this long has passed since the last
 
 
-def index_name(process_index: int) -> str:
-    return f"{INDEX_PREFIX}p{process_index}.parquet"
+def index_name(writer: str | int) -> str:
+    """A writer's index (`writer_tag`; a process index `k` means `pk`, and "" is `p0`)."""
+    tag = f"p{writer}" if isinstance(writer, int) else writer or "p0"
+    return f"{INDEX_PREFIX}{tag}.parquet"
 
 
 class Done:
@@ -191,13 +207,13 @@ def done_run_keys(out: Location) -> np.ndarray:
     return np.unique(done_runs(out).keys)
 
 
-def done_runs(out: Location) -> Done:
+def done_runs(out: Location, remove: bool = True) -> Done:
     """The runs in readable runs files (reading nothing else of them).
 
     A file an index (`write_index`) names, unchanged, is taken from it; the others are read, the
     `run_id` column alone (Parquet column projection; several at once from an object store),
     and one whose footer (or run_id column) does not read is removed with its curves, with a
-    warning."""
+    warning (skipped, with `remove` False)."""
     listed = out.listing("runs", suffix=".parquet")
     if not listed:
         return Done([], np.zeros(0, np.int32), np.zeros(0, np.uint64))
@@ -205,6 +221,8 @@ def done_runs(out: Location) -> Done:
     known = set(files)
     new = [n for n in listed if n not in known]
     for name, got in zip(new, read_run_keys(out, new)):
+        if got is None and not remove:
+            continue
         if got is None:
             warn(f"{out}: removing runs/{name} and its curves: not a readable Parquet file; its runs will train again")
             out.delete("runs", name)
@@ -254,7 +272,7 @@ def read_index(out: Location, listed: dict[str, tuple[int, int]]) \
     return list(at), file_of, keys, stale
 
 
-def write_index(out: Location, process_index: int, done: Done) -> None:
+def write_index(out: Location, writer: str | int, done: Done) -> None:
     """Record `done` as this host's index (each file with the size and mtime it has now), where
     it changed; a best effort: a resume without it reads the runs files."""
     if not done.changed:
@@ -269,10 +287,10 @@ def write_index(out: Location, process_index: int, done: Done) -> None:
                                                                  pa.array(done.files, pa.string())),
                           "size": pa.array(size[file_of]), "mtime_ns": pa.array(mtime[file_of]),
                           "run_key": pa.array(done.keys[here], pa.uint64())})
-        out.write_bytes(table_bytes(table), index_name(process_index))
+        out.write_bytes(table_bytes(table), index_name(writer))
         done.changed = False
     except (*UNREADABLE, ValueError) as e:
-        warn(f"{out}: could not write {index_name(process_index)} ({e}); the next resume reads the runs files")
+        warn(f"{out}: could not write {index_name(writer)} ({e}); the next resume reads the runs files")
 
 
 def read_run_keys(out: Location, names: list[str]) -> list[np.ndarray | None]:
@@ -436,8 +454,9 @@ def write_chunk(out: Location, name: str, runs_df: pd.DataFrame, curves_df: pd.D
     out.write_bytes(table_bytes(to_arrow(runs_df, provenance)), "runs", name)
 
 
-def manifest_name(process_index: int) -> str:
-    return "manifest.json" if process_index == 0 else f"manifest-p{process_index}.json"
+def manifest_name(tag: str) -> str:
+    """A writer's manifest (`writer_tag`): `manifest.json` for one process and a slice's host 0."""
+    return "manifest.json" if tag in ("", "p0") else f"manifest-{tag}.json"
 
 
 def write_manifest(out: Location, name: str, grid: Grid, provenance: dict, invocation: dict,

@@ -122,10 +122,16 @@ class Location:
         path = self.path(*parts)
         if self.local:
             parent, name = posixpath.split(path)
-            os.makedirs(parent, exist_ok=True)
             tmp = posixpath.join(parent, f".tmp-{name}-{os.getpid()}")
-            with open(tmp, "wb") as f:
-                f.write(data)
+            for attempt in range(3):  # a folder emptied by another process may vanish meanwhile (leases/)
+                os.makedirs(parent, exist_ok=True)
+                try:
+                    with open(tmp, "wb") as f:
+                        f.write(data)
+                    break
+                except FileNotFoundError:
+                    if attempt == 2:
+                        raise
             os.replace(tmp, path)
             return
         stream = self.fs.open_output_stream(path)

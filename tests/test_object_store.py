@@ -4,8 +4,8 @@ A GCS emulator (`gcp-storage-emulator`) and an S3 server (`moto`'s server mode) 
 subprocesses for the module; each test gets a fresh prefix in a bucket of each. The engine's
 guarantees are re-run against them: a grid trains into `gs://` / `s3://` and `analysis` reads it
 back; SIGKILL then resume loses and duplicates nothing; SIGTERM stops within one chunk with no
-partial object; adding grid values trains only the new runs; two hosts' shares merge in one
-prefix; bad input and missing buckets write nothing; unreadable objects are removed on resume.
+partial object; adding grid values trains only the new runs; two hosts' shares, and two shards'
+at once, merge in one prefix; bad input and missing buckets write nothing; unreadable objects are removed on resume.
 """
 
 from __future__ import annotations
@@ -282,6 +282,29 @@ def test_two_hosts_shares_merge_and_new_values_train_alone(store, reference, tmp
     assert (s.done, s.skipped, s.total) == (12, 36, 48)
     runs = read_table(store, "runs")
     assert len(runs) == 48 and runs["run_id"].is_unique
+
+
+def test_shards_at_once_into_the_store_equal_one_process(request, monkeypatch, reference, tmp_path, capsys):
+    """An array job in miniature: two `--shard K/2` processes at once into one gs:// prefix (each
+    under its lease there), read back as one by `status` and `analysis`."""
+    out = new_prefix(request, monkeypatch, "gs")
+    grid = write_grid(tmp_path)
+    procs = [subprocess.Popen(sweep_cmd(grid, out, "--shard", f"{k}/2"), cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for k in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (stdout, stderr) in zip(procs, outs):
+        assert p.returncode == 0, stderr[-3000:]
+        assert "0 already done, of 18 in shard" in stdout, stdout
+    assert_complete(out, reference)
+    names = objects(out)
+    assert {n.split("/", 1)[1][:6] for n in names if n.startswith("runs/")} == {"s0of2-", "s1of2-"}
+    assert {"manifest-s0of2.json", "manifest-s1of2.json"} <= set(names)
+    assert not [n for n in names if n.startswith("leases/")]  # both released their leases
+    assert sweeps_main(["status", str(grid), "--out", out]) == 0
+    text = capsys.readouterr().out
+    assert "nothing missing" in text and text.count("finished") == 2
+    from analysis import load
+    assert len(load(out).runs) == N_RUNS
 
 
 def test_unreadable_objects_are_removed_and_retrained(store, reference, tmp_path):
