@@ -145,7 +145,6 @@ def main(argv: list[str] | None = None) -> int:
     from . import engine
     from .environment import use_host_devices
     from .preempt import Preempted
-    from .refine import RefineError
     from contamination.numerics import enable_x64, float_name
 
     from .results import ResultsError, check_numerics, check_version
@@ -192,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = engine.run_grid(grid, out, memory_budget=budget, min_efficiency=min_efficiency,
                                   chunk_size=args.chunk_size, progress=not args.no_progress,
                                   compile_ahead=args.compile_ahead, shard=shard)
-    except (PlanError, ResultsError, StorageError, RefineError) as e:
+    except (PlanError, ResultsError, StorageError, refine_error()) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except engine.LeaseLost as e:
@@ -208,6 +207,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 LEASE_LOST_EXIT = 75  # EX_TEMPFAIL: a retry waits for the attempt that took over, then finds the work done
+
+
+def refine_error() -> type:
+    """`RefineError` where the refinement's modules are loaded (only `refine` loads them: with
+    pandas, they would cost every other command a quarter second of start-up)."""
+    lattice = sys.modules.get(f"{__package__}.lattice")
+    return lattice.RefineError if lattice is not None else PlanError
 
 
 def stopped_line(e, argv: list[str] | None) -> str:

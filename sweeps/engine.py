@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -222,7 +223,10 @@ def _run_grid(grid: Grid, out: storage.Location, stop: StopFlag, scope: scopes.S
         following = chunks[0]
         startup.setdefault("program", process_age_s())
         result, t0 = prog.compiled(chunk_inputs(s, size, following, prog.sharding)), time.perf_counter()
-        startup.setdefault("first_step", process_age_s())  # the first chunk dispatched
+        if "first_step" not in startup:  # the first chunk dispatched
+            startup["first_step"] = process_age_s()
+            # the tables' library loads while the device trains (the host thread waits anyway)
+            threading.Thread(target=results.pandas, daemon=True).start()
         for i in range(len(chunks)):
             chunk, following = following, chunks[i + 1] if i + 1 < len(chunks) else None
             nxt = prog.compiled(chunk_inputs(s, size, following, prog.sharding)) if following is not None else None

@@ -19,15 +19,17 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
-import pandas as pd
 
 from contamination.config import FIELDS, INT_FIELDS
 
 from .grid import Grid, label_of
-from .results import RANGE_COLUMNS
+from .results import RANGE_COLUMNS, pandas
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 Z = 1.96  # the normal quantile of a two-sided 95% interval
 
@@ -179,7 +181,7 @@ def point_stats(runs: pd.DataFrame, axes: list[Axis], facets: list[str], metric:
     standard error of the points with several (or 0 if none has)."""
     if metric not in runs:
         raise RefineError(f"--metric: {metric!r} is not a column of the runs table")
-    df = runs[~runs.get("diverged", pd.Series(False, index=runs.index)).astype(bool)]
+    df = runs[~runs.get("diverged", pandas().Series(False, index=runs.index)).astype(bool)]
     df = df[np.isfinite(df[metric].astype(float))].copy()
     for a in axes:
         df[a.column] = [q(x) for x in df[a.column].astype(float)]

@@ -30,10 +30,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
-import pandas as pd
 
 from contamination.config import from_dict
 from contamination.presets import preset
@@ -41,7 +40,10 @@ from contamination.presets import preset
 from .grid import Grid, GridError, Run, label_of
 from .lattice import (Axis, PointStats, RefineError, Z, norm_point, cell_points, corners, facet_columns,
                       leaves, nonlinearity, point_stats, q, refinable_axes, volume)
-from .results import RANGE_COLUMNS
+from .results import RANGE_COLUMNS, pandas
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 STATE = "refine.json"  # the rounds asked so far, in the results directory
 MIN_WEIGHT = 0.1  # a split's score is at least this share of its cell's volume (`nonlinearity`)
@@ -192,7 +194,7 @@ def state_runs(grid: Grid, state: dict) -> list[Run]:
 def read_runs(out) -> pd.DataFrame:
     files = out.files("runs", suffix=".parquet") if out.exists("runs") else []
     frames = [out.read_parquet("runs", f).to_pandas() for f in files]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return pandas().concat(frames, ignore_index=True) if frames else pandas().DataFrame()
 
 
 def refine(grid: Grid, out, *, metric: str, level: float, rounds: int = 3, batch: int | None = None,
