@@ -14,7 +14,7 @@ import pytest
 
 from contamination.simulate import simulate
 from contamination.spec import padded_spec, stack_traced, static_spec
-from contamination.train import make_run
+from contamination.train import compiled_batch_run
 
 from conftest import IDENTITY, identity, small
 
@@ -26,9 +26,7 @@ def differs(a: dict, b: dict) -> list[str]:
 
 
 def padded_run(cfgs, spec, traced):
-    import jax
-
-    out = jax.jit(jax.vmap(make_run(spec)))(traced)
+    out = compiled_batch_run(spec)(traced)  # jit(vmap(make_run(spec))), compiled once for the three calls
     return {k: np.asarray(v)[0, :, 0] for k, v in out["curves"].items()}
 
 
@@ -50,16 +48,15 @@ def test_padding_broken_on_purpose_misses_the_tolerance():
 
 @identity
 def test_train_once_broken_on_purpose_misses_the_tolerance():
+    # the variants (and so the programs) of test_padding.py::test_evaluation_variants_equal_separate_runs[toy]
     base = small("toy", seed=4)
-    variants = [base, base.replace(bg_ood=[-2.0, -1.0])]
-    spec = static_spec(base, n_evals=2)
+    variants = [base, base.replace(bg_ood=[-0.5, 0.5]), base.replace(bg_ood=[-2.0, -1.0])]
+    spec = static_spec(base, n_evals=3)
     traced = stack_traced([variants])
-    traced["bg_ood"][0, 1] = traced["bg_ood"][0, 0]  # the second variant measured on the first's range
-    import jax
-
-    out = jax.jit(jax.vmap(make_run(spec)))(traced)
-    second = {k: np.asarray(v)[0, :, 1] for k, v in out["curves"].items()}
-    assert {"ood_loss", "ood_acc"} <= set(differs(second, simulate(variants[1])["curves"]))
+    traced["bg_ood"][0, 2] = traced["bg_ood"][0, 0]  # the third variant measured on the first's range
+    out = compiled_batch_run(spec)(traced)
+    third = {k: np.asarray(v)[0, :, 2] for k, v in out["curves"].items()}
+    assert {"ood_loss", "ood_acc"} <= set(differs(third, simulate(variants[2])["curves"]))
 
 
 @pytest.mark.slow  # as the chunking identity it breaks (test_engine.py; make test-all)
