@@ -1,7 +1,7 @@
 """The first minute on a new machine (issue: cold sweeps as fast as warm ones), measured side by side
 in one run:
 
-    python benchmarks/first_minute.py [--json FILE]
+    python benchmarks/first_minute.py [--json FILE] [--torch-python VENV/bin/python]
 
 - **small grid** (128 runs of the toy preset, n = 256, d = 64, width 64, 1,000 steps): `python -m
   sweeps run` as a new process, first with empty caches and no device model (a machine it has
@@ -41,9 +41,10 @@ def sweep_s(grid: Path, out: Path, cache: Path) -> float:
     return time.perf_counter() - t0
 
 
-def loop_s_per_run_step() -> tuple[str, float]:
-    """Seconds per run-step of one run at a time in a per-step loop: PyTorch where it imports."""
-    res = subprocess.run([sys.executable, str(HERE / "torch_loop.py"), "--runs", "2"], capture_output=True,
+def loop_s_per_run_step(python: str) -> tuple[str, float]:
+    """Seconds per run-step of one run at a time in a per-step loop: PyTorch where it imports (in
+    the interpreter `python`, e.g. a venv beside the project's that holds torch)."""
+    res = subprocess.run([python, str(HERE / "torch_loop.py"), "--runs", "4"], capture_output=True,
                          text=True, cwd=ROOT)
     if res.returncode == 0:
         out = json.loads(res.stdout)
@@ -63,6 +64,8 @@ def loop_s_per_run_step() -> tuple[str, float]:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", default=None)
+    ap.add_argument("--torch-python", default=sys.executable,
+                    help="the interpreter that runs torch_loop.py (PyTorch is not a project dependency)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="first-minute-"))
     small = work / "small.toml"
@@ -71,7 +74,7 @@ def main() -> int:
     medium.write_text(grid_text("medium", 1000, 4))
     r = {"cold_s": sweep_s(small, work / "s-cold", work / "cache"),
          "warm_s": sweep_s(small, work / "s-warm", work / "cache")}
-    r["baseline"], per_step = loop_s_per_run_step()
+    r["baseline"], per_step = loop_s_per_run_step(args.torch_python)
     r["baseline_s"] = per_step * 128 * 1000
     r["x_cold"], r["x_warm"] = r["baseline_s"] / r["cold_s"], r["baseline_s"] / r["warm_s"]
     sweep_s(medium, work / "m-cold", work / "cache")

@@ -8,8 +8,8 @@ model) into DIR (default: a fresh temporary directory), then N times more into f
 directories, each a new process. The engine records, in seconds from its process's start, when it
 was entered (the interpreter, the imports, the grid loaded), when planning ended, when the first
 program was ready, and when the first chunk was dispatched (the manifest's `startup_s`). The
-interpreter and import shares come from separate processes: `python -c pass`, `import jax`, and
-the engine's own imports. Prints a Markdown table of medians over the rounds.
+interpreter and import shares come from separate processes (`python -c pass`, `import jax`, and
+the engine's own imports), timed on the same clock up to the end of the code, not the exit. Prints a Markdown table of medians over the rounds.
 """
 
 from __future__ import annotations
@@ -21,16 +21,22 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
+# The age of the process after `code`, on the clock of the manifest's `startup_s`
+# (`sweeps.environment.process_age_s`): the interpreter's exit is not counted.
+AGE = ("import os; s = int(open('/proc/self/stat').read().rsplit(')', 1)[1].split()[19]); "
+       "print(float(open('/proc/uptime').read().split()[0]) - s / os.sysconf('SC_CLK_TCK'))")
+
+
 def wall(code: str, env: dict) -> float:
-    t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=ROOT)
-    return time.perf_counter() - t0
+    """Seconds from the start of a new interpreter to the end of `code` in it."""
+    out = subprocess.run([sys.executable, "-c", f"{code}\n{AGE}"], check=True, env=env, cwd=ROOT,
+                         capture_output=True, text=True).stdout
+    return float(out.split()[-1])
 
 
 def sweep(grid: str, out: Path, env: dict) -> dict:

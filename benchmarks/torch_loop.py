@@ -4,9 +4,10 @@ loss, metrics every `log_every` steps), on the small grid's sizes.
 
     python benchmarks/torch_loop.py [--runs K] [--steps T]
 
-Prints the seconds per run-step as JSON. PyTorch is not a dependency of this project (nor on the
-project's package mirror): install it beside the project (`pip install torch`) to run this;
-`first_minute.py` uses it where it imports and says so where it does not.
+Prints the seconds per run-step as JSON. PyTorch is not a dependency of this project: install it in a
+venv beside the project's (`python3.11 -m venv /tmp/torchvenv && /tmp/torchvenv/bin/pip install torch
+numpy`) and pass that interpreter to `first_minute.py --torch-python`; without it, `first_minute.py`
+falls back to a JAX per-step loop and says so.
 """
 
 from __future__ import annotations
