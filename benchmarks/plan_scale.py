@@ -119,7 +119,7 @@ def write_done(grid_path: Path, out: Path, runs_per_file: int) -> int:
     import pyarrow.parquet as pq
 
     from contamination.ids import RESULTS_VERSION
-    from sweeps.engine import metric_names
+    from sweeps.runs import metric_names
     from sweeps.grid import load
     from sweeps.provenance import provenance
     from sweeps.results import config_columns, to_arrow

@@ -28,14 +28,12 @@ from jax.sharding import Mesh
 from contamination.cache import setup_jax
 from contamination.ids import id_keys, stable_hash
 from contamination.numerics import float_name
-from contamination.spec import static_spec
-from contamination.train import metric_names as _metric_names
 
 from . import calibrate, executables, plan_text, results, scope as scopes, shards, storage
 from .environment import default_memory_budget, device_info, process_age_s
-from .grid import Grid, Run
+from .grid import Grid
 from .plan import Bucket, Network, Planning, TableNetworks, bucketize
-from .runs import RunTable
+from .runs import RunTable, metric_names
 from .preempt import Preempted, StopFlag, tree_ready
 from .programs import Compiler, Program, chunk_inputs, stored_chunks
 from .provenance import provenance as make_provenance
@@ -126,18 +124,6 @@ def calibrate_devices(cache_dir: str | None = None) -> calibrate.DeviceModel:
 
 def same_runs(a: results.Done, b: results.Done) -> bool:
     return np.array_equal(np.unique(a.keys), np.unique(b.keys))
-
-
-def metric_names(runs: list[Run] | RunTable) -> list[str]:
-    """Metric columns of these runs (the union over their experiments, in first-seen order)."""
-    if isinstance(runs, RunTable):
-        configs = [runs.points[k].config for k in runs.live_points()]
-    else:
-        configs = [r.config for r in runs]
-    names: list[str] = []
-    for spec in dict.fromkeys(static_spec(c) for c in configs):
-        names += [m for m in _metric_names(spec) if m not in names]
-    return names
 
 
 def run_grid(grid: Grid, out, *, memory_budget: int | None = None, min_efficiency: float | None = None,

@@ -38,7 +38,7 @@ from .storage import UNREADABLE, Location
 
 def pandas():
     """pandas, imported where first used: a sweep starts training without it (0.2-0.3 s of its
-    start-up; the engine imports it in a thread while the first chunk trains, `engine.train_chunks`)."""
+    start-up; the engine imports it in a thread while the first chunk trains, `engine.Pipeline.train_chunks`)."""
     import pandas as pd
 
     return pd
