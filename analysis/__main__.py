@@ -10,10 +10,19 @@ from __future__ import annotations
 import argparse
 import sys
 
+import pandas as pd
+
 from sweeps.storage import Location, StorageError, location, staged
 
-from .load import AnalysisError, axis_names, load
+from .aggregate import aggregate
+from .boundary import boundary_setting, boundary_table
+from .curves import PAPER_PANELS, collapse_figure, curves_figure
+from .exponents import T1_LEVEL, exponent_parts, exponent_table, summary
+from .load import AnalysisError, attach, axis_names, load
+from .phase import phase_figure, phase_table
+from .report import phase_stem, write_report
 from .select import check_axis, check_metric, parse_where, select
+from .style import save_as
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,8 +82,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _report(args) -> int:
-    from .report import write_report
-
     res = load(args.results)
     report = write_report(res, args.out)
     figures = location(report).parent / "figures"
@@ -85,8 +92,6 @@ def _report(args) -> int:
 
 def _write_figure(fig, out: Location) -> Location:
     """Save one figure (format from the suffix) at a local path or an object-store location."""
-    from .style import save_as
-
     with staged(out.parent) as d:
         save_as(fig, d / out.name)
     return out
@@ -99,9 +104,6 @@ def _write_csv(table, where: str) -> None:
 
 
 def _phase(args) -> int:
-    from .phase import phase_figure, phase_table
-    from .report import phase_stem
-
     res = load(args.results)
     axes = axis_names(res)
     x, y = check_axis(args.x, axes), check_axis(args.y, axes)
@@ -128,9 +130,6 @@ def _phase(args) -> int:
 
 
 def _curves(args) -> int:
-    from .curves import PAPER_PANELS, collapse_figure, curves_figure
-    from .load import attach
-
     res = load(args.results)
     axes = axis_names(res)
     metrics = res.metrics
@@ -157,10 +156,6 @@ def _curves(args) -> int:
 
 
 def _exponents(args) -> int:
-    import pandas as pd
-
-    from .exponents import T1_LEVEL, exponent_parts, exponent_table, summary
-
     res = load(args.results)
     level = T1_LEVEL if args.t1_level is None else args.t1_level
     if not level > 0:
@@ -184,10 +179,6 @@ def _exponents(args) -> int:
 
 
 def _table(args) -> int:
-    import pandas as pd
-
-    from .aggregate import aggregate
-
     res = load(args.results)
     axes = axis_names(res)
     by = [check_axis(a.strip(), axes) for a in args.by.split(",") if a.strip()] if args.by is not None \
@@ -205,10 +196,6 @@ def _table(args) -> int:
 
 
 def _boundary(args) -> int:
-    import pandas as pd
-
-    from .boundary import boundary_setting, boundary_table
-
     res = load(args.results)
     axes = [a.strip() for a in args.axes.split(",") if a.strip()] if args.axes else None
     setting = boundary_setting(res, args.metric, args.level, axes)

@@ -11,11 +11,17 @@ points `sweeps refine` added (sweeps/refine.py).
 
 from __future__ import annotations
 
+import json
+
+import matplotlib.tri as mtri
 import numpy as np
 import pandas as pd
+from scipy.spatial import Delaunay
 
-from sweeps.lattice import Axis, Z, point_stats
+from sweeps.lattice import Axis, RefineError, Z, axes_of_values, facet_columns, point_stats
+from sweeps.refine import STATE
 
+from .load import AnalysisError
 from .style import new_figure
 
 
@@ -52,9 +58,6 @@ def boundary_table(runs: pd.DataFrame, axes: list[Axis], facets: list[str], metr
 
 def boundary_figure(runs: pd.DataFrame, axes: list[Axis], facets: list[str], metric: str, level: float):
     """One panel per facet over the first two axes (see the module docstring)."""
-    import matplotlib.tri as mtri
-    from scipy.spatial import Delaunay
-
     x_axis, y_axis = axes[0], axes[1]
     stats = point_stats(runs, axes[:2], facets, metric)
     rounds = runs.assign(**{a.column: runs[a.column].astype(float) for a in axes[:2]})
@@ -97,11 +100,6 @@ def boundary_setting(results, metric: str | None = None, level: float | None = N
                      axes: list[str] | None = None) -> tuple[list[Axis], list[str], str, float] | None:
     """The boundary's axes, facet columns, metric and level for a results directory: what its
     `refine.json` records, overridden by the arguments; None when neither says a metric and level."""
-    import json
-
-    from sweeps.lattice import RefineError, axes_of_values, facet_columns
-    from sweeps.refine import STATE
-
     state = json.loads(results.location.read_text(STATE)) if results.location.exists(STATE) else {}
     metric = metric or state.get("metric")
     level = level if level is not None else state.get("level")
@@ -111,8 +109,6 @@ def boundary_setting(results, metric: str | None = None, level: float | None = N
     try:
         ax = axes_of_values(values, axes or state.get("axes"))
     except RefineError as e:
-        from .load import AnalysisError
-
         raise AnalysisError(f"--axes: {e}") from None
     # the grid's other axes: one boundary per combination of their values
     facets = [c for c in facet_columns(values, ax) if c in results.runs]

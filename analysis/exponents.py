@@ -1,4 +1,4 @@
-"""Scaling exponents of the theory (PAPER.md section 4): the time scales T0 and T1 read from each
+"""Scaling exponents of the theory (docs/exponents.md): the time scales T0 and T1 read from each
 run's curves, log-log fits of a measured quantity against a size with 95% intervals over seeds,
 and a figure per fit drawn with its data.
 
@@ -13,9 +13,11 @@ import math
 
 import numpy as np
 import pandas as pd
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
 from scipy import stats
 
 from contamination.config import FIELDS
+from sweeps.results import RANGE_COLUMNS
 
 from .style import fmt, fmt_value, new_figure, noise_note
 
@@ -218,7 +220,6 @@ SPECS = (
 XLABELS = {"input_dim": "input dimension d", "d0": "features d0 = core_dim + bg_dim", "inv_sqrt_d": "1 / sqrt(d)"}
 # The config fields a size is made of: a family holds every other config field fixed.
 SIZE_FIELDS = {"input_dim": ("input_dim",), "inv_sqrt_d": ("input_dim",), "d0": ("core_dim", "bg_dim")}
-RANGE_COLUMNS = ("bg_train_low", "bg_train_high", "bg_ood_low", "bg_ood_high")
 
 
 # The theory's setting: a two-class MLP classifier on the synthetic feature model (a distillation
@@ -243,8 +244,8 @@ def families(meas: pd.DataFrame, spec: Spec, min_x: int = 3) -> list[tuple[dict,
         sel = sel[sel["weight_decay"] == 0]
     if spec.x == "d0":
         sel = sel.assign(core_share=sel["core_dim"] / sel["d0"])
-    names = [c for c in (*FIELDS, *RANGE_COLUMNS, "core_share") if c in sel
-             and c not in ("seed", *SIZE_FIELDS[spec.x])]
+    ranges = [col for pair in RANGE_COLUMNS.values() for col in pair]
+    names = [c for c in (*FIELDS, *ranges, "core_share") if c in sel and c not in ("seed", *SIZE_FIELDS[spec.x])]
     keys = [c for c in names if sel[c].astype(str).nunique() > 1]
     groups = sel.groupby(keys, observed=True, sort=True, dropna=False) if keys else [((), sel)]
     out = []
@@ -353,8 +354,6 @@ def exponent_figure(spec: Spec, fits, t1_level: float = T1_LEVEL):
 def _plain_ticks(ax, xs: np.ndarray) -> None:
     """Log axes labelled with plain numbers: x at the sizes run, y at its own ticks (minor ones too
     where it spans under a decade)."""
-    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
-
     ax.xaxis.set_major_locator(FixedLocator(xs))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
     ax.xaxis.set_minor_locator(NullLocator())

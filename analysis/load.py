@@ -19,14 +19,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from contamination.metrics import METRICS
+from sweeps.results import RANGE_COLUMNS
 from sweeps.storage import UNREADABLE, Location, StorageError, check_reachable, is_uri, location
 
 RESULTS_ROOT = Path("results")
-RANGE_COLUMNS = {"bg_train": ("bg_train_low", "bg_train_high"), "bg_ood": ("bg_ood_low", "bg_ood_high")}
-DEFAULT_METRICS = ("train_loss", "id_loss", "id_acc", "ood_loss", "ood_acc", "id_margin", "ood_margin",
-                   "core_norm", "bg_norm", "bg_signed", "act_asym", "bg_mean_proj", "bg_shift_rms",
-                   "contaminated_frac", "bg_grad_balance", "bg_grad_net", "bg_grad_total", "contamination_sign",
-                   "contamination_ratio")
 # Metrics computed here from logged ones: name -> (inputs, function of the frame).
 DERIVED = {"ood_minus_id_loss": (("ood_loss", "id_loss"), lambda df: df["ood_loss"] - df["id_loss"]),
            # the share of the ID margin a network keeps OOD (1: none lost)
@@ -206,9 +203,9 @@ RUN_METRICS = ("stopped_step",)
 
 
 def metric_columns(df: pd.DataFrame, manifest: dict | None = None) -> list[str]:
-    """The metric columns of a table: the manifest's list (or the defaults), then the derived ones
-    and RUN_METRICS."""
-    names = list((manifest or {}).get("metrics") or DEFAULT_METRICS) + list(DERIVED) + list(RUN_METRICS)
+    """The metric columns of a table: the manifest's list (or else the classifier's, `METRICS`), then
+    the derived ones and RUN_METRICS."""
+    names = list((manifest or {}).get("metrics") or METRICS) + list(DERIVED) + list(RUN_METRICS)
     return [m for m in dict.fromkeys(names) if m in df]
 
 

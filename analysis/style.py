@@ -12,6 +12,7 @@ matplotlib.use("Agg")  # files only, never a window (figures are built as bare `
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
 LABELS = {
     "train_loss": "training loss",
@@ -192,8 +193,6 @@ def wide_positive(values, span: float = 20.0) -> bool:
 
 def plain_log_ticks(ax, values) -> None:
     """Log x axis labelled with plain numbers at 1-2-5 steps (powers of ten over wide ranges), no minor labels."""
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
-
     v = np.asarray(values, dtype=float)
     v = v[np.isfinite(v) & (v > 0)]
     decades = np.log10(v.max() / v.min()) if v.size else 0.0

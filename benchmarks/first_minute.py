@@ -1,4 +1,4 @@
-"""The first minute on a new machine (issue: cold sweeps as fast as warm ones), measured side by side
+"""The first minute on a new machine (how near a cold sweep comes to a warm one), measured side by side
 in one run:
 
     python benchmarks/first_minute.py [--json FILE] [--torch-python VENV/bin/python]

@@ -1,11 +1,11 @@
 """Planning at scale: `python -m sweeps plan` of grids of 10^4, 10^5 and 10^6 runs, and the resume
-check of a results directory that holds 10^5 done runs (issue 32).
+check of a results directory that holds 10^5 done runs (docs/benchmarks.md).
 
     python benchmarks/plan_scale.py [--sizes 1e4,1e5,1e6] [--resume 1e5] [--runs-per-file 8] [--code DIR]
                                     [--distinct] [--no-phases] [--json FILE]
 
 The grids are the toy preset's, widths 10 x lr L x weight_decay W x S seeds: 10^4 = L 10, W 10,
-S 10; 10^5 = L 10, W 10, S 100 (the issue's grid); 10^6 = L 10, W 100, S 100. With --distinct,
+S 10; 10^5 = L 10, W 10, S 100; 10^6 = L 10, W 100, S 100. With --distinct,
 every run is a config of its own (S 1): 10^4 = L 10, W 100; 10^5 = L 100, W 100; 10^6 = L 1000,
 W 100. Each `plan` runs in a fresh process
 (as every task of an array job would) with an empty `--out`; its wall seconds and peak resident
@@ -20,7 +20,7 @@ the wall of `python -m sweeps plan` on it (nothing left to train); first with no
 runs file's run_id column read), then with the index a run leaves when it ends
 (`results.write_index`).
 
-`--code DIR` runs the commands against another checkout (e.g. the code before issue 32:
+`--code DIR` runs the commands against another checkout (e.g. the code before grids expanded into columns:
 `mkdir /tmp/before && git archive ec221b9 | tar -x -C /tmp/before`); the benchmark's own
 helpers (writing the grids and the results directory) run in this checkout.
 """
@@ -103,7 +103,7 @@ if hasattr(results, "done_run_keys"):
     done = results.done_run_keys(out)
     pending = int((~np.isin(grid.table.run_key, done)).sum())
     n_done = len(done)
-else:  # the code before issue 32
+else:  # the code before grids expanded into columns (ec221b9)
     done = results.done_run_ids(out)
     pending = sum(r.run_id not in done for r in grid.runs())
     n_done = len(done)
@@ -119,7 +119,7 @@ def write_done(grid_path: Path, out: Path, runs_per_file: int) -> int:
     import pyarrow.parquet as pq
 
     from contamination.ids import RESULTS_VERSION
-    from sweeps.engine import metric_names
+    from sweeps.runs import metric_names
     from sweeps.grid import load
     from sweeps.provenance import provenance
     from sweeps.results import config_columns, to_arrow

@@ -23,11 +23,7 @@ in float32: the programs differ).
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def compile_arm(cfgs):

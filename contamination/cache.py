@@ -6,14 +6,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import jax
+
 
 def setup_jax(cache_dir: str | None = None) -> Path:
     """Enable JAX's persistent compilation cache (every compile is cached); returns its directory.
 
     The program store (`executables/`) and the device model (`calibration/`) live beside it.
     """
-    import jax
-
     cache = cache_dir or os.environ.get("CONTAMINATION_JAX_CACHE") or str(
         Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "contamination" / "jax")
     jax.config.update("jax_compilation_cache_dir", cache)

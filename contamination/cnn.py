@@ -39,6 +39,7 @@ from .numerics import float_dtype
 import numpy as np
 
 from .data import first, ood_split, per_row
+from .digits import layout
 from .loop import Training, init_carry, make_optimizer, make_step
 from .shift import shift_metrics
 from .metrics import (bg_direction, contamination_count, gradient_share, masked_mean, mean_sign, output_metrics,
@@ -70,8 +71,6 @@ def side_of(d: int) -> int:
 
 def raster(border: int) -> np.ndarray:
     """The input index of each pixel of the S x S picture, row-major: `x[..., raster]` is the image."""
-    from .digits import layout
-
     core, bg = layout(border)
     order = np.empty(len(core) + len(bg), dtype=np.int32)
     order[core] = np.arange(len(core))

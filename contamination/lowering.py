@@ -21,7 +21,7 @@ UNROLLED_BELOW = (0, 11)
 def unroll_threefry_on_cpu() -> bool:
     """Register the unrolled threefry lowering for the CPU platform; False where it is not applied
     (a jaxlib outside the measured range, or one whose internals moved)."""
-    try:
+    try:  # JAX's internals, imported here: where they moved, the ImportError leaves JAX's lowering
         import jaxlib
         from jax._src.interpreters import mlir
         from jax._src.random import threefry2x32 as tf

@@ -38,7 +38,7 @@ RETRAIN_STREAM = 27  # the refit set's key: fold_in(the run's data key, RETRAIN_
 def ridge_readout(h: jax.Array, targets: jax.Array, rows: jax.Array, ridge: jax.Array):
     """Least squares of `targets` ((n,) or (n, K)) on features `h` (n, p) with an unpenalised
     intercept over the rows where `rows` is 1; relative ridge over the live units (module doc)."""
-    from .distill import spd_solve
+    from .distill import spd_solve  # the distillation experiment's module loads only where a readout is refitted
 
     n = jnp.sum(rows)
     mu = rows @ h / n

@@ -12,8 +12,11 @@ import json
 import sys
 import time
 
+from .cache import setup_jax
 from .config import ConfigError, parse_assignment
+from .numerics import enable_x64, float_name
 from .presets import preset
+from .simulate import simulate
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,11 +33,6 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    from .cache import setup_jax
-    from .simulate import simulate  # imports JAX: only after the input is known to be good
-
-    from .numerics import enable_x64, float_name
-
     if args.x64:
         enable_x64()
     setup_jax()  # a program compiled before (by this command or a sweep) is loaded from the cache

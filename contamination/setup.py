@@ -38,7 +38,7 @@ def prepare(s: Static, traced: dict) -> Setup:
     k_data, k_batch = jax.random.split(data_key)
     true_width, sizes = traced["true_width"], sizes_of(traced)
     if s.dataset == "digits":
-        from .digits import make_digits_data
+        from .digits import make_digits_data  # the digits data's module loads only for digits runs
 
         data = make_digits_data(k_data, s.digit_classes, s.border, s.n_train, s.n_test, s.n_classes, sizes,
                                 traced["bg_train"])
@@ -62,8 +62,8 @@ def make_get_batch(s: Static, setup: Setup, bg_train: jax.Array) -> Callable[[ja
         if s.online:
             return online_batch(k_batch, t, data.M, s.batch_size, s.core_dim, s.core, setup.sizes, bg_train,
                                 s.n_classes, spurious=None if s.dataset != "synthetic" else data.spurious)
-        if s.batch_size:
+        if s.minibatches:
             return minibatch(k_batch, t, data.train, s.batch_size)
-        return data.train
+        return data.train  # s.full_batch
 
     return get_batch

@@ -2,11 +2,13 @@
 
 The pieces live in their own modules: `environment` (JAX set-up, devices), `provenance`,
 `storage` (where results live: a folder or an object-store prefix), `results` (the directory,
-its tables and manifest, crash safety), `preempt` (stopping cleanly on SIGTERM), `plan` (networks, buckets,
-chunks), `calibrate` (the device model the planner predicts with), `programs` (compiling and
-loading bucket programs, in a background thread), `executables` (the program store), and for
-array jobs `shards` (which networks a shard trains), `scope` (what this invocation may train,
-under which name) and `lease` (one attempt at a time per shard).
+its tables and manifest, crash safety), `preempt` (stopping cleanly on SIGTERM), `plan` (networks,
+buckets, chunks) and `plan_text` (the dry run's text), `calibrate` (the device model the planner
+predicts with), `programs` (compiling and loading bucket programs, in a background thread),
+`executables` (the program store), and for array jobs `shards` (which networks a shard trains),
+`scope` (what this invocation may train, under which name) and `lease` (one attempt at a time
+per shard). Here: the plan of what is pending, and the pipeline that trains it chunk by chunk,
+writes each chunk, and records the invocation in the manifest.
 """
 
 from __future__ import annotations
@@ -17,23 +19,23 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any, Callable
 
+import jax
 import numpy as np
+from jax.sharding import Mesh
 
 from contamination.cache import setup_jax
-from contamination.cost import trains_teacher
 from contamination.ids import id_keys, stable_hash
 from contamination.numerics import float_name
-from contamination.spec import static_spec
-from contamination.train import metric_names as _metric_names
 
-from . import calibrate, executables, results, scope as scopes, shards, storage
+from . import calibrate, executables, plan_text, results, scope as scopes, shards, storage
 from .environment import default_memory_budget, device_info, process_age_s
-from .grid import Grid, Run
-from .plan import Bucket, Network, Planning, TableNetworks, bucketize, fmt_bytes
-from .runs import RunTable
+from .grid import Grid
+from .plan import Bucket, Network, Planning, TableNetworks, bucketize
+from .runs import RunTable, metric_names
 from .preempt import Preempted, StopFlag, tree_ready
-from .programs import Compiler, chunk_inputs, stored_chunks
+from .programs import Compiler, Program, chunk_inputs, stored_chunks
 from .provenance import provenance as make_provenance
 
 
@@ -79,16 +81,11 @@ class Pending:
     buckets: list[Bucket]
 
 
-def local_mesh():
-    import jax
-    from jax.sharding import Mesh
-
+def local_mesh() -> Mesh:
     return Mesh(np.array(jax.local_devices()), ("cfg",))
 
 
 def this_process() -> tuple[int, int]:
-    import jax
-
     return jax.process_index(), jax.process_count()
 
 
@@ -129,18 +126,6 @@ def same_runs(a: results.Done, b: results.Done) -> bool:
     return np.array_equal(np.unique(a.keys), np.unique(b.keys))
 
 
-def metric_names(runs: list[Run] | RunTable) -> list[str]:
-    """Metric columns of these runs (the union over their experiments, in first-seen order)."""
-    if isinstance(runs, RunTable):
-        configs = [runs.points[k].config for k in runs.live_points()]
-    else:
-        configs = [r.config for r in runs]
-    names: list[str] = []
-    for spec in dict.fromkeys(static_spec(c) for c in configs):
-        names += [m for m in _metric_names(spec) if m not in names]
-    return names
-
-
 def run_grid(grid: Grid, out, *, memory_budget: int | None = None, min_efficiency: float | None = None,
              chunk_size: int | None = None, progress: bool = True, cache_dir: str | None = None,
              compile_ahead: int = 1, process: tuple[int, int] | None = None, shard: tuple[int, int] | None = None,
@@ -172,11 +157,8 @@ def run_grid(grid: Grid, out, *, memory_budget: int | None = None, min_efficienc
 def _run_grid(grid: Grid, out: storage.Location, stop: StopFlag, scope: scopes.Scope, *, memory_budget,
               min_efficiency, chunk_size, progress, cache_dir, compile_ahead, process: tuple[int, int],
               note: dict) -> Summary:
-    import jax
-
     startup = {"engine": process_age_s()}  # seconds from process start (imports, grid load) to here
     cache = setup_jax(cache_dir)
-    store = cache / "executables"
     t_start = time.perf_counter()
     started = dt.datetime.now(dt.timezone.utc).isoformat()
     mesh = local_mesh()
@@ -186,7 +168,55 @@ def _run_grid(grid: Grid, out: storage.Location, stop: StopFlag, scope: scopes.S
         return plan_pending(grid, out, mesh, cache, memory_budget=memory_budget, min_efficiency=min_efficiency,
                             chunk_size=chunk_size, process=process, rows=scope.rows)
 
-    # Planning raises on an impossible budget before anything is written.
+    p, precisions = plan_under_lease(out, stop, scope, plan)
+    provenance = make_provenance(grid, dev, metric_names(p.table), float_name(), precisions)
+    startup["planned"] = process_age_s()
+    invocation = Invocation(out, results.manifest_name(scope.tag), grid, provenance, {
+        "started": started, "startup_s": startup, "runs_in_grid": len(p.table), "already_done": p.skipped,
+        "planned": len(p.pending), "networks_trained": sum(len(b.networks) for b in p.buckets),
+        "memory_budget_bytes": p.budget, "min_efficiency": "auto" if min_efficiency is None else min_efficiency,
+        "compile_ahead": compile_ahead, "device_model": p.model.summary(),
+        "plan_s": time.perf_counter() - t_start, "buckets": [], **scope.record, **note})
+    invocation.write()
+    for table in results.TABLES:
+        out.make_dirs(table)
+    bar = progress_bar(len(p.pending), grid.name) if progress else None
+    writer = ChunkWriter(grid, out, scope, provenance, p.done, bar=bar, columns={
+        "device_kind": dev["device_kind"], "dtype": provenance["dtype"], "process_index": process[0]})
+    store = cache / "executables"
+    pipeline = Pipeline(Compiler(p.buckets, mesh, store, ahead=compile_ahead), store, writer, stop, startup)
+    stopped = None
+    try:
+        stopped = pipeline.train(p.buckets, p.model, invocation)
+    finally:
+        # on a signal, a compile in progress is left to finish alone (the process is leaving)
+        pipeline.compiler.close(wait=stopped is None)
+        writer.close()
+    seconds = time.perf_counter() - t_start
+    invocation.finish(seconds, writer.written, pipeline.compiler.waited_s, stopped)
+    total, within = len(p.table), "the grid"
+    if scope.shard is not None:
+        total, within = len(scope.rows), f"shard {scope.shard[0]}/{scope.shard[1]} ({len(p.table)} in the grid)"
+    summary = Summary(out, total, p.skipped, writer.written, invocation.record["networks_trained"],
+                      len(p.buckets), seconds, pipeline.compiler.waited_s, invocation.record["buckets"], within)
+    if stopped is not None:
+        stopped.summary = summary
+        raise stopped
+    return summary
+
+
+def progress_bar(total: int, name: str):
+    # tqdm loads only where a bar is shown (about 8 ms of start-up that --no-progress saves)
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="run", desc=name, dynamic_ncols=True, file=sys.stderr)
+
+
+def plan_under_lease(out: storage.Location, stop: StopFlag, scope: scopes.Scope,
+                     plan: Callable[[], Pending]) -> tuple[Pending, set[str]]:
+    """Plan, check the results' numerics, take the lease, plan again where another attempt wrote
+    meanwhile, and recover what a killed attempt of this writer left; returns the plan and the
+    grid's precisions. Planning raises on an impossible budget before anything is written."""
     p = plan()
     precisions = {p.table.points[k].config.precision for k in p.table.live_points()}
     results.check_numerics(out, precisions, float_name())  # before anything is written
@@ -196,122 +226,149 @@ def _run_grid(grid: Grid, out: storage.Location, stop: StopFlag, scope: scopes.S
     if scope.rows is not rows or not same_runs(p.done, results.done_runs(out)):
         p = plan()  # another attempt wrote meanwhile, or running shards keep their runs
     results.recover(out, scope.prefix, scope.keep)
-    provenance = make_provenance(grid, dev, metric_names(p.table), float_name(), precisions)
-    networks = sum(len(b.networks) for b in p.buckets)
-    startup["planned"] = process_age_s()
-    invocation = {"started": started, "startup_s": startup, "runs_in_grid": len(p.table), "already_done": p.skipped,
-                  "planned": len(p.pending), "networks_trained": networks, "memory_budget_bytes": p.budget,
-                  "min_efficiency": "auto" if min_efficiency is None else min_efficiency,
-                  "compile_ahead": compile_ahead,
-                  "device_model": p.model.summary(), "plan_s": time.perf_counter() - t_start, "buckets": [],
-                  **scope.record, **note}
-    manifest_name = results.manifest_name(scope.tag)
-    manifest = results.write_manifest(out, manifest_name, grid, provenance, invocation)
-    for table in results.TABLES:
-        out.make_dirs(table)
-    prefix = scope.prefix
+    return p, precisions
 
-    bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=len(p.pending), unit="run", desc=grid.name, dynamic_ncols=True, file=sys.stderr)
 
-    def train_chunks(bucket: Bucket, prog, written: list[int]) -> None:
+@dataclasses.dataclass
+class Invocation:
+    """This invocation's entry in the results' manifest (one manifest per writer): what it
+    planned and trained, its start-up phases, device model and buckets; rewritten as each bucket
+    finishes, so that a killed invocation leaves its record up to its last bucket."""
+
+    out: storage.Location
+    name: str  # the manifest's file name (`results.manifest_name`)
+    grid: Grid
+    provenance: dict
+    record: dict
+    manifest: dict | None = None  # as last written (None: not yet; the first write appends to the file's)
+
+    def write(self) -> None:
+        self.manifest = results.write_manifest(self.out, self.name, self.grid, self.provenance, self.record,
+                                               self.manifest)
+
+    def add_bucket(self, record: dict) -> None:
+        self.record["buckets"].append(record)
+        self.write()
+
+    def finish(self, seconds: float, trained: int, compile_wait_s: float, stopped: Preempted | None) -> None:
+        self.record.update(finished=dt.datetime.now(dt.timezone.utc).isoformat(), seconds=seconds, trained=trained,
+                           compile_wait_s=compile_wait_s, runs_per_s=trained / seconds if seconds > 0 else None)
+        if stopped is not None:
+            self.record["stopped_by"] = stopped.name
+        self.write()
+
+
+@dataclasses.dataclass
+class ChunkWriter:
+    """Writes each trained chunk's tables into the results, indexes them, and counts the runs."""
+
+    grid: Grid
+    out: storage.Location
+    scope: scopes.Scope
+    provenance: dict
+    done: results.Done  # grows by each chunk written (`write_index` writes it)
+    columns: dict  # the last columns of every runs row: device kind, dtype, process index
+    bar: Any = None  # a progress bar, or None
+    written: int = 0  # runs written by this invocation
+    indexed_at: float = dataclasses.field(default_factory=time.perf_counter)  # when the index was last written
+
+    def write(self, bucket: Bucket, chunk: list[Network], host, chunk_s: float) -> None:
+        """Write one chunk's runs (its outputs `host` as NumPy arrays, trained in `chunk_s` seconds)."""
+        n_runs = sum(len(n.runs) for n in chunk)
+        name = f"{self.scope.prefix}{bucket.id}-{stable_hash(sorted(r.run_id for n in chunk for r in n.runs))}.parquet"
+        extra = {"bucket": bucket.id, "padded_width": bucket.static.width, "chunk": name,
+                 "chunk_size": bucket.chunk_size, "chunk_s": chunk_s, "run_s": chunk_s / n_runs, **self.columns}
+        runs_df, curves_df, shifts_df = results.build_tables(self.grid, chunk, host, extra, self.provenance["metrics"])
+        lease = self.scope.lease
+        if lease is not None and lease.lost:
+            raise LeaseLost(f"{self.out}: lost the lease {self.scope.tag or scopes.SWEEP} to another attempt (this "
+                            f"one was silent too long); stopped before writing, that attempt goes on")
+        results.write_chunk(self.out, name, runs_df, curves_df, self.provenance, shifts_df)
+        self.done.add(name, id_keys(list(runs_df["run_id"])))
+        if time.perf_counter() - self.indexed_at > results.INDEX_EVERY_S:  # bounds what a SIGKILL leaves unindexed
+            self.write_index()
+        self.written += n_runs
+        if self.bar is not None:
+            self.bar.update(n_runs)
+
+    def write_index(self) -> None:
+        results.write_index(self.out, self.scope.tag, self.done)
+        self.indexed_at = time.perf_counter()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        self.write_index()
+
+
+@dataclasses.dataclass
+class Pipeline:
+    """Trains buckets chunk by chunk: their programs (compiled ahead in a thread), where the
+    chunks are written, the stop flag checked between chunks, and the start-up phases recorded."""
+
+    compiler: Compiler
+    store: Path  # the program store (`executables`)
+    writer: ChunkWriter
+    stop: StopFlag
+    startup: dict  # the manifest's start-up phases: `program` and `first_step` are added here
+
+    def train(self, buckets: list[Bucket], model: calibrate.DeviceModel, invocation: Invocation) -> Preempted | None:
+        """Train every bucket in order, recording each in the device model and the manifest;
+        returns the `Preempted` of a signal that stopped it, else None."""
+        try:
+            for i, bucket in enumerate(buckets):
+                waited = self.compiler.waited_s
+                prog, compile_s, source, run_s = self.train_bucket(i, bucket)
+                if prog.source == "compiled":
+                    model.record_compile(bucket.static, prog.seconds)
+                model.record_run(bucket, run_s)
+                invocation.add_bucket(bucket_record(bucket, compile_s, source, self.compiler.waited_s - waited,
+                                                    run_s, prog.key))
+        except Preempted as e:
+            return e
+        return None
+
+    def train_bucket(self, i: int, bucket: Bucket) -> tuple[Program, float, str, float]:
+        """Train bucket `i`; returns its program, the seconds to get it, its source, and the seconds
+        training took. A stored program that fails before its first chunk is written is dropped and
+        compiled afresh (nothing of it reached the results): a stale store entry costs a compile."""
+        prog = self.compiler.get(i, self.stop)
+        compile_s, source = prog.seconds, prog.source
+        written, t0 = self.writer.written, time.perf_counter()
+        try:
+            self.train_chunks(bucket, prog)
+        except jax.errors.JaxRuntimeError as e:
+            if prog.source != "store" or self.writer.written > written:
+                raise
+            print(f"warning: stored program {prog.key[:12]} failed ({str(e).splitlines()[0][:120]}); "
+                  "recompiling", file=sys.stderr)
+            executables.discard(self.store, prog.key)
+            prog = self.compiler.recompile(i)
+            compile_s, source = compile_s + prog.seconds, "compiled after a failed stored program"
+            t0 = time.perf_counter()
+            self.train_chunks(bucket, prog)
+        return prog, compile_s, source, time.perf_counter() - t0
+
+    def train_chunks(self, bucket: Bucket, prog: Program) -> None:
+        """The chunk pipeline: dispatch chunk i+1 before fetching chunk i, so the device trains
+        while the host writes; a signal stops it between chunks (what was written is complete)."""
         s, size = bucket.static, bucket.chunk_size
         chunks = bucket.chunks()  # each chunk's networks are built when it is read: read each once
-        # Dispatch chunk i+1 before fetching chunk i, so the device trains while the host writes.
         following = chunks[0]
-        startup.setdefault("program", process_age_s())
+        self.startup.setdefault("program", process_age_s())
         result, t0 = prog.compiled(chunk_inputs(s, size, following, prog.sharding)), time.perf_counter()
-        if "first_step" not in startup:  # the first chunk dispatched
-            startup["first_step"] = process_age_s()
+        if "first_step" not in self.startup:  # the first chunk dispatched
+            self.startup["first_step"] = process_age_s()
             # the tables' library loads while the device trains (the host thread waits anyway)
             threading.Thread(target=results.pandas, daemon=True).start()
         for i in range(len(chunks)):
             chunk, following = following, chunks[i + 1] if i + 1 < len(chunks) else None
             nxt = prog.compiled(chunk_inputs(s, size, following, prog.sharding)) if following is not None else None
-            stop.wait(tree_ready(result))  # a signal first: this chunk and the next are abandoned
+            self.stop.wait(tree_ready(result))  # a signal first: this chunk and the next are abandoned
             host = jax.tree_util.tree_map(np.asarray, result)
-            chunk_s = time.perf_counter() - t0
-            n_runs = sum(len(n.runs) for n in chunk)
-            name = f"{prefix}{bucket.id}-{stable_hash(sorted(r.run_id for n in chunk for r in n.runs))}.parquet"
-            extra = {"bucket": bucket.id, "padded_width": s.width, "chunk": name, "chunk_size": size,
-                     "chunk_s": chunk_s, "run_s": chunk_s / n_runs, "device_kind": dev["device_kind"],
-                     "dtype": provenance["dtype"],
-                     "process_index": process[0]}
-            runs_df, curves_df, shifts_df = results.build_tables(grid, chunk, host, extra, provenance["metrics"])
-            if scope.lease is not None and scope.lease.lost:
-                raise LeaseLost(f"{out}: lost the lease {scope.tag or scopes.SWEEP} to another attempt (this one "
-                                f"was silent too long); stopped before writing, that attempt goes on")
-            results.write_chunk(out, name, runs_df, curves_df, provenance, shifts_df)
-            p.done.add(name, id_keys(list(runs_df["run_id"])))
-            if time.perf_counter() - index_at[0] > results.INDEX_EVERY_S:  # bounds what a SIGKILL leaves unindexed
-                results.write_index(out, scope.tag, p.done)
-                index_at[0] = time.perf_counter()
-            written[0] += n_runs
-            if bar:
-                bar.update(n_runs)
-            stop.check()  # a signal during the write: the chunk is complete, stop here
+            self.writer.write(bucket, chunk, host, time.perf_counter() - t0)
+            self.stop.check()  # a signal during the write: the chunk is complete, stop here
             result, t0 = nxt, time.perf_counter()
-
-    compiler = Compiler(p.buckets, mesh, store, ahead=compile_ahead)
-    index_at = [time.perf_counter()]  # when this host's index of runs files was last written
-    done_count = 0
-    stopped: Preempted | None = None
-    written = [0]
-    try:
-        for i, bucket in enumerate(p.buckets):
-            waited = compiler.waited_s
-            written = [0]  # runs of this bucket written so far
-            prog = compiler.get(i, stop)
-            compile_s, source = prog.seconds, prog.source
-            t_bucket = time.perf_counter()
-            try:
-                train_chunks(bucket, prog, written)
-            except jax.errors.JaxRuntimeError as e:
-                if prog.source != "store" or written[0]:
-                    raise
-                # A stored program that fails before its first chunk is written is dropped and
-                # compiled afresh; nothing of it reached the results.
-                print(f"warning: stored program {prog.key[:12]} failed ({str(e).splitlines()[0][:120]}); "
-                      "recompiling", file=sys.stderr)
-                executables.discard(store, prog.key)
-                prog = compiler.recompile(i)
-                compile_s, source = compile_s + prog.seconds, "compiled after a failed stored program"
-                t_bucket = time.perf_counter()
-                train_chunks(bucket, prog, written)
-            run_s = time.perf_counter() - t_bucket
-            if prog.source == "compiled":
-                p.model.record_compile(bucket.static, prog.seconds)
-            p.model.record_run(bucket, run_s)
-            done_count += written[0]
-            invocation["buckets"].append(bucket_record(bucket, compile_s, source, compiler.waited_s - waited, run_s,
-                                                       prog.key))
-            results.write_manifest(out, manifest_name, grid, provenance, invocation, manifest)
-    except Preempted as e:
-        stopped = e
-        done_count += written[0]
-    finally:
-        # on a signal, a compile in progress is left to finish alone (the process is leaving)
-        compiler.close(wait=stopped is None)
-        if bar:
-            bar.close()
-        results.write_index(out, scope.tag, p.done)
-    seconds = time.perf_counter() - t_start
-    invocation.update(finished=dt.datetime.now(dt.timezone.utc).isoformat(), seconds=seconds, trained=done_count,
-                      compile_wait_s=compiler.waited_s, runs_per_s=done_count / seconds if seconds > 0 else None)
-    if stopped is not None:
-        invocation["stopped_by"] = stopped.name
-    results.write_manifest(out, manifest_name, grid, provenance, invocation, manifest)
-    total, within = len(p.table), "the grid"
-    if scope.shard is not None:
-        total, within = len(scope.rows), f"shard {scope.shard[0]}/{scope.shard[1]} ({len(p.table)} in the grid)"
-    summary = Summary(out, total, p.skipped, done_count, networks, len(p.buckets), seconds,
-                      compiler.waited_s, invocation["buckets"], within)
-    if stopped is not None:
-        stopped.summary = summary
-        raise stopped
-    return summary
 
 
 def bucket_record(b: Bucket, compile_s: float, source: str, compile_wait_s: float, run_s: float,
@@ -334,10 +391,9 @@ def bucket_record(b: Bucket, compile_s: float, source: str, compile_wait_s: floa
 def describe_plan(grid: Grid, out, *, memory_budget: int | None, min_efficiency: float | None,
                   chunk_size: int | None = None, cache_dir: str | None = None, shard: tuple[int, int] | None = None,
                   shards_count: int | None = None) -> str:
-    """The dry run: configs, networks, buckets, padding, chunks, predicted seconds, FLOPs, memory;
-    of one `shard` (K, N), and with `shards_count` N each of N shards' predicted seconds."""
-    import jax
-
+    """The dry run (`plan_text.describe`): configs, networks, buckets, padding, chunks, predicted
+    seconds, FLOPs, memory; of one `shard` (K, N), and with `shards_count` N each of N shards'
+    predicted seconds."""
     out = storage.location(out)
     storage.check_reachable(out)
     results.check_version(out)
@@ -346,53 +402,6 @@ def describe_plan(grid: Grid, out, *, memory_budget: int | None, min_efficiency:
     rows = shards.assign(grid.table, shard[1]).rows(shard[0]) if shard else None
     p = plan_pending(grid, out, mesh, cache, memory_budget=memory_budget, min_efficiency=min_efficiency,
                      chunk_size=chunk_size, rows=rows)
-    n_dev = mesh.devices.size
-    n_cfg = len({p.table.points[k].config_id for k in p.table.live_points()})
-    networks = sum(len(b.networks) for b in p.buckets)
-    m = p.model
-    lines = [
-        f"grid {grid.name} (scale {grid.scale}): {grid.description}",
-        f"{n_cfg} configs x {len(grid.seeds)} seeds = {len(p.table)} runs"
-        + (f", {len(rows)} of them in shard {shard[0]}/{shard[1]}" if shard else "")
-        + f"; {p.skipped} already in {out}; {len(p.pending)} to train as {networks} networks",
-        f"devices: {n_dev} x {jax.local_devices()[0].device_kind} ({jax.default_backend()}); "
-        f"memory budget {fmt_bytes(p.budget)} per device",
-        f"device model: {m.flop_rate / 1e9:.1f} GFLOP/s, {m.step_s * 1e6:.0f} us per step, "
-        f"compile {m.compile_s(static_spec(p.table.points[p.table.point[0]].config)):.2f} s"
-        f" (planning: {'auto, least predicted time' if min_efficiency is None else f'min efficiency {min_efficiency}'})",
-    ]
-    if m.source != "measured":
-        lines.append(f"  {m.source}; refitted by this machine's buckets from {calibrate.MIN_RECORDED_RUNS} on "
-                     f"({len(m.recorded_runs)} recorded; --calibrate measures it)")
-    lines += [
-        f"{len(p.buckets)} compiled programs (buckets):",
-        f"  {'bucket':8} {'shapes':>6} {'nets':>5} {'runs':>5} {'chunk':>5} {'chunks':>6} {'eff':>5} "
-        f"{'mem/run':>10} {'GFLOP':>9} {'compile':>8} {'run':>7} {'total':>7}  padded shape",
-    ]
-    total_flops = total_exec = compile_total = run_total = 0.0
-    for b in p.buckets:
-        s = b.static
-        acts = "/".join(b.activations)
-        widths = "x".join(str(w) for w in (s.width, *s.hidden))
-        shape = (f"m={widths} d0={s.core_dim}+{s.bg_dim} d={s.input_dim} n={s.n_train}/{s.n_test} "
-                 + (f"K={s.n_classes} " if s.n_classes > 2 else "")
-                 + (f"{s.teacher} teacher p={s.rep_dim} " if s.experiment == "distill" else "")
-                 + (f"teacher_steps={s.teacher_steps} " if trains_teacher(s) else "") +
-                 f"evals={s.n_evals} steps={s.steps} {acts} {s.optimizer} {s.loss}")
-        lines.append(f"  {b.id:8} {len(b.shapes):>6} {len(b.networks):>5} {b.n_runs:>5} {b.chunk_size:>5} "
-                     f"{b.n_chunks:>6} {b.efficiency:5.2f} {fmt_bytes(b.run_memory):>10} "
-                     f"{b.executed_flops / 1e9:>9.1f} {b.predicted_compile_s:>7.1f}s {b.predicted_run_s:>6.1f}s "
-                     f"{b.predicted_s:>6.1f}s  {shape}")
-        total_flops += b.flops
-        total_exec += b.executed_flops
-        compile_total += b.predicted_compile_s
-        run_total += b.predicted_run_s
-    eff = total_flops / total_exec if total_exec else 1.0
-    peak = max((b.run_memory * b.chunk_size / n_dev for b in p.buckets), default=0)
-    lines.append(f"total: {total_exec / 1e12:.3f} TFLOP executed ({eff:.0%} useful after padding); predicted "
-                 f"{compile_total:.1f} s compiling + {run_total:.1f} s training = {compile_total + run_total:.1f} s "
-                 f"(compiles overlap training); peak estimated memory {fmt_bytes(peak)} per device")
-    if shards_count:
-        local = Planning(p.budget, n_dev, m, min_efficiency, chunk_size)
-        lines += shards.describe(shards.assign(grid.table, shards_count), grid.table, local)
-    return "\n".join(lines)
+    devices = (mesh.devices.size, jax.local_devices()[0].device_kind, jax.default_backend())
+    return plan_text.describe(grid, p, out, devices, min_efficiency=min_efficiency, chunk_size=chunk_size,
+                              shard=shard, rows=rows, shards_count=shards_count)

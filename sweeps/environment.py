@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 
+import jax
+
 from .plan import PlanError
 
 
@@ -29,8 +31,6 @@ def use_host_devices(n: int | None = None, runs: int | None = None) -> int | Non
     JAX's backends are already running (in-process callers keep what they have). An explicit
     `n` that can no longer be applied raises PlanError.
     """
-    import jax
-
     explicit = n is not None
     if not explicit:
         if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "") \
@@ -52,8 +52,6 @@ def use_host_devices(n: int | None = None, runs: int | None = None) -> int | Non
 
 
 def device_info() -> dict:
-    import jax
-
     devs = jax.local_devices()
     return {"backend": jax.default_backend(), "device_kind": devs[0].device_kind,
             "local_device_count": len(devs), "device_count": jax.device_count(),
@@ -62,8 +60,6 @@ def device_info() -> dict:
 
 def default_memory_budget() -> int:
     """Per-device budget: half the device's memory where JAX reports it, else a quarter of host RAM."""
-    import jax
-
     stats = None
     try:
         stats = jax.local_devices()[0].memory_stats()

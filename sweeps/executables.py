@@ -40,6 +40,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import jax
+from jax.experimental.compilation_cache import compilation_cache as cc
+from jax.experimental.serialize_executable import deserialize_and_load, serialize
+
+from . import storage
+from .lease import Lease
+from .provenance import versions
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -59,10 +67,6 @@ def code_digest() -> str:
 
 def program_key(static: Any, chunk_size: int, inputs: dict, mesh) -> str:
     """The store's key of one bucket program (see the module docstring for what it covers)."""
-    import jax
-
-    from .provenance import versions
-
     devices = list(mesh.devices.flat)
     client = devices[0].client
     desc = {
@@ -86,8 +90,6 @@ def exists(store: Path, key: str) -> bool:
 
 def load(store: Path, key: str, devices):
     """The stored program for `key`, or None (missing, or unreadable by this JAX: recompile)."""
-    from jax.experimental.serialize_executable import deserialize_and_load
-
     path = store / f"{key}.jaxexe"
     if not path.exists():
         return None
@@ -105,8 +107,6 @@ COMPILE_LOG = "compiles.log"  # one line per program compiled into the store: wh
 def save(store: Path, key: str, compiled, seconds: float | None = None) -> bool:
     """Store a compiled program atomically, and log it (`COMPILE_LOG`: key, host, pid, seconds);
     False where the backend cannot serialize it."""
-    from jax.experimental.serialize_executable import serialize
-
     try:
         blob, in_tree, out_tree = serialize(compiled)
         data = pickle.dumps((blob, in_tree, out_tree))
@@ -133,9 +133,6 @@ def compiling(store: Path, key: str, devices):
     a fleet of one machine kind) is compiled into once per program: the compiling process holds
     the lease `compile-KEY` (`lease.py`, in `leases/` of the store), and the others that need the
     program wait for it to end, then load the program (or compile it, if none landed)."""
-    from . import storage
-    from .lease import Lease
-
     lease = Lease(storage.location(str(store)), f"compile-{key[:32]}")
     while not lease.try_acquire():
         while lease.blockers():
@@ -154,9 +151,6 @@ def compiling(store: Path, key: str, devices):
 def fresh_compile():
     """Compile inside without JAX's persistent cache (neither read nor written), so that the
     executable is a fresh compile, the kind that serializes completely."""
-    import jax
-    from jax.experimental.compilation_cache import compilation_cache as cc
-
     before = jax.config.jax_enable_compilation_cache
     jax.config.update("jax_enable_compilation_cache", False)
     cc.reset_cache()  # JAX decides once per process whether the cache is used; decide again

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import itertools
 import tomllib
 from pathlib import Path
@@ -48,7 +49,6 @@ class Grid:
 
     @property
     def sha256(self) -> str:
-        import hashlib
         return hashlib.sha256(self.text.encode()).hexdigest()
 
     @property

@@ -278,7 +278,7 @@ def facet_columns(axis_names, axes: list[Axis]) -> list[str]:
 def interpolated(stats: pd.DataFrame, axes: list[Axis], at: np.ndarray, column: str = "mean") -> np.ndarray:
     """The seed means (or `column`) of one facet's points, linearly interpolated (Delaunay, in
     normalised coordinates) at points `at` (k, N) given in axis values; NaN outside their hull."""
-    from scipy.interpolate import griddata
+    from scipy.interpolate import griddata  # scipy loads only where a refinement interpolates
 
     xy = np.stack([a.normalised(stats[a.column].to_numpy(float)) for a in axes], axis=1)
     target = np.stack([a.normalised(at[:, i]) for i, a in enumerate(axes)], axis=1)

@@ -29,6 +29,7 @@ import numpy as np
 from contamination.ids import hex_ids, stable_hash, training_key
 from contamination.spec import Static, pad_key, padded_spec, static_spec
 from contamination.cost import flops, memory_bytes
+from contamination.train import sequential
 
 from .runs import Run, RunTable
 
@@ -330,8 +331,6 @@ class Bucket:
     def chunk_bytes_per_device(self) -> float:
         """Estimated bytes a chunk works on at once on each device (one network where the program
         runs them one after another)."""
-        from contamination.train import sequential
-
         if sequential(self.static):
             return float(self.run_memory)
         return self.run_memory * self.chunk_size / self.n_devices

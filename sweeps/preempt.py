@@ -14,6 +14,8 @@ import threading
 import time
 from typing import Callable
 
+import jax
+
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 POLL_S = 0.005
 
@@ -74,7 +76,5 @@ class StopFlag:
 
 def tree_ready(tree) -> Callable[[], bool]:
     """Whether every array of a pytree of JAX arrays has been computed."""
-    import jax
-
     leaves = jax.tree_util.tree_leaves(tree)
     return lambda: all(leaf.is_ready() for leaf in leaves)

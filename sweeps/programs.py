@@ -12,7 +12,12 @@ import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import jax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from contamination.config import Config
 from contamination.spec import Static, stack_traced
+from contamination.train import batched, sequential
 
 from . import executables
 
@@ -27,10 +32,6 @@ class Program(NamedTuple):
 
 def abstract_inputs(static: Static, chunk_size: int, sharding=None) -> dict:
     """The shapes and dtypes of a chunk's traced inputs (any config's values have them)."""
-    import jax
-
-    from contamination.config import Config
-
     one = stack_traced([[Config()]], n_evals=static.n_evals, depth=static.depth)
     return {k: jax.ShapeDtypeStruct((chunk_size,) + v.shape[1:], v.dtype, sharding=sharding) for k, v in one.items()}
 
@@ -76,11 +77,6 @@ def compile_bucket(static: Static, chunk_size: int, mesh, store: Path | None = N
     With `store` (a directory), a program compiled before under the same key
     (`sweeps/executables.py`) is loaded instead, and a new one is saved there.
     """
-    import jax
-    from jax.sharding import NamedSharding, PartitionSpec as P
-
-    from contamination.train import batched, sequential
-
     t0 = time.perf_counter()
     sharding = NamedSharding(mesh, P("cfg"))
     key = None
@@ -110,8 +106,6 @@ def compile_bucket(static: Static, chunk_size: int, mesh, store: Path | None = N
 def chunk_inputs(static: Static, chunk_size: int, chunk: list, sharding):
     """Stacked traced inputs of a chunk of networks, padded to the chunk size by repeating the
     last network (its results are dropped)."""
-    import jax
-
     nets = [[r.config for r in n.runs] for n in chunk]
     nets += [nets[-1]] * (chunk_size - len(nets))
     return jax.device_put(stack_traced(nets, n_evals=static.n_evals, depth=static.depth), sharding)

@@ -37,10 +37,12 @@ import numpy as np
 from contamination.config import from_dict
 from contamination.presets import preset
 
+from . import storage
 from .grid import Grid, GridError, Run, label_of
 from .lattice import (Axis, PointStats, RefineError, Z, norm_point, cell_points, corners, facet_columns,
                       leaves, nonlinearity, point_stats, q, refinable_axes, volume)
-from .results import RANGE_COLUMNS, pandas
+from .results import RANGE_COLUMNS, config_columns, pandas
+from .runs import metric_names
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -62,7 +64,7 @@ class Candidate(NamedTuple):
 def candidates(stats: pd.DataFrame, axes: list[Axis], facets: list[str], level: float, *,
                max_depth: int = 3) -> list[Candidate]:
     """Every split and seed candidate of every facet, best first (not yet spread)."""
-    from scipy.stats import norm
+    from scipy.stats import norm  # scipy loads only where a refinement scores candidates
 
     out: list[Candidate] = []
     cols = [a.column for a in axes]
@@ -206,8 +208,6 @@ def refine(grid: Grid, out, *, metric: str, level: float, rounds: int = 3, batch
     `refine.json` in the results directory, and their pending runs train first.
 
     Returns {"rounds": [...], "stopped": why}."""
-    from . import storage
-
     out = storage.location(out)
     ax = refinable_axes(grid, axes)
     facets = facet_columns(grid.axes, ax)
@@ -251,8 +251,6 @@ def refine(grid: Grid, out, *, metric: str, level: float, rounds: int = 3, batch
 def _check_settings(grid: Grid, ax: list[Axis], metric: str, rounds: int, batch: int | None,
                     seeds_per_point: int | None) -> tuple[int, int]:
     """The seeds per point and runs per round of a refinement, its settings checked (one line each)."""
-    from .engine import metric_names
-
     names = metric_names(grid.table)
     if metric not in names:
         raise RefineError(f"--metric: {metric!r} is not a metric of {grid.name}; metrics: {', '.join(names)}")
@@ -297,8 +295,6 @@ def _add_round(grid: Grid, state: dict, runs: pd.DataFrame, ax: list[Axis], face
 
 def _placed(run: Run, axes: list[Axis], facets: list[str]) -> tuple[tuple, tuple]:
     """A run's point (its refined axes' values) and facet (its other axes' columns)."""
-    from .results import config_columns
-
     cols = {**config_columns(run.config), **run.labels}
     return tuple(q(float(cols[a.column])) for a in axes), tuple(cols[c] for c in facets)
 

@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from contamination.config import log_steps
+from contamination.config import FIELDS, from_dict, log_steps
 from contamination.ids import RESULTS_VERSION, hex_ids
 from contamination.loop import LOOP_METRICS
 from contamination.retrain import RETRAIN_METRICS
@@ -38,7 +38,7 @@ from .storage import UNREADABLE, Location
 
 def pandas():
     """pandas, imported where first used: a sweep starts training without it (0.2-0.3 s of its
-    start-up; the engine imports it in a thread while the first chunk trains, `engine.train_chunks`)."""
+    start-up; the engine imports it in a thread while the first chunk trains, `engine.Pipeline.train_chunks`)."""
     import pandas as pd
 
     return pd
@@ -361,7 +361,6 @@ def config_columns(config) -> dict:
 
 def config_from_row(row):
     """The Config of a runs-table row (a `pd.Series` or dict): the inverse of `config_columns`."""
-    from contamination.config import FIELDS, from_dict
 
     def plain(v):
         return v.item() if isinstance(v, np.generic) else v

@@ -4,7 +4,8 @@ grid's points (a config without its seed, its labels and refine round).
 A million-run grid is a few thousand points times many seeds: each point is built and validated
 once, its ids are hashed once per seed from a text split around the seed (`ids.point_keys`), and
 the runs stay four numpy columns; `Run` objects are built only for the runs asked for (a chunk
-being trained, `Grid.runs()` of a small grid).
+being trained, `Grid.runs()` of a small grid). `metric_names` lists the metric columns the runs'
+results hold.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import numpy as np
 
 from contamination.config import Config
 from contamination.ids import config_id, hex_ids, point_keys, run_id
+from contamination.spec import static_spec
+from contamination.train import metric_names as _metric_names
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,3 +98,15 @@ class RunTable:
         """Indices of the points that hold runs, in order of their first run."""
         _, first = np.unique(self.point, return_index=True)
         return self.point[np.sort(first)].tolist()
+
+
+def metric_names(runs: list[Run] | RunTable) -> list[str]:
+    """Metric columns of these runs (the union over their experiments, in first-seen order)."""
+    if isinstance(runs, RunTable):
+        configs = [runs.points[k].config for k in runs.live_points()]
+    else:
+        configs = [r.config for r in runs]
+    names: list[str] = []
+    for spec in dict.fromkeys(static_spec(c) for c in configs):
+        names += [m for m in _metric_names(spec) if m not in names]
+    return names
