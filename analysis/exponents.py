@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from contamination import experiments
 from contamination.config import FIELDS
 
 from .style import fmt, fmt_value, new_figure, noise_note
@@ -223,7 +224,7 @@ RANGE_COLUMNS = ("bg_train_low", "bg_train_high", "bg_ood_low", "bg_ood_high")
 
 # The theory's setting: a two-class MLP classifier on the synthetic feature model (a distillation
 # student's or a digit classifier's losses are not the theorems' risks).
-THEORY = {"experiment": "classify", "dataset": "synthetic", "model": "mlp", "n_classes": 2}
+THEORY = {"experiment": experiments.DEFAULT, "dataset": "synthetic", "model": "mlp", "n_classes": 2}
 
 
 def theory_runs(runs: pd.DataFrame) -> pd.DataFrame:

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .experiments import REGISTRY as EXPERIMENTS
+from . import experiments
 
 
 class ConfigError(ValueError):
@@ -28,7 +28,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "init": ("torch", "theory"),
     "loss": ("logistic", "hinge", "mse"),
     "optimizer": ("sgd", "adam", "adamw"),
-    "experiment": tuple(EXPERIMENTS),  # the registry of experiments.py
+    "experiment": experiments.names(),  # the modules of experiments/
     "teacher": ("core", "trained", "linear", "standard"),
     "teacher_bias_unit": ("absolute", "spread"),
     "teacher_data": ("full", "student"),

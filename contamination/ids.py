@@ -50,7 +50,7 @@ def training_key(cfg: Config) -> str:
     return stable_hash(training_dict(cfg))
 
 
-# The rule for ids: fields the run's experiment does not read are left out (`experiments.py`),
+# The rule for ids: fields the run's experiment does not read are left out (`experiments/`),
 # and so is a field at its default value, so adding a field (at
 # a default that keeps today's behaviour) never changes an existing id, and a run that sets it
 # gets an id of its own. The only exceptions are frozen: the fields ids hashed whatever their
@@ -71,7 +71,7 @@ DEFAULTS = Config().to_dict()
 
 
 def id_fields(values: dict[str, Any], defaults: dict[str, Any] | None = None) -> dict[str, Any]:
-    """What a run's id hashes: of the fields its experiment reads (`experiments.py`), the frozen
+    """What a run's id hashes: of the fields its experiment reads (`experiments/`), the frozen
     ones and every other one not at its default."""
     defaults = DEFAULTS if defaults is None else defaults
     experiment = values.get("experiment", "classify")

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from contamination.cache import setup_jax
-from contamination.cost import trains_teacher
+from contamination import experiments
 from contamination.ids import id_keys, stable_hash
 from contamination.numerics import float_name
 from contamination.spec import static_spec
@@ -376,8 +376,7 @@ def describe_plan(grid: Grid, out, *, memory_budget: int | None, min_efficiency:
         widths = "x".join(str(w) for w in (s.width, *s.hidden))
         shape = (f"m={widths} d0={s.core_dim}+{s.bg_dim} d={s.input_dim} n={s.n_train}/{s.n_test} "
                  + (f"K={s.n_classes} " if s.n_classes > 2 else "")
-                 + (f"{s.teacher} teacher p={s.rep_dim} " if s.experiment == "distill" else "")
-                 + (f"teacher_steps={s.teacher_steps} " if trains_teacher(s) else "") +
+                 + experiments.get(s.experiment).describe(s) +
                  f"evals={s.n_evals} steps={s.steps} {acts} {s.optimizer} {s.loss}")
         lines.append(f"  {b.id:8} {len(b.shapes):>6} {len(b.networks):>5} {b.n_runs:>5} {b.chunk_size:>5} "
                      f"{b.n_chunks:>6} {b.efficiency:5.2f} {fmt_bytes(b.run_memory):>10} "
