@@ -62,3 +62,23 @@ def test_every_experiment_prices_its_runs(name):
     assert flops(s) == exp.fn("flops")(s) > 0
     assert memory_bytes(s) == exp.fn("memory_bytes")(s) > 0
     assert isinstance(exp.describe(s), str) and exp.extra_steps(s) >= 0
+
+
+def test_an_experiments_fields_are_config_fields_and_derive_the_lists():
+    """A field an experiment module declares is a Config field at its default, compiled or traced
+    as declared, padded where declared, and out of every other experiment's ids."""
+    from contamination.config import FIELDS, SCHEMA
+    from contamination.ids import run_id
+    from contamination.spec import PAD_FIELDS, TRACED_FIELDS, Static
+
+    base = preset("toy_theory", width=12)
+    for exp in experiments.REGISTRY.values():
+        for f in exp.fields:
+            assert SCHEMA[f.name] == f and FIELDS[f.name].default == f.default
+            assert (f.name in Static._fields) == (f.compiled == "static")
+            assert (f.name in TRACED_FIELDS) == (f.compiled == "traced")
+            assert (f.name in PAD_FIELDS) == bool(f.pad)
+            others = [e for e in experiments.names() if e != exp.name]
+            if others and f.type == "int":  # another experiment's run does not hash it
+                other = base.replace(experiment=others[0]) if others[0] != base.experiment else base
+                assert run_id(other.replace(**{f.name: f.default + 1})) == run_id(other)

@@ -1,7 +1,8 @@
 """The experiment protocol and its registry: every module of this package declares one experiment.
 
-An experiment module defines `EXPERIMENT = Experiment(...)`: its name (the module's), its metric
-names, its training `(static, traced) -> loop.Training` (built on `loop.run_training`'s generic
+An experiment module defines `EXPERIMENT = Experiment(...)`: its name (the module's), its own
+config fields with their metadata (`fields.Field`: `Config`, `spec.Static`, the traced values and
+the id rules are derived from them), its validation, its metric names, its training `(static, traced) -> loop.Training` (built on `loop.run_training`'s generic
 loop), its cost (`flops(static)`, `memory_bytes(static)`: required, so that the planner never
 prices a new experiment as another), its plan text `describe(static)`, the ID fit metric and the
 columns a matched comparison reports (`analysis/matched.py`), and its report panels. The registry
@@ -21,6 +22,8 @@ import importlib
 import pkgutil
 from typing import Callable, NamedTuple
 
+from ..fields import Field
+
 
 @functools.lru_cache(maxsize=None)
 def resolve(path: str):
@@ -37,12 +40,22 @@ def no_extra_steps(static) -> int:
     return 0
 
 
+def no_rules(cfg) -> None:
+    return None
+
+
 class Experiment(NamedTuple):
     name: str
     metrics: tuple[str, ...]  # the metric names of its curves and final values, in order
     training: str  # -> (static, traced) -> loop.Training
     flops: str  # -> (static) -> float: floating-point operations of one run (`cost.py`)
     memory_bytes: str  # -> (static) -> int: peak bytes one run holds on a device (`cost.py`)
+    # its own config fields (`fields.Field`), which the others do not read (left out of their ids)
+    fields: tuple[Field, ...] = ()
+    # (cfg) -> None, raising `fields.ConfigError`: its rules on its own runs (`cfg.experiment` is it)
+    validate: Callable = no_rules
+    # (cfg) -> None: checks of its own fields' values, on every config (wherever they are set)
+    check_fields: Callable = no_rules
     # (static) -> the words the plan prints after a bucket's sizes (e.g. a teacher's)
     describe: Callable = no_description
     # (static) -> optimizer steps a run takes besides its own `steps` (e.g. a teacher's training)
@@ -85,15 +98,18 @@ def _discover() -> dict[str, Experiment]:
 
 DEFAULT = "classify"  # `Config.experiment`'s default: first in the registry, then the others by name
 REGISTRY: dict[str, Experiment] = dict(sorted(_discover().items(), key=lambda kv: kv[0] != DEFAULT))
-OWN_FIELDS = {"classify": (), "distill": ("rep_dim", "teacher", "teacher_bias", "teacher_steps", "teacher_lr",
-                                          "probe_ridge", "teacher_bias_unit", "teacher_data")}
 
 
 def ignored_fields(name: str) -> set[str]:
     """Fields experiment `name` does not read: the other experiments' own fields. They cannot
     change its runs, so they stay out of its ids."""
-    own = set(OWN_FIELDS[name])
-    return {f for fields in OWN_FIELDS.values() for f in fields} - own
+    return {f.name for e in REGISTRY.values() if e.name != name for f in e.fields}
+
+
+def base_fields(fields):
+    """Of `fields`, those every experiment shares (no experiment declares them)."""
+    own = {f.name for e in REGISTRY.values() for f in e.fields}
+    return [f for f in fields if f.name not in own]
 
 
 def names() -> tuple[str, ...]:
