@@ -46,7 +46,8 @@ def no_rules(cfg) -> None:
 
 class Experiment(NamedTuple):
     name: str
-    metrics: tuple[str, ...]  # the metric names of its curves and final values, in order
+    # the metric names of its curves and final values, in order (or the dotted path of that tuple)
+    metrics: tuple[str, ...] | str
     training: str  # -> (static, traced) -> loop.Training
     flops: str  # -> (static) -> float: floating-point operations of one run (`cost.py`)
     memory_bytes: str  # -> (static) -> int: peak bytes one run holds on a device (`cost.py`)
@@ -71,13 +72,13 @@ class Experiment(NamedTuple):
     # -> (results, axes) -> report panels: "analysis.MODULE:function", MODULE the experiment's own
     panels: str | None = None
 
-    def fn(self, what: str) -> Callable:
-        """One of its functions (`training`, `flops`, ...), imported on first use."""
+    def fn(self, what: str):
+        """One of its functions (`training`, `flops`, ...) or its `metrics`, imported on first use."""
         f = getattr(self, what)
         return resolve(f) if isinstance(f, str) else f
 
     def metric_names(self, static) -> tuple[str, ...]:
-        base = self.fn("metrics_of")(static) if self.metrics_of else self.metrics
+        base = self.fn("metrics_of")(static) if self.metrics_of else self.fn("metrics")
         return base + (self.fn("spec_metrics")(static) if self.spec_metrics else ())
 
     @property

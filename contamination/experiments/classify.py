@@ -3,12 +3,11 @@ measured by `metrics.evaluate` at every logged step (`contamination/classify.py`
 
 from __future__ import annotations
 
-from ..metrics import METRICS
 from . import Experiment
 
 
 EXPERIMENT = Experiment(
-    "classify", METRICS,
+    "classify", "contamination.metrics:METRICS",
     training="contamination.classify:make_training",
     flops="contamination.cost:classifier_flops",
     memory_bytes="contamination.cost:classifier_memory_bytes",

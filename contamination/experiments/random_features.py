@@ -13,7 +13,6 @@ still computes their gradient, so a run costs what the classifier's costs.
 from __future__ import annotations
 
 from ..fields import ConfigError, Field
-from ..metrics import METRICS
 from . import Experiment
 
 FIELDS = (
@@ -49,7 +48,7 @@ def training(static, traced):
 
 
 EXPERIMENT = Experiment(
-    "random_features", METRICS,
+    "random_features", "contamination.metrics:METRICS",
     fields=FIELDS,
     validate=validate,
     training="contamination.experiments.random_features:training",
