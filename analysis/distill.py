@@ -7,6 +7,7 @@ Pure functions of the runs table (one row per run, as `pd.read_parquet(results/N
   diagonal; feature contamination puts the students below it).
 - `ood_gap_phase_figure`: a phase diagram of the student's OOD gap (probe accuracy ID minus
   OOD, or any other metric) over two axes, drawn by `analysis.phase`.
+- `distill_panels`: the report's distillation panels (the `distill` experiment's `panels`).
 - `baseline_line`, `robustness_kept`, `load_baseline`: the effective-robustness baseline of
   standard networks trained on the labels (grid distill_baseline, `teacher = "standard"`), and
   the share of the teacher's OOD advantage over it that the student keeps.
@@ -20,6 +21,7 @@ import pandas as pd
 from .aggregate import t_halfwidth
 from .load import Results, load, range_label
 from .phase import phase_figure, phase_table
+from .report import Panel, _synthetic, _varies, robustness_note
 from .select import values_of
 from .style import fmt_value, new_figure
 
@@ -356,3 +358,48 @@ def ood_gap_phase_figure(runs: pd.DataFrame, x: str = "width", y: str = "core_di
     title = ("Student's OOD gap: probe accuracy ID − OOD" if metric == GAP else f"{metric}") + \
         f" over {x} × {y}" + (f", by {facet}" if facet else "")
     return phase_figure(table, x, y, metric, facet, averaged=averaged, title=title)
+
+
+def distill_panels(results: Results, axes: list[str]) -> list[Panel]:
+    """The distillation figures: effective robustness (against the distill_baseline line when its
+    results lie next to these) and phase diagrams of the student's OOD gap over the axes present."""
+    runs = results.runs
+    standard_only = "teacher" in runs and bool((runs["teacher"].astype(str) == STANDARD).all())
+    if standard_only:  # the baseline grid itself: no student to speak of
+        return [Panel("effective_robustness", "Distillation",
+                      "OOD against ID probe accuracy of standard networks trained on the labels and the "
+                      "least-squares line per training background: the effective-robustness baseline of "
+                      "the distillation grids", effective_robustness_figure(runs))]
+    baseline = load_baseline(results)
+    facet = "core" if _synthetic(runs) else None  # real digits have no core type
+    out = [Panel("effective_robustness", "Distillation",
+                 "OOD against ID probe accuracy for the teacher and the distilled students "
+                 "(the paper's effective-robustness view)"
+                 + ("; grey: standard networks trained on the labels and their line" if baseline is not None else ""),
+                 effective_robustness_figure(runs, facet=facet, baseline=baseline),
+                 robustness_note(results, baseline))]
+    if len(axes) >= 2:
+        x, y = axes[0], axes[1]
+        facet = axes[2] if len(axes) >= 3 else None
+        words = {"student_err_ratio_log10": "log10 of the student's OOD / ID representation error (which cells fail)",
+                 "student_ood_gap": "the student's probe accuracy ID minus OOD",
+                 "bg_mean_proj": "the drift along the background mean (coherent: contamination)",
+                 "bg_norm": "the learned background weights' norm, net of init (large with bg_mean_proj ~ 0: over-fitting)"}
+        for m, fig in signature_figures(runs, x, y, facet):
+            out.append(Panel(f"signature_{m}_{x}_{y}" + (f"_by_{facet}" if facet else ""), "Distillation",
+                             f"{words.get(m, m)}, ReLU students, over {x} × {y}" + (f", by {facet}" if facet else ""),
+                             fig))
+    if _varies(results, "width", axes) and _varies(results, "core_dim", axes):
+        out.append(Panel("phase_student_ood_gap", "Distillation",
+                         "the student's OOD gap (probe accuracy ID minus OOD) over width × core_dim",
+                         ood_gap_phase_figure(runs)))
+    if _varies(results, "width", axes) and _varies(results, "teacher_bias", axes):
+        out.append(Panel("phase_student_ood_gap_teacher_bias_width", "Distillation",
+                         "the student's OOD gap (probe accuracy ID minus OOD) over width × teacher bias scale",
+                         ood_gap_phase_figure(runs, x="width", y="teacher_bias", facet=None)))
+        if "student_rep_err_ood" in runs:
+            out.append(Panel("phase_student_rep_err_ood_teacher_bias_width", "Distillation",
+                             "the student's OOD representation error over width × teacher bias scale",
+                             ood_gap_phase_figure(runs, x="width", y="teacher_bias", facet=None,
+                                                  metric="student_rep_err_ood")))
+    return out

@@ -16,6 +16,7 @@ import pandas as pd
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
 from scipy import stats
 
+from contamination import experiments
 from contamination.config import FIELDS
 from sweeps.results import RANGE_COLUMNS
 
@@ -224,7 +225,7 @@ SIZE_FIELDS = {"input_dim": ("input_dim",), "inv_sqrt_d": ("input_dim",), "d0": 
 
 # The theory's setting: a two-class MLP classifier on the synthetic feature model (a distillation
 # student's or a digit classifier's losses are not the theorems' risks).
-THEORY = {"experiment": "classify", "dataset": "synthetic", "model": "mlp", "n_classes": 2}
+THEORY = {"experiment": experiments.DEFAULT, "dataset": "synthetic", "model": "mlp", "n_classes": 2}
 
 
 def theory_runs(runs: pd.DataFrame) -> pd.DataFrame:

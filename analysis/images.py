@@ -50,8 +50,8 @@ def _pictured(runs: pd.DataFrame, at_most: int = 4) -> pd.DataFrame:
     df = runs[~runs.get("diverged", pd.Series(False, index=runs.index)).astype(bool)]
     if "model" in df:  # a CNN's filters are 3 x 3, not pictures of the input
         df = df[df["model"].astype(str) == "mlp"]
-    if "teacher" in df and (df["experiment"].astype(str) == "distill").any():
-        df = df[df["teacher"].astype(str) != "standard"]  # a baseline network has no student to picture
+    if "teacher" in df and "student_probe_ood_acc" in df:  # a baseline network has no student to picture
+        df = df[~((df["teacher"].astype(str) == "standard") & df["student_probe_ood_acc"].notna())]
     df = df.sort_values(["seed", "width"], ascending=[True, False], kind="stable")
     keys = [c for c in ("activation", "bg_train_low", "bg_train_high", "teacher") if c in df]
     return df.drop_duplicates(keys).head(at_most)
@@ -83,7 +83,7 @@ def weights_figure(runs: pd.DataFrame):
             ax.imshow(as_image(vec, cfg.border), cmap="RdBu_r", vmin=-scale, vmax=scale)
             ax.set_xticks([]), ax.set_yticks([])
             ax.set_title(name, fontsize=7)
-        ood = "student_probe_ood_acc" if cfg.experiment == "distill" else "ood_acc"
+        ood = "ood_acc" if "ood_acc" in final else "student_probe_ood_acc"  # a student: its probe's
         axes[r, 0].set_ylabel(f"{cfg.activation}, width {cfg.width}\nborder U{list(cfg.bg_train)}\n"
                               f"{ood} {final[ood]:.3f}", fontsize=7)
     fig.suptitle("First-layer weights as images (seed %d; each picture on its own colour scale)"

@@ -13,17 +13,31 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-# The ID fit metric of each experiment, lower is better.
-FIT_METRIC = {"classify": "id_loss", "distill": "student_rep_err_id"}
+from contamination import experiments
+
 # The columns that tell one optimizer arm from another (the rate aside).
 ARM_COLUMNS = ("optimizer", "momentum", "weight_decay")
 
 
+def experiments_in(runs: pd.DataFrame) -> list[experiments.Experiment]:
+    """The experiments the runs ran, in registry order: by their `experiment` column, or in a table
+    without one, those whose fit metric is a column."""
+    if "experiment" in runs:
+        names = set(runs["experiment"].astype(str))
+        return [e for e in experiments.REGISTRY.values() if e.name in names]
+    return [e for e in experiments.REGISTRY.values() if e.fit_metric in runs]
+
+
+def experiment_of(runs: pd.DataFrame) -> experiments.Experiment:
+    """The runs' experiment (`Experiment.fit_metric`, `compared`): the one they all ran, else the
+    default experiment."""
+    present = experiments_in(runs)
+    return present[0] if len(present) == 1 else experiments.get(experiments.DEFAULT)
+
+
 def fit_metric(runs: pd.DataFrame) -> str:
-    """The ID fit metric of the runs' experiment (`id_loss`, or the student's ID error)."""
-    if "experiment" in runs and set(runs["experiment"].astype(str)) == {"distill"}:
-        return FIT_METRIC["distill"]
-    return FIT_METRIC["classify"]
+    """The ID fit metric of the runs' experiment (e.g. `id_loss`, or a student's ID error)."""
+    return experiment_of(runs).fit_metric
 
 
 def rate_varies_within_arm(runs: pd.DataFrame, rate: str = "lr", arm=ARM_COLUMNS) -> bool:
@@ -90,14 +104,6 @@ def matched_runs(runs: pd.DataFrame, selection: pd.DataFrame, *, rate: str = "lr
     return runs.merge(chosen, on=keys + [rate], how="inner")
 
 
-# What a matched comparison reports, per experiment: the fit it was matched on, then the OOD side.
-COMPARED = {
-    "classify": ("id_loss", "ood_loss", "id_acc", "ood_acc", "bg_mean_proj", "bg_shift_rms", "contaminated_frac"),
-    "distill": ("student_rep_err_id", "student_rep_err_ood", "student_err_ratio", "student_probe_ood_acc",
-                "teacher_probe_ood_acc", "bg_mean_proj", "bg_shift_rms", "contaminated_frac"),
-}
-
-
 def label_axes(runs: pd.DataFrame, axes, rate: str = "lr", arm=ARM_COLUMNS) -> list[str]:
     """The axes among `axes` that only name an arm and rate (e.g. a `training` table axis whose
     entries set optimizer and lr): constant at each (arm, rate) and varying across them."""
@@ -118,14 +124,15 @@ def matched_table(runs: pd.DataFrame, axes, target: float | None = None, rate: s
     Returns the table, the fit metric and the grouping axes."""
     metric = fit_metric(runs)
     df = runs
-    if metric == "student_rep_err_id":
+    if "student_rep_err_id" in runs and "student_rep_err_ood" in runs:
         df = runs.assign(student_err_ratio=runs["student_rep_err_ood"] / runs["student_rep_err_id"])
     names = label_axes(df, axes, rate, arm)
     by = [a for a in axes if a not in names and a not in (*arm, rate) and a in df]
     sel = matched_rates(df, metric, target, rate=rate, arm=arm, by=by)
     chosen = matched_runs(df, sel, rate=rate)
     keys = [c for c in (*by, *[c for c in arm if c in df]) if c in chosen]
-    compared = [c for c in COMPARED["distill" if metric == "student_rep_err_id" else "classify"] if c in chosen]
+    # what a matched comparison reports (the experiment's `compared`): the fit, then the OOD side
+    compared = [c for c in experiment_of(runs).compared if c in chosen]
     rows = []
     for key, g in chosen.groupby(keys, observed=True, dropna=False, sort=True):
         key = key if isinstance(key, tuple) else (key,)

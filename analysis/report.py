@@ -155,8 +155,7 @@ def build_figures(results: Results) -> list[Panel]:
         out += boundary_panels(results)
         runs = runs[runs["round"].fillna(0) == 0]
     out += phase_panels(runs, axes, {p.stem for p in out})
-    if "student_probe_ood_acc" in runs:
-        out += distill_panels(results, axes)
+    out += experiment_panels(results, axes)
     from .matched import rate_varies_within_arm
 
     if rate_varies_within_arm(runs):
@@ -167,6 +166,18 @@ def build_figures(results: Results) -> list[Panel]:
         out += digits_panels(runs[runs["dataset"] == "digits"])
     if len(results.curves) and "step" in results.curves:
         out += curve_panels(results.curves, runs, axes)
+    return out
+
+
+def experiment_panels(results: Results, axes: list[str]) -> list[Panel]:
+    """The panels each experiment of the runs declares (`Experiment.panels`), in registry order."""
+    from contamination.experiments import resolve
+    from .matched import experiments_in
+
+    out: list[Panel] = []
+    for exp in experiments_in(results.runs):
+        if exp.panels:
+            out += resolve(exp.panels)(results, axes)
     return out
 
 
@@ -327,55 +338,6 @@ def boundary_panels(results: Results) -> list[Panel]:
 def _synthetic(runs: pd.DataFrame) -> bool:
     """Runs on the synthetic feature model only (real digits have no core type)."""
     return "dataset" not in runs or bool((runs["dataset"].astype(str) == "synthetic").all())
-
-
-def distill_panels(results: Results, axes: list[str]) -> list[Panel]:
-    """The distillation figures: effective robustness (against the distill_baseline line when its
-    results lie next to these) and phase diagrams of the student's OOD gap over the axes present."""
-    from .distill import STANDARD, effective_robustness_figure, load_baseline, ood_gap_phase_figure
-
-    runs = results.runs
-    standard_only = "teacher" in runs and bool((runs["teacher"].astype(str) == STANDARD).all())
-    if standard_only:  # the baseline grid itself: no student to speak of
-        return [Panel("effective_robustness", "Distillation",
-                      "OOD against ID probe accuracy of standard networks trained on the labels and the "
-                      "least-squares line per training background: the effective-robustness baseline of "
-                      "the distillation grids", effective_robustness_figure(runs))]
-    baseline = load_baseline(results)
-    facet = "core" if _synthetic(runs) else None  # real digits have no core type
-    out = [Panel("effective_robustness", "Distillation",
-                 "OOD against ID probe accuracy for the teacher and the distilled students "
-                 "(the paper's effective-robustness view)"
-                 + ("; grey: standard networks trained on the labels and their line" if baseline is not None else ""),
-                 effective_robustness_figure(runs, facet=facet, baseline=baseline),
-                 robustness_note(results, baseline))]
-    if len(axes) >= 2:
-        from .distill import signature_figures
-
-        x, y = axes[0], axes[1]
-        facet = axes[2] if len(axes) >= 3 else None
-        words = {"student_err_ratio_log10": "log10 of the student's OOD / ID representation error (which cells fail)",
-                 "student_ood_gap": "the student's probe accuracy ID minus OOD",
-                 "bg_mean_proj": "the drift along the background mean (coherent: contamination)",
-                 "bg_norm": "the learned background weights' norm, net of init (large with bg_mean_proj ~ 0: over-fitting)"}
-        for m, fig in signature_figures(runs, x, y, facet):
-            out.append(Panel(f"signature_{m}_{x}_{y}" + (f"_by_{facet}" if facet else ""), "Distillation",
-                             f"{words.get(m, m)}, ReLU students, over {x} × {y}" + (f", by {facet}" if facet else ""),
-                             fig))
-    if _varies(results, "width", axes) and _varies(results, "core_dim", axes):
-        out.append(Panel("phase_student_ood_gap", "Distillation",
-                         "the student's OOD gap (probe accuracy ID minus OOD) over width × core_dim",
-                         ood_gap_phase_figure(runs)))
-    if _varies(results, "width", axes) and _varies(results, "teacher_bias", axes):
-        out.append(Panel("phase_student_ood_gap_teacher_bias_width", "Distillation",
-                         "the student's OOD gap (probe accuracy ID minus OOD) over width × teacher bias scale",
-                         ood_gap_phase_figure(runs, x="width", y="teacher_bias", facet=None)))
-        if "student_rep_err_ood" in runs:
-            out.append(Panel("phase_student_rep_err_ood_teacher_bias_width", "Distillation",
-                             "the student's OOD representation error over width × teacher bias scale",
-                             ood_gap_phase_figure(runs, x="width", y="teacher_bias", facet=None,
-                                                  metric="student_rep_err_ood")))
-    return out
 
 
 def matched_panel(runs: pd.DataFrame, axes: list[str]) -> Panel:

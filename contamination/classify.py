@@ -8,7 +8,6 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from .experiments import Experiment
 from .loop import Training, init_carry, make_optimizer, make_step
 from .metrics import METRICS, evaluate, layer_metrics, masked_mean, reference
 from .model import forward, loss_values, to_dm
@@ -98,5 +97,3 @@ def metrics_of(s: Static) -> tuple[str, ...]:
         return CNN_METRICS
     return METRICS
 
-
-EXPERIMENT = Experiment("classify", METRICS, make_training, spec_metrics, metrics_of)

@@ -1,4 +1,6 @@
-"""The run configuration's schema: the frozen `Config`, field types, validation, `--set` parsing.
+"""The run configuration's schema: the fields every experiment shares (with their metadata,
+`fields.Field`), the frozen `Config` built from them and the experiments' own fields, field
+types, validation, `--set` parsing.
 
 The other jobs live next to it: `presets.py` (named presets), `spec.py` (the compile spec: the
 static/traced split, padding), `ids.py` (run and config ids, PRNG keys, the results version).
@@ -14,156 +16,128 @@ from typing import Any
 
 import numpy as np
 
-from .experiments import REGISTRY as EXPERIMENTS
+from . import experiments
+from .fields import ConfigError, Field
+
+F = Field
+RANGE, INTS = "tuple[float, float]", "tuple[int, ...]"
+
+# The fields every experiment shares, in `Config`'s order; each experiment's own fields
+# (`experiments/`) follow `experiment`. Defaults are the reference script's (`toy.py`).
+BASE_FIELDS = (
+    F("width", "int", 256, "the first hidden layer's width", pad="always", hashed="always"),
+    F("depth", "int", 1, "hidden layers: `depth` layers of `width` units, or `widths` = [m1, m2, ...] (which, "
+      "when given, sets `width` = m1 and `depth` = its length; equal widths are stored as width/depth)",
+      compiled="layers", hashed="network"),
+    F("widths", INTS, (), "the width of each hidden layer (empty: `depth` layers of `width`)", compiled="layers",
+      hashed="network"),
+    F("core_dim", "int", 32, "core features", pad="synthetic", hashed="always"),
+    F("bg_dim", "int", 32, "background features", pad="synthetic", hashed="always"),
+    F("input_dim", "int", 256, "the input dimension d", pad="synthetic", hashed="always"),
+    F("core", "str", "nonlinear", "the core's code: `linear` (z_j = y U[0,1]) or `nonlinear` (norm-coded)",
+      hashed="always", choices=("linear", "nonlinear")),
+    F("n_classes", "int", 2, "K classes: 2 is the binary model (labels +-1, one output); K > 2 gives each class "
+      "its own core features (feature j belongs to class j mod K) and the network K logits", hashed="network"),
+    F("dataset", "str", "synthetic", "`synthetic` (the feature model) or `digits` (scikit-learn's 8x8 digits framed "
+      "by a label-independent border of `border` pixels whose intensity is U[bg_train], OOD U[bg_ood]; "
+      "contamination/digits.py). With `digits`, core_dim = 64 digit pixels, bg_dim = border pixels, input_dim "
+      "their sum", hashed="network", choices=("synthetic", "digits")),
+    F("border", "int", 2, "the digits' border in pixels", hashed="network"),
+    F("digit_classes", INTS, (), "the digit classes (empty: all ten; two: a binary pair)", hashed="network"),
+    F("model", "str", "mlp", "`mlp` (the fully connected network) or `cnn` (image data only: `width` 3x3 filters, "
+      "2x2 average pooling, a linear read-out; contamination/cnn.py)", hashed="network", choices=("mlp", "cnn")),
+    F("bg_train", RANGE, (0.0, 1.0), "the training background's range", compiled="traced", hashed="always"),
+    F("bg_ood", RANGE, (-1.0, 0.0), "the OOD background's range", compiled="traced", eval_only=True,
+      hashed="always"),
+    F("n_train", "int", 1000, "training samples", pad="synthetic", hashed="always"),
+    F("n_test", "int", 1000, "test samples (ID, and each OOD set)", pad="synthetic", hashed="always"),
+    F("batch_size", "int", 0, "0: full batch", hashed="always"),
+    F("online", "bool", False, "a fresh batch of `batch_size` every step", hashed="always"),
+    F("activation", "str", "relu", "the hidden layers' activation", hashed="always",
+      choices=("relu", "gelu", "leaky_relu", "sigmoid", "tanh", "linear")),
+    F("leaky_slope", "float", 0.1, "LeakyReLU's negative-side slope", compiled="traced", hashed="always"),
+    F("bias", "bool", True, "biases in every layer", hashed="always"),
+    F("output", "str", "train", "the output layer: trained, or frozen (half +1 half -1, or random)",
+      hashed="always", choices=("train", "frozen_half", "frozen_random")),
+    F("init", "str", "torch", "PyTorch's default init or the theory's", hashed="always", choices=("torch", "theory")),
+    F("init_scale", "float", 1.0, "a factor on the initial first-layer weights", compiled="traced", hashed="always"),
+    F("loss", "str", "logistic", "the training loss", hashed="always", choices=("logistic", "hinge", "mse")),
+    F("optimizer", "str", "adamw", "PyTorch's SGD, Adam or AdamW", hashed="always",
+      choices=("sgd", "adam", "adamw")),
+    F("lr", "float", 1e-3, "the learning rate", compiled="traced", hashed="always"),
+    F("weight_decay", "float", 1e-3, "weight decay (coupled for SGD and Adam, decoupled for AdamW)",
+      compiled="traced", hashed="always"),
+    F("momentum", "float", 0.9, "SGD's momentum", compiled="traced", hashed="always"),
+    F("warmup_steps", "int", 0, "a linear learning-rate warm-up: step t (from 0) trains at lr * min(1, (t + 1) / "
+      "warmup_steps); 0: none. The distillation teacher trains without it", compiled="traced"),
+    F("steps", "int", 20000, "optimizer steps", hashed="always"),
+    F("log_every", "int", 1000, "steps between logged points", hashed="always"),
+    F("log_schedule", "str", "linear", "`linear`: log at 0, log_every, 2 log_every, ..., steps. `geometric`: as "
+      "many points as `linear` would log, spaced geometrically from step 1 (early dynamics resolved)",
+      hashed="network", choices=("linear", "geometric")),
+    F("seed", "int", 0, "the run's seed (its PRNG keys: `ids.key_words`)", compiled="traced", hashed="always"),
+    F("experiment", "str", experiments.DEFAULT, "which experiment (`experiments/`): `classify` trains the network "
+      "on labels; the others' own fields follow this one", hashed="network", choices=experiments.names()),
+    F("precision", "str", "highest", "the precision of float32 matrix products (contamination/numerics.py): "
+      "`highest` (full float32, what a CPU computes), `tf32` (JAX's default on NVIDIA GPUs) or `bf16`. A "
+      "results directory holds one precision (sweeps/results.py)", choices=("highest", "tf32", "bf16")),
+    F("critical_level", "float", 0.5, "the critical shift (metrics.shift_metrics): the smallest translation s of "
+      "the test set's background, from its training range towards the OOD range, at which test accuracy falls "
+      "below id_acc - critical_level * (id_acc - 1/K); searched on a geometric ladder of SHIFT_POINTS shifts from "
+      "shift_min to shift_max, then refined by bisection", compiled="traced", eval_only=True),
+    F("shift_min", "float", 0.125, "the critical shift's smallest shift", compiled="traced", eval_only=True),
+    F("shift_max", "float", 64.0, "the critical shift's largest shift", compiled="traced", eval_only=True),
+    # Interventions: docs/interventions.md
+    F("center_inputs", "bool", False, "subtract the training background's population mean, mean(bg_train) * "
+      "sum_bg m_j, from every input (training, ID test, OOD and shifted sets alike)", compiled="traced"),
+    F("bg_ood_direction", "str", "mean", "`mean` (the OOD background range translates every coefficient: the "
+      "shift lies along the background mean) or `orthogonal` (the same L2 shift over the coefficients in a "
+      "zero-sum pattern, +s on even and -s on odd background features: the background mean is unchanged)",
+      compiled="traced", eval_only=True, choices=("mean", "orthogonal")),
+    F("bg_spurious", "float", 0.0, "the first background coefficient's class-conditional mean moves by y * "
+      "bg_spurious (two classes, y = +-1), flipped on every OOD set: a spurious correlation", compiled="traced"),
+    # Not evaluation-only: a refit is compiled only into programs that ask for it (a static field),
+    # and a run that asks for it trains a network of its own, the same one as without it.
+    F("retrain_output", "str", "none", "after training, refit the last layer (ridge least squares on the frozen "
+      "last hidden layer, relative ridge `probe_ridge`) on fresh OOD data (`ood`) or a half ID half OOD mix "
+      "(`mix`) and report its accuracy (`none`: not refitted)", choices=("none", "ood", "mix")),
+    F("stop", "str", "steps", "when a run stops (checked at its logged steps; "
+      "docs/interventions.md#stopping-at-matched-fit): `steps` trains all `steps` steps; `id_loss` stops at the "
+      "first logged step whose ID fit metric is <= `target_id_loss`; `converged` at the first logged step where "
+      "every tracked metric moved by at most `stop_tol` of its size over the last `stop_window` logged points. "
+      "`steps` caps both; a stopped run's later logged points repeat its values at the stop",
+      choices=("steps", "id_loss", "converged")),
+    F("target_id_loss", "float", 0.1, "the ID fit at which `stop = id_loss` stops", compiled="traced"),
+    F("stop_tol", "float", 0.01, "the relative change under which `stop = converged` stops", compiled="traced"),
+    F("stop_window", "int", 5, "logged points back for `stop = converged`, and the window of `drift_trend`",
+      compiled="traced"),
+)
 
 
-class ConfigError(ValueError):
-    """A user-caused configuration error; its message is one line naming the field."""
+def all_fields() -> tuple[Field, ...]:
+    """Every field in `Config`'s order: the shared ones, each experiment's own after `experiment`."""
+    split = [f.name for f in BASE_FIELDS].index("experiment") + 1
+    own = tuple(f for exp in experiments.REGISTRY.values() for f in exp.fields)
+    fields = BASE_FIELDS[:split] + own + BASE_FIELDS[split:]
+    names = [f.name for f in fields]
+    if len(set(names)) != len(names):
+        raise ValueError(f"config fields declared twice: {sorted({n for n in names if names.count(n) > 1})}")
+    return tuple(f.check() for f in fields)
 
 
-CHOICES: dict[str, tuple[str, ...]] = {
-    "core": ("linear", "nonlinear"),
-    "activation": ("relu", "gelu", "leaky_relu", "sigmoid", "tanh", "linear"),
-    "output": ("train", "frozen_half", "frozen_random"),
-    "init": ("torch", "theory"),
-    "loss": ("logistic", "hinge", "mse"),
-    "optimizer": ("sgd", "adam", "adamw"),
-    "experiment": tuple(EXPERIMENTS),  # the registry of experiments.py
-    "teacher": ("core", "trained", "linear", "standard"),
-    "teacher_bias_unit": ("absolute", "spread"),
-    "teacher_data": ("full", "student"),
-    "log_schedule": ("linear", "geometric"),
-    "dataset": ("synthetic", "digits"),
-    "model": ("mlp", "cnn"),
-    "precision": ("highest", "tf32", "bf16"),  # numerics.PRECISIONS
-    "bg_ood_direction": ("mean", "orthogonal"),
-    "retrain_output": ("none", "ood", "mix"),
-    "stop": ("steps", "id_loss", "converged"),  # spec.STOP_KINDS
-}
+SCHEMA: dict[str, Field] = {f.name: f for f in all_fields()}
+CHOICES: dict[str, tuple[str, ...]] = {n: f.choices for n, f in SCHEMA.items() if f.choices}
 
 
-@dataclasses.dataclass(frozen=True)
-class Config:
-    """One training run. Defaults are the reference script's (`toy.py`) defaults."""
-
-    width: int = 256
-    # Hidden layers: `depth` layers of `width` units, or `widths` = [m1, m2, ...] (which, when
-    # given, sets `width` = m1 and `depth` = its length; equal widths are stored as width/depth).
-    depth: int = 1
-    widths: tuple[int, ...] = ()
-    core_dim: int = 32
-    bg_dim: int = 32
-    input_dim: int = 256
-    core: str = "nonlinear"
-    # K classes: 2 is the binary model (labels +-1, one output); K > 2 gives each class its own
-    # core features (feature j belongs to class j mod K) and the network K logits.
-    n_classes: int = 2
-    # The dataset: `synthetic` (the feature model above) or `digits` (scikit-learn's 8x8 digits framed
-    # by a label-independent border of `border` pixels whose intensity is U[bg_train], OOD U[bg_ood];
-    # contamination/digits.py). `digit_classes` picks classes (empty: all ten; two: a binary pair).
-    # With `digits`, core_dim = 64 digit pixels, bg_dim = border pixels, input_dim = their sum.
-    dataset: str = "synthetic"
-    border: int = 2
-    digit_classes: tuple[int, ...] = ()
-    # The network: `mlp` (the fully connected network above) or `cnn` (image data only: `width`
-    # 3x3 filters, 2x2 average pooling, a linear read-out; contamination/cnn.py).
-    model: str = "mlp"
-    bg_train: tuple[float, float] = (0.0, 1.0)
-    bg_ood: tuple[float, float] = (-1.0, 0.0)
-    n_train: int = 1000
-    n_test: int = 1000
-    batch_size: int = 0
-    online: bool = False
-    activation: str = "relu"
-    leaky_slope: float = 0.1
-    bias: bool = True
-    output: str = "train"
-    init: str = "torch"
-    init_scale: float = 1.0
-    loss: str = "logistic"
-    optimizer: str = "adamw"
-    lr: float = 1e-3
-    weight_decay: float = 1e-3
-    momentum: float = 0.9
-    # A linear learning-rate warm-up: step t (from 0) trains at lr * min(1, (t + 1) / warmup_steps);
-    # 0: none. Traced (changing it never recompiles); the distillation teacher trains without it.
-    warmup_steps: int = 0
-    steps: int = 20000
-    log_every: int = 1000
-    # `linear`: log at 0, log_every, 2 log_every, ..., steps. `geometric`: as many points as
-    # `linear` would log, spaced geometrically from step 1 (early dynamics resolved).
-    log_schedule: str = "linear"
-    seed: int = 0
-    # Which experiment: `classify` (train the network on labels) or `distill` (train it as a
-    # student on a teacher's representation, then probe both; contamination/distill.py).
-    # The remaining fields only matter to `distill`.
-    experiment: str = "classify"
-    rep_dim: int = 64
-    teacher: str = "core"
-    teacher_bias: float = 3.0
-    # The unit of `teacher_bias`: `absolute` (the biases are teacher_bias * N(0, 1), whatever the
-    # pre-activations' scale: the first rounds' teacher, kept so their ids mean what they meant)
-    # or `spread` (teacher_bias * N(0, 1) times each unit's standard deviation of W_T x over the ID
-    # training inputs: the same share of a unit's range at every core type and dimension). The
-    # `distill` preset uses `spread`.
-    teacher_bias_unit: str = "absolute"
-    teacher_steps: int = 2000
-    teacher_lr: float = 1e-2
-    # How a `trained` or `standard` teacher sees its data: `full` (full batch on the fixed training
-    # set, whatever the student does: the first rounds') or `student` (the student's batch mode:
-    # fresh batches of batch_size with `online`, minibatches of the fixed set with batch_size > 0,
-    # else full batch), so an effective-robustness baseline trains as the students it is compared with.
-    teacher_data: str = "full"
-    probe_ridge: float = 1e-4
-    # The precision of float32 matrix products (contamination/numerics.py): `highest` (full
-    # float32, what a CPU computes), `tf32` (JAX's default on NVIDIA GPUs) or `bf16`. A results
-    # directory holds one precision (sweeps/results.py).
-    precision: str = "highest"
-    # The critical shift (metrics.shift_metrics): the smallest translation s of the test set's
-    # background, from its training range towards the OOD range, at which test accuracy falls
-    # below id_acc - critical_level * (id_acc - 1/K); searched on a geometric ladder of
-    # SHIFT_POINTS shifts from shift_min to shift_max, then refined by bisection. Evaluation only.
-    critical_level: float = 0.5
-    shift_min: float = 0.125
-    shift_max: float = 64.0
-    # Interventions (docs/interventions.md). `center_inputs`: subtract the training
-    # background's population mean, mean(bg_train) * sum_bg m_j, from every input (training, ID
-    # test, OOD and shifted sets alike). `bg_ood_direction`: `mean` (the OOD background range
-    # translates every coefficient: the shift lies along the background mean) or `orthogonal`
-    # (the same L2 shift over the coefficients in a zero-sum pattern, +s on even and -s on odd
-    # background features: the background mean is unchanged). Evaluation only. `bg_spurious`:
-    # the first background coefficient's class-conditional mean moves by y * bg_spurious (two
-    # classes, y = +-1), flipped (-y * bg_spurious) on every OOD set: a spurious correlation.
-    # `retrain_output`: after training, refit the last layer (ridge least squares on the frozen
-    # last hidden layer, relative ridge `probe_ridge`) on fresh OOD data (`ood`) or a half ID
-    # half OOD mix (`mix`) and report its accuracy (`none`: not refitted). Evaluation only.
-    center_inputs: bool = False
-    bg_ood_direction: str = "mean"
-    bg_spurious: float = 0.0
-    retrain_output: str = "none"
-    # When a run stops (checked at its logged steps; docs/interventions.md#stopping-at-matched-fit):
-    # `steps` trains all `steps` steps; `id_loss` stops at the first logged step whose ID test loss
-    # (a distillation student's ID representation error) is <= `target_id_loss`: runs compared at
-    # matched fit; `converged` stops at the first logged step where every tracked metric (the
-    # training loss and bg_mean_proj) moved by at most `stop_tol` of its size over the last
-    # `stop_window` logged points. `steps` caps both. A stopped run trains no further while the
-    # rest of its program goes on; its later logged points repeat its values at the stop.
-    # `stop_window` is also the window of the `drift_trend` column, in every mode.
-    stop: str = "steps"
-    target_id_loss: float = 0.1
-    stop_tol: float = 0.01
-    stop_window: int = 5
-
+class _ConfigMethods:
     def replace(self, **changes: Any) -> "Config":
         return from_dict({**self.to_dict(), **changes})
 
     def to_dict(self) -> dict[str, Any]:
         # Shallow: every value is immutable (a tuple is listed below), so no deep copy is needed.
         d = {name: getattr(self, name) for name in self.__dataclass_fields__}
-        d["bg_train"] = list(self.bg_train)
-        d["bg_ood"] = list(self.bg_ood)
-        d["widths"] = list(self.widths)
-        d["digit_classes"] = list(self.digit_classes)
+        for name in TUPLE_FIELDS:
+            d[name] = list(d[name])
         return d
 
     @property
@@ -177,12 +151,24 @@ class Config:
         return len(log_steps(self.steps, self.log_every, self.log_schedule))
 
 
+# One training run: a frozen dataclass of every field (`SCHEMA`), each at its default.
+Config = dataclasses.make_dataclass(
+    "Config", [(f.name, f.type, dataclasses.field(default=f.default, metadata={"field": f}))
+               for f in SCHEMA.values()],
+    bases=(_ConfigMethods,), frozen=True, namespace={"__module__": __name__})
+Config.__doc__ = "One training run. Defaults are the reference script's (`toy.py`) defaults; `SCHEMA` documents each field."
+
 FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(Config)}
 INT_FIELDS = {n for n, f in FIELDS.items() if f.type == "int"}
 FLOAT_FIELDS = {n for n, f in FIELDS.items() if f.type == "float"}
 BOOL_FIELDS = {n for n, f in FIELDS.items() if f.type == "bool"}
-RANGE_FIELDS = {"bg_train", "bg_ood"}
+RANGE_FIELDS = {n for n, f in FIELDS.items() if f.type == RANGE}
 LIST_FIELDS = {"widths"}
+TUPLE_FIELDS = tuple(n for n, f in FIELDS.items() if f.type in (RANGE, INTS))
+# Fields that only change what a trained network is measured on, never its training: runs that
+# differ only in them train one network and are evaluated once each (`n_evals` variants).
+EVAL_ONLY_FIELDS = tuple(n for n, f in SCHEMA.items() if f.eval_only)
+
 
 def suggest(name, options) -> str:
     """' (did you mean ...?)' for the option closest to a mistyped name, or ''; every error
@@ -258,8 +244,7 @@ def validate(cfg: Config) -> Config:
         check_digits(cfg)
     elif cfg.digit_classes:
         raise ConfigError("digit_classes: only for dataset = \"digits\"")
-    for name in ("width", "depth", "core_dim", "bg_dim", "input_dim", "n_train", "n_test", "steps", "log_every", "rep_dim",
-                 "teacher_steps"):
+    for name in ("width", "depth", "core_dim", "bg_dim", "input_dim", "n_train", "n_test", "steps", "log_every"):
         if getattr(cfg, name) <= 0:
             raise ConfigError(f"{name}: must be a positive integer, got {getattr(cfg, name)}")
     if cfg.batch_size < 0:
@@ -277,9 +262,6 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"n_train, n_test: need at least {cfg.n_classes} points (one per class)")
     if cfg.model == "cnn":
         check_cnn(cfg)
-    if cfg.experiment == "distill" and (cfg.depth > 1 or cfg.n_classes > 2):
-        raise ConfigError("experiment: distill trains a one-hidden-layer student on a binary task; "
-                          "depth and n_classes must stay 1 and 2")
     if cfg.online and cfg.batch_size == 0:
         raise ConfigError("batch_size: online = true needs batch_size > 0 (a fresh batch each step)")
     if cfg.online and cfg.batch_size < cfg.n_classes:
@@ -296,12 +278,6 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"momentum: must be in [0, 1), got {cfg.momentum}")
     if cfg.init_scale <= 0:
         raise ConfigError(f"init_scale: must be > 0, got {cfg.init_scale}")
-    if cfg.teacher_bias < 0:
-        raise ConfigError(f"teacher_bias: must be >= 0 (scale of the core teacher's biases), got {cfg.teacher_bias}")
-    if cfg.teacher_lr <= 0:
-        raise ConfigError(f"teacher_lr: must be > 0, got {cfg.teacher_lr}")
-    if cfg.probe_ridge <= 0:
-        raise ConfigError(f"probe_ridge: must be > 0 (relative ridge of the linear probes), got {cfg.probe_ridge}")
     if not 0 < cfg.critical_level < 1:
         raise ConfigError(f"critical_level: must be in (0, 1) (the share of the way from ID accuracy to chance), "
                           f"got {cfg.critical_level}")
@@ -309,6 +285,9 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"shift_min, shift_max: need 0 < shift_min < shift_max, got {cfg.shift_min} and {cfg.shift_max}")
     check_interventions(cfg)
     check_stop(cfg)
+    for exp in experiments.REGISTRY.values():  # each experiment's own fields, wherever they are set
+        exp.check_fields(cfg)
+    experiments.get(cfg.experiment).validate(cfg)  # and its rules on its runs
     if cfg.seed < 0 or cfg.seed >= 2**63:
         raise ConfigError(f"seed: must be in [0, 2^63), got {cfg.seed}")
     return cfg
@@ -448,10 +427,3 @@ def log_steps(steps: int, log_every: int, schedule: str = "linear") -> list[int]
     if out[-1] != steps:
         out.append(steps)
     return out
-
-
-# Fields that only change what a trained network is measured on, never its training: runs that
-# differ only in them train one network and are evaluated once each (`n_evals` variants).
-# (`retrain_output` is not one: a refit is compiled only into programs that ask for it, so it is a
-# static field, and a run that asks for it trains a network of its own, the same one as without it.)
-EVAL_ONLY_FIELDS = ("bg_ood", "probe_ridge", "critical_level", "shift_min", "shift_max", "bg_ood_direction")

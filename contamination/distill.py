@@ -31,7 +31,7 @@ On real digits (`dataset = "digits"`, a digit pair) the dictionary is the standa
 bordered image, and the OOD sets redraw the border (docs/real-data.md).
 
 `distill_training(static, traced)` builds one run as a `loop.Training` (the `distill`
-entry of `experiments.py`); a teacher that diverged voids the run. Padding is exact as the classifier's: padded neurons have zero first-layer
+experiment of `experiments/distill.py`); a teacher that diverged voids the run. Padding is exact as the classifier's: padded neurons have zero first-layer
 rows and read-out columns, are masked and never train; padded samples and features are
 masked out of every mean. Each evaluation variant (`bg_ood`, `probe_ridge`) gets its own OOD
 set and probes; the student trains once.
@@ -51,17 +51,11 @@ from .data import Data, first, minibatch, online_batch, ood_split, per_row
 from .metrics import (activation_asymmetry, masked_mean, mean_direction_metrics, projection_metrics,
                       reference)
 from .model import Params, activate, forward, init_params, loss_values
-from .experiments import Experiment
+from .experiments.distill import METRICS as DISTILL_METRICS, trains_teacher
 from .shift import SHIFT_METRICS, ablate, shift_metrics
+from . import cost
 from .loop import Training, init_carry, make_optimizer, make_step, train_for
 from .setup import make_get_batch, prepare, run_key
-
-DISTILL_METRICS = (
-    "student_rep_err_train", "student_rep_err_id", "student_rep_err_ood",
-    "teacher_probe_id_acc", "teacher_probe_ood_acc", "student_probe_id_acc", "student_probe_ood_acc",
-    "core_norm", "bg_norm", "bg_signed", "act_asym", "bg_mean_proj", "bg_shift_rms", "contaminated_frac",
-    "contamination_sign", "contamination_ratio", "teacher_core_norm", "teacher_bg_norm",
-)
 
 # fold_in constants: one stream per purpose, derived from the run's data or init key.
 TEACHER_STREAM = 1001
@@ -385,4 +379,31 @@ def distill_training(static: Static, traced: dict) -> Training:
                     fit="student_rep_err_id", tracked=("student_rep_err_train", "bg_mean_proj"))
 
 
-EXPERIMENT = Experiment("distill", DISTILL_METRICS, distill_training, spec_metrics=lambda s: SHIFT_METRICS)
+def spec_metrics(s: Static) -> tuple[str, ...]:
+    return SHIFT_METRICS
+
+
+def flops(s: Static) -> float:
+    """The student's network (`cost.network_flops`) and what distillation adds: the read-out, the
+    teacher's targets, both ridge probes, and a trained teacher's steps."""
+    d, m, p = s.input_dim, s.width, s.rep_dim
+    nb = s.batch_size or s.n_train
+    n_eval = cost.eval_rows(s)
+    # the read-out (forward and backward), the teacher's targets of a fresh batch
+    step = 6 * nb * m * p + (2 * nb * d * p if s.batch_size else 0)
+    # student read-out on the three sets, the student's ridge probe (p x p solve)
+    log = 2 * n_eval * m * p + 2 * s.n_train * p * p + p ** 3
+    setup = 2 * n_eval * d * p + 2 * s.n_train * p * p + p ** 3  # teacher reps and probe
+    if trains_teacher(s):  # forward, weight gradient and update of the teacher's first layer
+        setup += s.teacher_steps * 6 * s.n_train * (s.input_dim if s.teacher == "standard" else s.core_dim) * p
+    return cost.network_flops(s, step, log, setup)
+
+
+def memory_bytes(s: Static) -> int:
+    """The student's network (`cost.network_memory`) with no classifier metrics on the training
+    set, its read-out and the teacher, their representations and the probe."""
+    m, nb, n_eval, p = cost.units(s), s.batch_size or s.n_train, cost.eval_rows(s), s.rep_dim
+    acts = 1.5 * n_eval * m if s.full_batch else 1.2 * n_eval * m + 2 * nb * m
+    params = (p * m + p) * (1 + cost.optimizer_copies(s)) + p * s.input_dim  # read-out, and the teacher
+    more_acts = 2 * nb * p + 1.5 * n_eval * p + 3 * p * p  # teacher and student reps, probe
+    return cost.network_memory(s, acts, len(DISTILL_METRICS), more_acts, params)

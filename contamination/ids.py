@@ -9,7 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from .config import EVAL_ONLY_FIELDS, Config
+from . import experiments
+from .config import EVAL_ONLY_FIELDS, SCHEMA, Config
 from .experiments import ignored_fields
 
 # The simulator's results version: every change to how data, inits or batches are drawn, or to
@@ -50,34 +51,25 @@ def training_key(cfg: Config) -> str:
     return stable_hash(training_dict(cfg))
 
 
-# The rule for ids: fields the run's experiment does not read are left out (`experiments.py`),
-# and so is a field at its default value, so adding a field (at
-# a default that keeps today's behaviour) never changes an existing id, and a run that sets it
-# gets an id of its own. The only exceptions are frozen: the fields ids hashed whatever their
-# value when results were first written (the first round's fields; for a distill run, also the
-# distillation fields, which existed from its first run). They stay hashed so that those ids
-# stay what they were. Never add a name to these lists.
-FIRST_ROUND_FIELDS = (
-    "width", "core_dim", "bg_dim", "input_dim", "core", "bg_train", "bg_ood", "n_train", "n_test", "batch_size",
-    "online", "activation", "leaky_slope", "bias", "output", "init", "init_scale", "loss", "optimizer", "lr",
-    "weight_decay", "momentum", "steps", "log_every", "seed",
-)
-ALWAYS_HASHED = {
-    "classify": FIRST_ROUND_FIELDS,
-    "distill": FIRST_ROUND_FIELDS + ("experiment", "rep_dim", "teacher", "teacher_bias", "teacher_steps",
-                                     "teacher_lr", "probe_ridge"),
-}
+# The rule for ids: fields the run's experiment does not read are left out (`experiments/`),
+# and so is a field at its default value, so adding a field (at a default that keeps today's
+# behaviour) never changes an existing id, and a run that sets it gets an id of its own. The only
+# exceptions are frozen (`fields.Field.hashed`): the fields ids hashed whatever their value when
+# results were first written (the first round's fields; for a distill run, also the distillation
+# fields, which existed from its first run), hashed so that those ids stay what they were.
+ALWAYS_IN_IDS = frozenset(n for n, f in SCHEMA.items() if f.hashed == "always")
+FIRST_ROUND_FIELDS = tuple(f.name for f in experiments.base_fields(SCHEMA.values()) if f.hashed == "always")
+ALWAYS_HASHED = {name: FIRST_ROUND_FIELDS + tuple(f.name for f in exp.fields if f.hashed == "always")
+                 for name, exp in experiments.REGISTRY.items()}
 DEFAULTS = Config().to_dict()
 
 
 def id_fields(values: dict[str, Any], defaults: dict[str, Any] | None = None) -> dict[str, Any]:
-    """What a run's id hashes: of the fields its experiment reads (`experiments.py`), the frozen
+    """What a run's id hashes: of the fields its experiment reads (`experiments/`), the frozen
     ones and every other one not at its default."""
     defaults = DEFAULTS if defaults is None else defaults
-    experiment = values.get("experiment", "classify")
-    always = set(ALWAYS_HASHED.get(experiment, FIRST_ROUND_FIELDS))
-    ignored = ignored_fields(experiment)
-    return {k: v for k, v in values.items() if k not in ignored and (k in always or v != defaults[k])}
+    ignored = ignored_fields(values.get("experiment", experiments.DEFAULT))
+    return {k: v for k, v in values.items() if k not in ignored and (k in ALWAYS_IN_IDS or v != defaults[k])}
 
 
 def _id_dict(cfg: Config) -> dict[str, Any]:
@@ -136,17 +128,11 @@ def id_keys(ids: list[str]) -> np.ndarray:
     return np.frombuffer(bytes.fromhex("".join(ids)), dtype=">u8").astype(np.uint64)
 
 
-# The fields a training key (network id) hashes whatever their value: every field Config had when
-# network ids were first compared across versions (commit ec221b9). A field added since is hashed
-# only away from its default, as in run ids, so adding one never changes a network id. Never add a
-# name to this list.
-TRAINING_KEY_FIELDS = (
-    "width", "depth", "widths", "core_dim", "bg_dim", "input_dim", "core", "n_classes", "dataset", "border",
-    "digit_classes", "model", "bg_train", "n_train", "n_test", "batch_size", "online", "activation",
-    "leaky_slope", "bias", "output", "init", "init_scale", "loss", "optimizer", "lr", "weight_decay", "momentum",
-    "steps", "log_every", "log_schedule", "seed", "experiment", "rep_dim", "teacher", "teacher_bias",
-    "teacher_steps", "teacher_lr",
-)
+# The fields a training key (network id) hashes whatever their value (`fields.Field.hashed`
+# `always` or `network`): every field Config had when network ids were first compared across
+# versions (commit ec221b9). A field added since is hashed only away from its default, as in run
+# ids, so adding one never changes a network id.
+TRAINING_KEY_FIELDS = tuple(n for n, f in SCHEMA.items() if f.hashed in ("always", "network") and not f.eval_only)
 
 
 def training_fields(d: dict[str, Any]) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """The generic training loop every experiment shares: the optimizer, one guarded step, and the
 loop over steps that measures at the logged steps and stops a run by its rule (`StopRule`).
 
-An experiment (`experiments.py`) builds a `Training` for one run: its step, initial carry and
+An experiment (`experiments/`) builds a `Training` for one run: its step, initial carry and
 measure; `run_training` trains and logs it. The carry is `init_carry(params, tx)`: (params,
 optimizer state, step, diverged, diverged step); a step that makes the loss or parameters
 non-finite freezes the run and flags it.

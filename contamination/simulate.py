@@ -54,7 +54,7 @@ def _compiled_trainer(s):
     @jax.jit
     @matmul_precision(s.precision)
     def train(traced):
-        training = experiments.get(s.experiment).training(s, traced)
+        training = experiments.get(s.experiment).fn("training")(s, traced)
         if s.stop == "steps":
             carry = train_for(training.step, training.carry, s.steps)
             params, diverged = carry.params, carry.diverged

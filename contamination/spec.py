@@ -4,55 +4,29 @@ changing them never recompiles), and how specs pad into one program."""
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import collections
 
 import numpy as np
 
-from .config import FIELDS, Config
+from .config import SCHEMA, Config
 from .ids import DATA_KEY_FIELDS, INIT_KEY_FIELDS, key_words, training_key
 from .numerics import np_float
 
-class Static(NamedTuple):
-    """Everything that fixes the compiled program: shapes and categorical choices."""
+# Static fields that are not config fields: evaluation variants per trained network
+# (EVAL_ONLY_FIELDS; padded), and the widths of hidden layers 2..L (`width` is the first's;
+# from `widths`/`depth`; padded).
+DERIVED_FIELDS = {"n_evals": 1, "hidden": ()}
+STATIC_FIELDS = tuple(n for n, f in SCHEMA.items() if f.compiled == "static")
+TRACED_FIELDS = tuple(n for n, f in SCHEMA.items() if f.compiled == "traced")
 
-    width: int
-    core_dim: int
-    bg_dim: int
-    input_dim: int
-    core: str
-    n_train: int
-    n_test: int
-    batch_size: int
-    online: bool
-    activation: str
-    bias: bool
-    output: str
-    init: str
-    loss: str
-    optimizer: str
-    steps: int
-    log_every: int
-    experiment: str
-    rep_dim: int
-    teacher: str
-    teacher_steps: int
-    log_schedule: str = "linear"
-    n_evals: int = 1  # evaluation variants per trained network (EVAL_ONLY_FIELDS), padded
-    hidden: tuple[int, ...] = ()  # widths of hidden layers 2..L (`width` is the first's), padded
-    n_classes: int = 2
-    dataset: str = "synthetic"
-    border: int = 2
-    digit_classes: tuple[int, ...] = ()
-    model: str = "mlp"
-    precision: str = "highest"
-    teacher_bias_unit: str = "absolute"
-    teacher_data: str = "full"
-    # the last-layer refit (`retrain.py`) is compiled only into programs that ask for it: traced,
-    # it cost every synthetic MLP program about 20% more compile time
-    retrain_output: str = "none"
-    # `steps` compiles the fixed-length scan; `rule` (stop = `id_loss` or `converged`, the mode
-    # and its numbers traced: `loop.StopRule`) a loop that ends when every run has stopped
-    stop: str = "steps"
+
+class Static(collections.namedtuple("StaticFields", STATIC_FIELDS + tuple(DERIVED_FIELDS),
+                                    defaults=[SCHEMA[n].default for n in STATIC_FIELDS] + list(DERIVED_FIELDS.values()))):
+    """Everything that fixes the compiled program: shapes and categorical choices (the config
+    fields declared `static`, `fields.Field.compiled`, and DERIVED_FIELDS). `activation` is the
+    compiled one (`compiled_activation`) and `stop` the compiled loop (`compiled_stop`)."""
+
+    __slots__ = ()
 
     @property
     def depth(self) -> int:
@@ -74,26 +48,20 @@ class Static(NamedTuple):
         return self.batch_size > 0 and not self.online
 
 
-DERIVED_FIELDS = ("n_evals", "hidden")  # not config fields: from the runs and from `widths`/`depth`
-STATIC_FIELDS = tuple(f for f in Static._fields if f not in DERIVED_FIELDS)
-TRACED_FIELDS = ("lr", "weight_decay", "momentum", "warmup_steps", "leaky_slope", "init_scale", "bg_train", "bg_ood", "seed",
-                 "teacher_bias", "teacher_lr", "probe_ridge", "critical_level", "shift_min", "shift_max",
-                 "center_inputs", "bg_ood_direction", "bg_spurious", "target_id_loss", "stop_tol", "stop_window")
-assert set(STATIC_FIELDS) | set(TRACED_FIELDS) | {"depth", "widths"} == set(FIELDS)
-
-# Shape fields a program may pad (exactly: masks, true sizes traced; model.py, data.py). A run's
-# own sizes travel as traced `true_*` values. A distillation teacher's step count pads too: its
-# steps past the run's own leave the teacher as it was (`distill.trained_teacher`). n_train is
-# padded only where the training set is used whole (full batch) or only for evaluation (online);
-# epoch-wise minibatch shuffling permutes the training set, and a permutation of a padded set is
-# not the unpadded one.
-PAD_FIELDS = ("width", "core_dim", "bg_dim", "input_dim", "n_train", "n_test", "n_evals", "hidden", "teacher_steps")
+# Shape fields a program may pad (exactly: masks, true sizes traced; model.py, data.py): those
+# declared `pad` (`fields.Field.pad`) and DERIVED_FIELDS. A run's own sizes travel as traced
+# `true_*` values. A distillation teacher's step count pads too: its steps past the run's own
+# leave the teacher as it was (`distill.trained_teacher`). n_train is padded only where the
+# training set is used whole (full batch) or only for evaluation (online); epoch-wise minibatch
+# shuffling permutes the training set, and a permutation of a padded set is not the unpadded one.
+PAD_FIELDS = tuple(n for n, f in SCHEMA.items() if f.pad) + tuple(DERIVED_FIELDS)
+ALWAYS_PADDED = tuple(n for n in PAD_FIELDS if n in DERIVED_FIELDS or SCHEMA[n].pad == "always")
 
 
 def pad_fields(spec: "Static") -> tuple[str, ...]:
     """The shape fields of `spec` that may be padded (n_train is static with minibatches)."""
     if spec.dataset != "synthetic":  # a real data set's sizes are its own (the split is static)
-        return ("width", "n_evals", "hidden", "teacher_steps")
+        return ALWAYS_PADDED
     return tuple(f for f in PAD_FIELDS if not (f == "n_train" and spec.minibatches))
 
 

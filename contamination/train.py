@@ -4,7 +4,7 @@
 where `traced` is `spec.traced_values(runs)` (arrays): one trained network, measured once per
 evaluation variant. `jax.jit(jax.vmap(run))` trains a batch of networks that share `static`
 (their sizes padded to its sizes) in one compiled program. What a run trains and measures is
-its experiment's (`experiments.py`: `classify.py`, `distill.py`); the loop is `loop.py`.
+its experiment's (`experiments/`: e.g. `classify.py`, `distill.py`); the loop is `loop.py`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from .spec import Static
 
 
 def make_run(static: Static) -> Callable[[dict], dict]:
-    training = experiments.get(static.experiment).training
+    training = experiments.get(static.experiment).fn("training")
 
     def run(traced: dict) -> dict:
         with matmul_precision(static.precision):

@@ -50,7 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from contamination.cost import memory_bytes, step_flops, trains_teacher
+from contamination.cost import memory_bytes, step_flops, total_steps
 from contamination.loop import init_carry, make_optimizer, make_step
 from contamination.model import Params, forward, loss_values, to_dm, trainable_mask
 from contamination.numerics import float_dtype
@@ -117,7 +117,7 @@ class DeviceModel:
         """What a bucket's training seconds are predicted from: chunks, chunk-steps, executed FLOPs
         (counted at `flop_rate`: scaled by how much slower its chunks' bytes per device run)."""
         s = bucket.static
-        steps = s.steps + (s.teacher_steps if trains_teacher(s) else 0)
+        steps = total_steps(s)
         slowdown = 1.0 if self.cache_bytes is None else self.flop_rate / self.rate(bucket.chunk_bytes_per_device)
         return [float(bucket.n_chunks), float(bucket.n_chunks * steps), float(bucket.executed_flops) * slowdown]
 

@@ -34,16 +34,24 @@ from contamination.train import sequential
 from .runs import Run, RunTable
 
 
+# The static fields a bucket id hashes, in the order it hashes their values (frozen: never reorder).
+BUCKET_FIELDS = ("width", "core_dim", "bg_dim", "input_dim", "core", "n_train", "n_test", "batch_size", "online",
+                 "activation", "bias", "output", "init", "loss", "optimizer", "steps", "log_every", "experiment",
+                 "rep_dim", "teacher", "teacher_steps", "log_schedule", "n_evals", "hidden", "n_classes", "dataset",
+                 "border", "digit_classes", "model", "precision", "teacher_bias_unit", "teacher_data",
+                 "retrain_output", "stop")
 # Static fields added after bucket ids were first compared across versions (commit ec221b9): left
-# out of a bucket's id at their default, so that adding one leaves existing ids alone.
+# out of a bucket's id at their default, so that adding one leaves existing ids alone; fields added
+# since BUCKET_FIELDS was frozen follow it as (name, value) pairs, away from their default only.
 LATER_STATIC = ("precision", "teacher_bias_unit", "teacher_data", "retrain_output", "stop")
 
 
 def bucket_id(static: Static) -> str:
     """A bucket's id: a short hash of its static spec (later fields at their default left out)."""
-    defaults = Static._field_defaults
-    return stable_hash([v for f, v in zip(Static._fields, static) if not (f in LATER_STATIC and v == defaults[f])],
-                       nbytes=4)
+    values, defaults = static._asdict(), Static._field_defaults
+    hashed = [values[f] for f in BUCKET_FIELDS if not (f in LATER_STATIC and values[f] == defaults[f])]
+    hashed += [[f, v] for f, v in values.items() if f not in BUCKET_FIELDS and v != defaults[f]]
+    return stable_hash(hashed, nbytes=4)
 
 
 class PlanError(ValueError):

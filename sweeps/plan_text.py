@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from contamination.cost import trains_teacher
+from contamination import experiments
 from contamination.spec import Static, static_spec
 
 from . import calibrate, shards
@@ -75,8 +75,7 @@ def padded_shape(s: Static, activations) -> str:
     widths = "x".join(str(w) for w in (s.width, *s.hidden))
     return (f"m={widths} d0={s.core_dim}+{s.bg_dim} d={s.input_dim} n={s.n_train}/{s.n_test} "
             + (f"K={s.n_classes} " if s.n_classes > 2 else "")
-            + (f"{s.teacher} teacher p={s.rep_dim} " if s.experiment == "distill" else "")
-            + (f"teacher_steps={s.teacher_steps} " if trains_teacher(s) else "") +
+            + experiments.get(s.experiment).describe(s) +
             f"evals={s.n_evals} steps={s.steps} {'/'.join(activations)} {s.optimizer} {s.loss}")
 
 

@@ -63,7 +63,7 @@ def test_every_shipped_grid_expands_and_plans_as_at_ec221b9(tmp_path):
         new = all(r.config.teacher_bias_unit != "absolute" or r.config.teacher_data != "full"
                   or r.config.warmup_steps != 0 for r in runs)
         added_later = ("fixed_vs_fresh", "distill_optimizer", "interventions", "scaling_exponents",
-                       "spread_at_fixed_mean", "matched_fit")
+                       "spread_at_fixed_mean", "matched_fit", "random_features")
         assert new or grid in added_later, name
 
 
