@@ -31,6 +31,7 @@ LABELS = {
     "ood_acc_ablated": "OOD accuracy, mean direction ablated", "id_acc_ablated": "ID accuracy, mean direction ablated",
     "ood_loss_ablated": "OOD loss, mean direction ablated", "failure_explained": "OOD failure the ablation undoes",
     **{f"rep_shift_{l}": f"layer {l}: OOD shift / class separation" for l in range(1, 33)},
+    **{f"contamination_ratio_{l}": f"layer {l}: background / core (learned)" for l in range(1, 33)},
     "step": "step",
 }
 # Metrics whose sign matters: a diverging colour map centred on zero when the data cross it.

@@ -38,7 +38,7 @@ def mlp_training(s: Static, traced: dict):
     tx = make_optimizer(s.optimizer, traced["lr"], traced["weight_decay"], traced["momentum"],
                         traced["warmup_steps"])
     ref = reference(params.w, data.M, s.core_dim, setup.sizes, traced["bg_train"], mask, data.train,
-                    n_classes=s.n_classes, core=s.core, dataset=s.dataset)
+                    n_classes=s.n_classes, core=s.core, dataset=s.dataset, deep_w0=tuple(w for w, _ in params.deep))
     u = ref.u
     synthetic = s.dataset == "synthetic"
     orth = traced["bg_ood_orth"] if synthetic else None  # the orthogonal OOD shift (synthetic only)

@@ -20,6 +20,7 @@ is its mean over filters, `contaminated_frac` the share of filters whose project
 `metrics.CONTAMINATED_LENGTH` times the step-0 filter norm (RMS over filters) in absolute value,
 `contamination_sign` their mean sign, `bg_shift_rms` the RMS change of that pre-activation from the
 training to the OOD mean made by the learned filters (net of their step-0 values).
+`contamination_ratio` is the MLP's with every (filter, position) pair as a unit (`conv_ratio`).
 `bg_grad_share` is the input gradient's squared mass along the border's unit mean direction (the one
 direction the border varies along).
 
@@ -42,14 +43,15 @@ from .data import first, ood_split, per_row
 from .digits import layout
 from .loop import Training, init_carry, make_optimizer, make_step
 from .shift import shift_metrics
-from .metrics import (bg_direction, contamination_count, gradient_share, masked_mean, mean_sign, output_metrics,
-                      range_mean)
+from .metrics import (bg_direction, contamination_count, gradient_share, input_means, masked_mean, mean_sign,
+                      output_metrics, range_mean, response_ratio)
 from .model import activate, loss_values
 from .setup import make_get_batch, prepare, run_key
 from .spec import Static
 
 CNN_METRICS = ("train_loss", "id_loss", "id_acc", "ood_loss", "ood_acc", "id_margin", "ood_margin",
-               "bg_mean_proj", "bg_shift_rms", "contaminated_frac", "contamination_sign", "bg_grad_share")
+               "bg_mean_proj", "bg_shift_rms", "contaminated_frac", "contamination_sign", "bg_grad_share",
+               "contamination_ratio")
 KERNEL = 3
 # How the convolution is computed: "lax" (`lax.conv_general_dilated`) or "patches" (one matrix
 # product of the 3 x 3 patches, gathered once, with the filters): the faster under both `vmap` and
@@ -152,6 +154,18 @@ def patch_projections(k: jax.Array, bg_train: jax.Array) -> jax.Array:
     return mean_sign(bg_train) * jnp.sum(k, axis=(1, 2)) / KERNEL
 
 
+def conv_ratio(dk: jax.Array, mean_patches: jax.Array, mask: jax.Array) -> jax.Array:
+    """`contamination_ratio` of the learned filters dk = K - K(0), (C, 3, 3): every filter c at every
+    position p of the S x S picture is a unit with the linear response <dk_c, patch_p(x)> (the
+    learned part of its pre-activation). `mean_patches` (1 + K, S^2, 9) are the patches of the
+    training border's mean image (border pixels at the training mean, digit pixels 0) and of the
+    K class-mean digit images (digit pixels only); the ratio is sum_(c,p) |B_cp| / sum_(c,p) C_cp as
+    for the MLP's first layer (`metrics.response_ratio`), NaN at step 0."""
+    resp = mean_patches @ dk.reshape(dk.shape[0], -1).T  # (1 + K, S^2, C)
+    units = jnp.broadcast_to(mask, resp.shape[1:]).reshape(-1)
+    return response_ratio(resp[0].reshape(-1), resp[1:].reshape(resp.shape[0] - 1, -1).T, units)
+
+
 def cnn_training(s: Static, traced: dict) -> Training:
     """One CNN classifier run as a `Training` (step, initial carry, measure)."""
     setup = prepare(s, traced)
@@ -167,6 +181,9 @@ def cnn_training(s: Static, traced: dict) -> Training:
     p0 = patch_projections(params.k, bg_train)
     scale0 = jnp.sqrt(masked_mean(jnp.sum(params.k ** 2, axis=(1, 2)), mask))  # RMS step-0 filter norm
     border_u = bg_direction(data.M, s.core_dim, sizes.bg, bg_train)[None, :]  # the border's one direction
+    bg_mean, class_means, _ = input_means(data.M, s.core_dim, bg_train, data.train, n_classes=s.n_classes,
+                                          dataset=s.dataset)
+    mean_patches = patches(jnp.concatenate([bg_mean[None, :], class_means]), s.border)
 
     def split_metrics(p, split):
         return output_metrics(f(p, split.x), split, s.loss)
@@ -183,7 +200,8 @@ def cnn_training(s: Static, traced: dict) -> Training:
                "bg_mean_proj": masked_mean(proj, mask),
                "bg_shift_rms": jax.vmap(lambda dl: jnp.sqrt(masked_mean(((proj - p0) * dl) ** 2, mask)))(delta),
                **contamination_count(proj, scale0, mask),
-               "bg_grad_share": gradient_share(lambda x: f(p, x), data.test, s.loss, border_u)}
+               "bg_grad_share": gradient_share(lambda x: f(p, x), data.test, s.loss, border_u),
+               "contamination_ratio": conv_ratio(p.k - params.k, mean_patches, mask)}
         return {k: jnp.broadcast_to(out[k], (s.n_evals,)) for k in CNN_METRICS}
 
     full_batch = s.full_batch

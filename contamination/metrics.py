@@ -22,16 +22,19 @@ METRICS = (
     "core_norm", "bg_norm", "bg_signed", "act_asym", "bg_mean_proj", "bg_shift_rms", "contaminated_frac",
     "bg_grad_balance", "bg_grad_net", "bg_grad_total", "contamination_sign", "contamination_ratio",
 )
-# Per hidden layer l = 1..L, the OOD shift of its representation relative to its class
-# separation (`layer_metrics`): NaN for layers a run does not have (a shallower run in a deeper program).
+# Per hidden layer l = 1..L (`layer_metrics`): the OOD shift of its representation relative to its
+# class separation, and `contamination_ratio` on its learned weights (`layer_ratios`); NaN for
+# layers a run does not have (a shallower run in a deeper program).
 REP_SHIFT = "rep_shift_{}"
+LAYER_RATIO = "contamination_ratio_{}"
 
 
 def layer_metrics(static) -> tuple[str, ...]:
     """The per-layer metric names of a program of `static.depth` hidden layers (and, on real data,
     the input gradient's share on the background pixels)."""
     extra = ("bg_grad_share",) if static.dataset != "synthetic" else ()
-    return tuple(REP_SHIFT.format(l) for l in range(1, static.depth + 1)) + extra
+    layers = range(1, static.depth + 1)
+    return tuple(REP_SHIFT.format(l) for l in layers) + tuple(LAYER_RATIO.format(l) for l in layers) + extra
 
 
 def input_gradient_share(params: Params, split: Split, activation: str, slope: jax.Array, loss: str,
@@ -89,40 +92,51 @@ class Reference(NamedTuple):
     # (d,) the unit direction of the orthogonal OOD shift, sum_j s_j m_j / sqrt(d_bg) with s
     # the zero-sum `data.orthogonal_pattern` (synthetic data; zero for real data)
     v_orth: jax.Array | None = None
+    deep_w0: tuple = ()  # the step-0 weights W_l(0) of layers 2..L (for `layer_ratios`)
 
 
 def reference(w0: jax.Array, M: jax.Array, core_dim: int, sizes: Sizes, bg_train: jax.Array, mask: jax.Array,
-              train: Split, *, n_classes: int = 2, core: str = "linear", dataset: str = "synthetic") -> Reference:
-    """The run's `Reference`. Synthetic data: the background varies along every background feature
-    and the core's class means are known (linear core: E[z_j | y] = y/2 for two classes, 1/2 on a
-    class's own features for K; zero for the non-linear core, where the ratio is undefined). Real
-    data (digits): the border is one intensity per image, so the background varies along its
-    mean direction only, and the core's class means are the training set's mean digit images."""
+              train: Split, *, n_classes: int = 2, core: str = "linear", dataset: str = "synthetic",
+              deep_w0: tuple = ()) -> Reference:
+    """The run's `Reference`. Synthetic data: the background varies along every background
+    feature; real data (digits): the border is one intensity per image, so it varies along its
+    mean direction only. The means (`input_means`) weight `contamination_ratio`; `deep_w0` holds
+    the step-0 weights of layers 2..L for the per-layer ratios."""
     u = bg_direction(M, core_dim, sizes.bg, bg_train)
     scale0 = jnp.sqrt(masked_mean(jnp.sum(w0 ** 2, axis=1), mask))
-    M_core, M_bg = M[:core_dim], M[core_dim:]
-    bg_mean = range_mean(bg_train) * jnp.sum(M_bg, axis=0)
-    defined = True
+    M_bg = M[core_dim:]
+    bg_mean, core_means, defined = input_means(M, core_dim, bg_train, train, n_classes=n_classes, core=core,
+                                               dataset=dataset)
     if dataset != "synthetic":
-        bg_basis = u[None, :]
-        onehot = class_onehot(train.y, n_classes, train.mask)
-        core_x = (train.x @ M_core.T) @ M_core
-        core_means = (onehot.T @ core_x) / jnp.sum(onehot, axis=0)[:, None]
+        bg_basis, v_orth = u[None, :], jnp.zeros_like(u)
     else:
         bg_basis = M_bg
-        if n_classes == 2:
-            half = 0.5 * jnp.sum(M_core, axis=0)
-            core_means = jnp.stack([half, -half])
-        else:
-            owned = (jnp.arange(core_dim)[None, :] % n_classes == jnp.arange(n_classes)[:, None]).astype(M.dtype)
-            core_means = 0.5 * owned @ M_core
-        if core != "linear":
-            core_means, defined = jnp.zeros_like(core_means), False
-    if dataset != "synthetic":
-        v_orth = jnp.zeros_like(u)
-    else:
         v_orth = orthogonal_pattern(M_bg.shape[0], sizes.bg) @ M_bg / jnp.sqrt(sizes.bg.astype(float_dtype()))
-    return Reference(w0, u, scale0, bg_basis, bg_mean, core_means, defined, v_orth)
+    return Reference(w0, u, scale0, bg_basis, bg_mean, core_means, defined, v_orth, tuple(deep_w0))
+
+
+def input_means(M: jax.Array, core_dim: int, bg_train: jax.Array, train: Split, *, n_classes: int = 2,
+                core: str = "linear", dataset: str = "synthetic"):
+    """The training background mean in input space (d,), the class-conditional means of the core
+    part of the input (K, d), and whether those are defined (`reference`). Synthetic data: known
+    (linear core: E[z_j | y] = y/2 for two classes, 1/2 on a class's own features for K; zero for
+    the non-linear core, where `defined` is False); real data: the training set's mean images of
+    each class on the digit pixels."""
+    M_core, M_bg = M[:core_dim], M[core_dim:]
+    bg_mean = range_mean(bg_train) * jnp.sum(M_bg, axis=0)
+    if dataset != "synthetic":
+        onehot = class_onehot(train.y, n_classes, train.mask)
+        core_x = (train.x @ M_core.T) @ M_core
+        return bg_mean, (onehot.T @ core_x) / jnp.sum(onehot, axis=0)[:, None], True
+    if n_classes == 2:
+        half = 0.5 * jnp.sum(M_core, axis=0)
+        core_means = jnp.stack([half, -half])
+    else:
+        owned = (jnp.arange(core_dim)[None, :] % n_classes == jnp.arange(n_classes)[:, None]).astype(M.dtype)
+        core_means = 0.5 * owned @ M_core
+    if core != "linear":
+        return bg_mean, jnp.zeros_like(core_means), False
+    return bg_mean, core_means, True
 
 
 def projection_metrics(w: jax.Array, M: jax.Array, core_dim: int, mask: jax.Array,
@@ -223,6 +237,17 @@ def contamination_count(p: jax.Array, scale0: jax.Array, mask: jax.Array) -> dic
             "contamination_sign": jnp.where(n_hit > 0, jnp.sum(hit * jnp.sign(p)) / jnp.maximum(n_hit, 1.0), jnp.nan)}
 
 
+def response_ratio(bg_resp: jax.Array, class_resp: jax.Array, mask: jax.Array) -> jax.Array:
+    """sum_k |B_k| / sum_k C_k over the true units (`mask`): B_k (n,) a unit's learned response to
+    the background mean, C_k the RMS over classes of its centred learned responses to the class
+    means (`class_resp`, (n, K)). NaN where no unit learned a class difference (step 0)."""
+    centred = class_resp - jnp.mean(class_resp, axis=1, keepdims=True)
+    core = jnp.sqrt(jnp.mean(centred ** 2, axis=1))
+    num, den = jnp.sum(jnp.abs(bg_resp) * mask), jnp.sum(core * mask)
+    ok = den > 0
+    return jnp.where(ok, num / jnp.where(ok, den, 1.0), jnp.nan)
+
+
 def contamination_ratio(w: jax.Array, ref: Reference, mask: jax.Array) -> jax.Array:
     """Theorem 2's scale-free ratio on the learned first-layer weights dw_k = w_k - w_k(0):
     sum_k |<dw_k, mu_bg>| / sum_k C_k, where mu_bg is the training background mean in input space
@@ -231,13 +256,27 @@ def contamination_ratio(w: jax.Array, ref: Reference, mask: jax.Array) -> jax.Ar
     m_j, so C_k = |sum_core mu_j y <dw_k, m_j>|). NaN where the core's class means are zero (the
     non-linear core) and where nothing was learned (step 0)."""
     dw = w - ref.w0
-    bg = jnp.abs(dw @ ref.bg_mean)  # (m,)
-    resp = dw @ ref.core_means.T  # (m, K)
-    core = jnp.sqrt(jnp.mean((resp - jnp.mean(resp, axis=1, keepdims=True)) ** 2, axis=1))
-    num, den = jnp.sum(bg * mask), jnp.sum(core * mask)
-    ok = den > 0
-    ratio = jnp.where(ok, num / jnp.where(ok, den, 1.0), jnp.nan)
+    ratio = response_ratio(dw @ ref.bg_mean, dw @ ref.core_means.T, mask)
     return ratio if ref.core_defined else jnp.full_like(ratio, jnp.nan)
+
+
+def layer_ratios(params: Params, ref: Reference, mask: jax.Array, deep: Deep, hs: list, hs_centred: list,
+                 y: jax.Array, rows: jax.Array, n_classes: int) -> dict[str, jax.Array]:
+    """`contamination_ratio_l` per hidden layer l: layer 1's is `contamination_ratio`; layer l >= 2
+    reads its learned weights dW_l = W_l - W_l(0) against what its input h_(l-1) carries, measured
+    on the ID test samples (`rows`): the background mean's part of the mean input, mean h_(l-1)(x) -
+    mean h_(l-1)(x - mu_bg) (`hs_centred`: the representations of the inputs with the training
+    background mean removed; at l = 1 exactly mu_bg), and the class means of h_(l-1)(x). NaN for
+    layers the run does not have."""
+    out = {LAYER_RATIO.format(1): contamination_ratio(params.w, ref, mask)}
+    onehot = class_onehot(y, n_classes, rows)
+    for l, ((w, _), w0, m, active) in enumerate(zip(params.deep, ref.deep_w0, deep.masks, deep.active), start=2):
+        h, hc = hs[l - 2], hs_centred[l - 2]
+        mu_bg = rows @ (h - hc) / jnp.sum(rows)
+        class_means = (onehot.T @ h) / jnp.sum(onehot, axis=0)[:, None]  # (K, m_(l-1))
+        dw = w - w0
+        out[LAYER_RATIO.format(l)] = jnp.where(active, response_ratio(dw @ mu_bg, dw @ class_means.T, m), jnp.nan)
+    return out
 
 
 def mean_direction_metrics(w: jax.Array, ref: Reference, mask: jax.Array, true_bg: jax.Array,
@@ -361,6 +400,8 @@ def evaluate(params: Params, data: Data, *, core_dim: int, sizes: Sizes, bg_trai
     general = bool(params.deep) or n_classes > 2
     train_loss, _, _, f_train, pre_train, _ = split_metrics(params, data.train, activation, slope, mask, loss, deep)
     id_loss, id_acc, id_margin, _, pre, hs = split_metrics(params, data.test, activation, slope, mask, loss, deep)
+    hs_centred = (representations(params, data.test.x - ref.bg_mean, activation, slope, mask, deep=deep)[0]
+                  if params.deep else [])
 
     def ood(rng, o):
         split = ood_split(data, core_dim, sizes, rng, o)
@@ -384,6 +425,7 @@ def evaluate(params: Params, data: Data, *, core_dim: int, sizes: Sizes, bg_trai
         **mean_direction_metrics(params.w, ref, mask, sizes.bg, bg_train, bg_ood, orth),
         **balance,
         **rep_shifts(hs, data.test.y, data.test.mask, ood_means, n_classes, deep),
+        **layer_ratios(params, ref, mask, deep, hs, hs_centred, data.test.y, data.test.mask, n_classes),
     }
     if input_grad:
         out["bg_grad_share"] = input_gradient_share(params, data.test, activation, slope, loss, mask, deep,

@@ -62,7 +62,9 @@ def reference_atol(metric: str, cfg) -> float:
     return max(10.0 * SPREAD[metric]["abs"], 1e-6)
 
 
-LEGACY_PRESET = {"distill": {"teacher_bias": 3.0, "teacher_bias_unit": "absolute", "teacher_data": "full"}}
+# Overrides per preset that give back the preset the reference was written with (the file's `legacy`
+# key; tests/data/measure_isa_spread.py applies them too)
+LEGACY_PRESET = REFERENCE["legacy"]
 
 
 @pytest.mark.reference
@@ -152,7 +154,9 @@ def test_padded_deeper_networks_equal_their_unpadded_runs():
             np.testing.assert_allclose(together["curves"][k][i], v, rtol=RTOL, atol=ATOL, err_msg=f"run {i}: {k}")
         for layer in range(cfg.depth + 1, 4):
             assert np.isnan(together["curves"][f"rep_shift_{layer}"][i]).all()
+            assert np.isnan(together["curves"][f"contamination_ratio_{layer}"][i]).all()
         assert np.isfinite(together["curves"][f"rep_shift_{cfg.depth}"][i]).all()
+        assert np.isfinite(together["curves"][f"contamination_ratio_{cfg.depth}"][i][1:]).all()
 
 
 @st.composite
@@ -216,9 +220,9 @@ def test_depth_by_width_grid_is_one_program_with_min_efficiency_0(tmp_path):
                 and r.config.activation == "relu" and r.config.seed == 1)
     row = runs[runs["run_id"] == run_id(deep)].iloc[0]
     alone = simulate(deep)["final"]
-    for k in ("id_loss", "ood_loss", "bg_mean_proj", "rep_shift_2"):
+    for k in ("id_loss", "ood_loss", "bg_mean_proj", "rep_shift_2", "contamination_ratio_2"):
         assert row[k] == pytest.approx(float(alone[k]), rel=RTOL, abs=ATOL), k
-    assert np.isnan(row["rep_shift_3"])
+    assert np.isnan(row["rep_shift_3"]) and np.isnan(row["contamination_ratio_3"])
 
 
 # --- the science, across seeds ---------------------------------------------------------

@@ -32,13 +32,13 @@ def init_weights():
     return jnp.asarray(w0)
 
 
-def make_ref(w0, **kw):
+def make_ref(w0, deep_w0=(), **kw):
     from contamination.metrics import reference
 
     M, sizes, bg_train, train = setting(**kw)
     return reference(w0, M, CORE, sizes, bg_train, jnp.ones(M_NEURONS), train,
                      n_classes=kw.get("n_classes", 2), core=kw.get("core", "linear"),
-                     dataset=kw.get("dataset", "synthetic")), sizes, bg_train
+                     dataset=kw.get("dataset", "synthetic"), deep_w0=deep_w0), sizes, bg_train
 
 
 def drifted(w0, along_u, along_core=0.0):
@@ -219,3 +219,74 @@ def test_act_asym_null_level_does_not_grow_with_k():
     one_open = jnp.where(y10 == 3, 1.0, -1.0)[:, None]
     got = float(activation_asymmetry(one_open, y10, jnp.ones(1), "relu", jnp.asarray(0.0), 10, jnp.ones(n)))
     np.testing.assert_allclose(got, np.sqrt(9 / 45), rtol=1e-9)
+
+
+LAYER_DRIFTS = {"positive": [1.0, 0.5], "negative": [-1.0, -0.5], "none": [0.0, 0.0]}
+
+
+@identity
+@pytest.mark.parametrize("kind", LAYER_DRIFTS)
+def test_layer_ratio_of_a_deeper_layer(kind):
+    """Layer 2 of a network whose layer-1 representation (3 units, 4 test samples) is (1, 0, 0.5)
+    on class +1 and (0, 1, 0.5) on class -1, the background mean's part of it (0, 0, 0.5): a layer-2
+    unit learning dW_k = (1, -1, t_k) responds 0.5 t_k to the background mean and +-1 to the classes
+    (C_k = 1), so the ratio is sum_k 0.5 |t_k| / 2."""
+    from contamination.metrics import LAYER_RATIO, contamination_ratio, layer_ratios
+    from contamination.model import Deep, Params
+
+    w0 = init_weights()
+    W0 = jnp.asarray([[0.3, -0.2, 0.1], [0.05, 0.4, -0.3], [0.0, 0.0, 0.0]])
+    ref, _, _ = make_ref(w0, deep_w0=(W0,))
+    t = LAYER_DRIFTS[kind]
+    dW = np.asarray([[1.0, -1.0, t[0]], [1.0, -1.0, t[1]], [9.0, 9.0, 9.0]])  # row 3: a padded unit
+    w1 = drifted(w0, DRIFTS[kind], along_core=1.0)
+    h = jnp.asarray([[1.0, 0.0, 0.5]] * 2 + [[0.0, 1.0, 0.5]] * 2)
+    hc = h - jnp.asarray([0.0, 0.0, 0.5])
+    y, rows = jnp.asarray([1.0, 1.0, -1.0, -1.0]), jnp.ones(4)
+    mask2 = jnp.asarray([1.0, 1.0, 0.0])
+
+    def ratios(dw, active=True):
+        params = Params(w1, jnp.zeros(M_NEURONS), jnp.zeros(3), jnp.asarray(0.0), ((W0 + jnp.asarray(dw), jnp.zeros(3)),))
+        deep = Deep((mask2,), (jnp.asarray(active),), mask2)
+        return {k: float(v) for k, v in layer_ratios(params, ref, jnp.ones(M_NEURONS), deep, [h], [hc], y, rows,
+                                                     2).items()}
+
+    out = ratios(dW)
+    assert set(out) == {LAYER_RATIO.format(1), LAYER_RATIO.format(2)}
+    assert out[LAYER_RATIO.format(1)] == float(contamination_ratio(w1, ref, jnp.ones(M_NEURONS)))
+    np.testing.assert_allclose(out[LAYER_RATIO.format(2)], 0.25 * np.sum(np.abs(t)), **TOL)
+    np.testing.assert_allclose(ratios(2 * dW)[LAYER_RATIO.format(2)], 0.25 * np.sum(np.abs(t)), **TOL)  # scale-free
+    assert np.isnan(ratios(0 * dW)[LAYER_RATIO.format(2)])  # nothing learned
+    assert np.isnan(ratios(dW, active=False)[LAYER_RATIO.format(2)])  # a layer the run does not have
+
+
+CONV_DRIFTS = {"positive": [1.0, 0.5], "negative": [-1.0, -0.5], "none": [0.0, 0.0]}
+
+
+@identity
+@pytest.mark.parametrize("kind", CONV_DRIFTS)
+def test_cnn_contamination_ratio(kind):
+    """Two positions of a picture: at the first the border's mean image is 0.5 on every pixel of the
+    patch but its centre (a digit pixel), at the second it is 0 and class 0's mean digit image is 1
+    on the centre (class 1's is 0 everywhere). A filter learning t_c on its corner and 1 on its
+    centre responds 0.5 t_c to the border mean (first position) and 1 or 0 to the classes (second:
+    C = 1/2), so the ratio over (filter, position) units is sum_c 0.5 |t_c| / (2 * 1/2)."""
+    from contamination.cnn import conv_ratio
+
+    bg = np.zeros((2, 9))
+    bg[0] = 0.5
+    bg[0, 4] = 0.0
+    cls0 = np.zeros((2, 9))
+    cls0[1, 4] = 1.0
+    mean_patches = jnp.asarray(np.stack([bg, cls0, np.zeros((2, 9))]))
+    t = CONV_DRIFTS[kind]
+    dk = np.zeros((3, 9))
+    dk[:2, 0], dk[:2, 4] = t, 1.0
+    dk[2] = 7.0  # a padded filter
+    mask = jnp.asarray([1.0, 1.0, 0.0])
+    expected = 0.5 * np.sum(np.abs(t)) / 1.0
+    got = float(conv_ratio(jnp.asarray(dk.reshape(3, 3, 3)), mean_patches, mask))
+    np.testing.assert_allclose(got, expected, **TOL)
+    np.testing.assert_allclose(float(conv_ratio(jnp.asarray(3 * dk.reshape(3, 3, 3)), mean_patches, mask)),
+                               expected, **TOL)  # scale-free
+    assert np.isnan(float(conv_ratio(jnp.zeros((3, 3, 3)), mean_patches, mask)))  # nothing learned
