@@ -45,7 +45,7 @@ from .metrics import (bg_direction, contamination_count, gradient_share, masked_
                       range_mean)
 from .model import activate, loss_values
 from .setup import make_get_batch, prepare, run_key
-from .spec import Static
+from .spec import Static, Traced
 
 CNN_METRICS = ("train_loss", "id_loss", "id_acc", "ood_loss", "ood_acc", "id_margin", "ood_margin",
                "bg_mean_proj", "bg_shift_rms", "contaminated_frac", "contamination_sign", "bg_grad_share")
@@ -153,13 +153,13 @@ def patch_projections(k: jax.Array, bg_train: jax.Array) -> jax.Array:
     return mean_sign(bg_train) * jnp.sum(k, axis=(1, 2)) / KERNEL
 
 
-def cnn_training(s: Static, traced: dict) -> Training:
+def cnn_training(s: Static, traced: Traced) -> Training:
     """One CNN classifier run as a `Training` (step, initial carry, measure)."""
     setup = prepare(s, traced)
     data, mask, sizes = setup.data, setup.mask, setup.sizes
-    init_key = run_key(traced, "init_key")
-    params = init_conv(init_key, s, traced["true_width"], traced["init_scale"])
-    slope, bg_train, bg_ood = traced["leaky_slope"], traced["bg_train"], traced["bg_ood"]
+    init_key = run_key(traced.init_key)
+    params = init_conv(init_key, s, traced.true_width, traced.init_scale)
+    slope, bg_train, bg_ood = traced.leaky_slope, traced.bg_train, traced.bg_ood
     act = s.activation
 
     def f(p, x, x_patches=None):
@@ -197,10 +197,10 @@ def cnn_training(s: Static, traced: dict) -> Training:
     def final(p: ConvParams):
         # the critical shift and its curve; the mean-direction ablation is the MLP's only (NaN here)
         return shift_metrics(p, None, lambda q, split, _: split_metrics(q, split)[:2], data, core_dim=s.core_dim,
-                             sizes=sizes, bg_train=bg_train, bg_ood=bg_ood, critical_level=traced["critical_level"],
-                             shift_range=traced["shift_range"], n_classes=s.n_classes)
+                             sizes=sizes, bg_train=bg_train, bg_ood=bg_ood, critical_level=traced.critical_level,
+                             shift_range=traced.shift_range, n_classes=s.n_classes)
 
-    tx = make_optimizer(s.optimizer, traced["lr"], traced["weight_decay"], traced["momentum"],
-                        traced["warmup_steps"])
+    tx = make_optimizer(s.optimizer, traced.lr, traced.weight_decay, traced.momentum,
+                        traced.warmup_steps)
     step = make_step(objective, tx, trainable(s, mask), make_get_batch(s, setup, bg_train))
     return Training(step, init_carry(params, tx), measure, final=final)
