@@ -38,7 +38,7 @@ def unguarded(s, traced):
     """The step without the non-finite guard (no isfinite, no where over params and state);
     the first layer in the training layout, as the engine's step."""
     setup = prepare(s, traced)
-    tx = loop.make_optimizer(s.optimizer, traced["lr"], traced["weight_decay"], traced["momentum"])
+    tx = loop.make_optimizer(s.optimizer, traced.lr, traced.weight_decay, traced.momentum)
     from contamination.model import forward, loss_values
 
     from contamination.model import to_dm
@@ -47,7 +47,7 @@ def unguarded(s, traced):
     trainable = to_dm(setup.trainable)
 
     def objective(p, batch):
-        f, _ = forward(p, batch.x, s.activation, traced["leaky_slope"], setup.mask, xT)
+        f, _ = forward(p, batch.x, s.activation, traced.leaky_slope, setup.mask, xT)
         return jnp.mean(loss_values(f, batch.y, s.loss))
 
     def step(carry, _):

@@ -47,7 +47,7 @@ from .metrics import (bg_direction, contamination_count, gradient_share, input_m
                       output_metrics, range_mean, response_ratio)
 from .model import activate, loss_values
 from .setup import make_get_batch, prepare, run_key
-from .spec import Static
+from .spec import Static, Traced
 
 CNN_METRICS = ("train_loss", "id_loss", "id_acc", "ood_loss", "ood_acc", "id_margin", "ood_margin",
                "bg_mean_proj", "bg_shift_rms", "contaminated_frac", "contamination_sign", "bg_grad_share",
@@ -166,13 +166,13 @@ def conv_ratio(dk: jax.Array, mean_patches: jax.Array, mask: jax.Array) -> jax.A
     return response_ratio(resp[0].reshape(-1), resp[1:].reshape(resp.shape[0] - 1, -1).T, units)
 
 
-def cnn_training(s: Static, traced: dict) -> Training:
+def cnn_training(s: Static, traced: Traced) -> Training:
     """One CNN classifier run as a `Training` (step, initial carry, measure)."""
     setup = prepare(s, traced)
     data, mask, sizes = setup.data, setup.mask, setup.sizes
-    init_key = run_key(traced, "init_key")
-    params = init_conv(init_key, s, traced["true_width"], traced["init_scale"])
-    slope, bg_train, bg_ood = traced["leaky_slope"], traced["bg_train"], traced["bg_ood"]
+    init_key = run_key(traced.init_key)
+    params = init_conv(init_key, s, traced.true_width, traced.init_scale)
+    slope, bg_train, bg_ood = traced.leaky_slope, traced.bg_train, traced.bg_ood
     act = s.activation
 
     def f(p, x, x_patches=None):
@@ -214,10 +214,10 @@ def cnn_training(s: Static, traced: dict) -> Training:
     def final(p: ConvParams):
         # the critical shift and its curve; the mean-direction ablation is the MLP's only (NaN here)
         return shift_metrics(p, None, lambda q, split, _: split_metrics(q, split)[:2], data, core_dim=s.core_dim,
-                             sizes=sizes, bg_train=bg_train, bg_ood=bg_ood, critical_level=traced["critical_level"],
-                             shift_range=traced["shift_range"], n_classes=s.n_classes)
+                             sizes=sizes, bg_train=bg_train, bg_ood=bg_ood, critical_level=traced.critical_level,
+                             shift_range=traced.shift_range, n_classes=s.n_classes)
 
-    tx = make_optimizer(s.optimizer, traced["lr"], traced["weight_decay"], traced["momentum"],
-                        traced["warmup_steps"])
+    tx = make_optimizer(s.optimizer, traced.lr, traced.weight_decay, traced.momentum,
+                        traced.warmup_steps)
     step = make_step(objective, tx, trainable(s, mask), make_get_batch(s, setup, bg_train))
     return Training(step, init_carry(params, tx), measure, final=final)

@@ -46,16 +46,18 @@ BASE_FIELDS = (
     F("digit_classes", INTS, (), "the digit classes (empty: all ten; two: a binary pair)", hashed="network"),
     F("model", "str", "mlp", "`mlp` (the fully connected network) or `cnn` (image data only: `width` 3x3 filters, "
       "2x2 average pooling, a linear read-out; contamination/cnn.py)", hashed="network", choices=("mlp", "cnn")),
-    F("bg_train", RANGE, (0.0, 1.0), "the training background's range", compiled="traced", hashed="always"),
+    F("bg_train", RANGE, (0.0, 1.0), "the training background's range", compiled="traced", hashed="always",
+      entry="computed"),
     F("bg_ood", RANGE, (-1.0, 0.0), "the OOD background's range", compiled="traced", eval_only=True,
-      hashed="always"),
+      hashed="always", entry="computed"),
     F("n_train", "int", 1000, "training samples", pad="synthetic", hashed="always"),
     F("n_test", "int", 1000, "test samples (ID, and each OOD set)", pad="synthetic", hashed="always"),
     F("batch_size", "int", 0, "0: full batch", hashed="always"),
     F("online", "bool", False, "a fresh batch of `batch_size` every step", hashed="always"),
     F("activation", "str", "relu", "the hidden layers' activation", hashed="always",
       choices=("relu", "gelu", "leaky_relu", "sigmoid", "tanh", "linear")),
-    F("leaky_slope", "float", 0.1, "LeakyReLU's negative-side slope", compiled="traced", hashed="always"),
+    F("leaky_slope", "float", 0.1, "LeakyReLU's negative-side slope", compiled="traced", hashed="always",
+      entry="computed"),
     F("bias", "bool", True, "biases in every layer", hashed="always"),
     F("output", "str", "train", "the output layer: trained, or frozen (half +1 half -1, or random)",
       hashed="always", choices=("train", "frozen_half", "frozen_random")),
@@ -69,13 +71,14 @@ BASE_FIELDS = (
       compiled="traced", hashed="always"),
     F("momentum", "float", 0.9, "SGD's momentum", compiled="traced", hashed="always"),
     F("warmup_steps", "int", 0, "a linear learning-rate warm-up: step t (from 0) trains at lr * min(1, (t + 1) / "
-      "warmup_steps); 0: none. The distillation teacher trains without it", compiled="traced"),
+      "warmup_steps); 0: none. The distillation teacher trains without it", compiled="traced", entry="float"),
     F("steps", "int", 20000, "optimizer steps", hashed="always"),
     F("log_every", "int", 1000, "steps between logged points", hashed="always"),
     F("log_schedule", "str", "linear", "`linear`: log at 0, log_every, 2 log_every, ..., steps. `geometric`: as "
       "many points as `linear` would log, spaced geometrically from step 1 (early dynamics resolved)",
       hashed="network", choices=("linear", "geometric")),
-    F("seed", "int", 0, "the run's seed (its PRNG keys: `ids.key_words`)", compiled="traced", hashed="always"),
+    F("seed", "int", 0, "the run's seed (its PRNG keys: `ids.key_words`)", compiled="traced", hashed="always",
+      entry="computed"),
     F("experiment", "str", experiments.DEFAULT, "which experiment (`experiments/`): `classify` trains the network "
       "on labels; the others' own fields follow this one", hashed="network", choices=experiments.names()),
     F("precision", "str", "highest", "the precision of float32 matrix products (contamination/numerics.py): "
@@ -85,15 +88,18 @@ BASE_FIELDS = (
       "the test set's background, from its training range towards the OOD range, at which test accuracy falls "
       "below id_acc - critical_level * (id_acc - 1/K); searched on a geometric ladder of SHIFT_POINTS shifts from "
       "shift_min to shift_max, then refined by bisection", compiled="traced", eval_only=True),
-    F("shift_min", "float", 0.125, "the critical shift's smallest shift", compiled="traced", eval_only=True),
-    F("shift_max", "float", 64.0, "the critical shift's largest shift", compiled="traced", eval_only=True),
+    F("shift_min", "float", 0.125, "the critical shift's smallest shift", compiled="traced", eval_only=True,
+      entry="computed"),
+    F("shift_max", "float", 64.0, "the critical shift's largest shift", compiled="traced", eval_only=True,
+      entry="computed"),
     # Interventions: docs/interventions.md
     F("center_inputs", "bool", False, "subtract the training background's population mean, mean(bg_train) * "
-      "sum_bg m_j, from every input (training, ID test, OOD and shifted sets alike)", compiled="traced"),
+      "sum_bg m_j, from every input (training, ID test, OOD and shifted sets alike)", compiled="traced",
+      entry="computed"),
     F("bg_ood_direction", "str", "mean", "`mean` (the OOD background range translates every coefficient: the "
       "shift lies along the background mean) or `orthogonal` (the same L2 shift over the coefficients in a "
       "zero-sum pattern, +s on even and -s on odd background features: the background mean is unchanged)",
-      compiled="traced", eval_only=True, choices=("mean", "orthogonal")),
+      compiled="traced", eval_only=True, choices=("mean", "orthogonal"), entry="computed"),
     F("bg_spurious", "float", 0.0, "the first background coefficient's class-conditional mean moves by y * "
       "bg_spurious (two classes, y = +-1), flipped on every OOD set: a spurious correlation", compiled="traced"),
     # Not evaluation-only: a refit is compiled only into programs that ask for it (a static field),

@@ -46,7 +46,7 @@ import jax.numpy as jnp
 
 from .numerics import float_dtype
 
-from .spec import Static
+from .spec import Static, Traced
 from .data import Data, first, minibatch, online_batch, ood_split, per_row
 from .metrics import (activation_asymmetry, masked_mean, mean_direction_metrics, projection_metrics,
                       reference)
@@ -114,7 +114,7 @@ def pre_activation_spread(w: jax.Array, split) -> jax.Array:
     return jnp.sqrt(split.mask @ (pre - mu) ** 2 / n)
 
 
-def trained_teacher(key: jax.Array, s: Static, data: Data, sizes, traced: dict):
+def trained_teacher(key: jax.Array, s: Static, data: Data, sizes, traced: Traced):
     """A ReLU network of width rep_dim trained on the labels; its hidden layer.
 
     `trained`: from the core coordinates only (the background projected out), so it cannot see
@@ -132,7 +132,7 @@ def trained_teacher(key: jax.Array, s: Static, data: Data, sizes, traced: dict):
                          bias=s.bias, init_scale=jnp.asarray(1.0, float_dtype()))
     trainable = Params(w=jnp.ones((rep, 1)), b=jnp.full((rep,), float(s.bias)), a=jnp.ones((rep,)),
                        c=jnp.asarray(float(s.bias)))
-    tx = make_optimizer(s.optimizer, traced["teacher_lr"], traced["weight_decay"], traced["momentum"])
+    tx = make_optimizer(s.optimizer, traced.teacher_lr, traced.weight_decay, traced.momentum)
     ones = jnp.ones((rep,))
 
     def objective(p, batch):
@@ -146,7 +146,7 @@ def trained_teacher(key: jax.Array, s: Static, data: Data, sizes, traced: dict):
 
         def get_batch(t):
             if s.online:
-                b = online_batch(k_batch, t, data.M, s.batch_size, s.core_dim, s.core, sizes, traced["bg_train"])
+                b = online_batch(k_batch, t, data.M, s.batch_size, s.core_dim, s.core, sizes, traced.bg_train)
             else:
                 b = minibatch(k_batch, t, data.train, s.batch_size)
             return b.x @ basis.T, b.y, b.mask
@@ -160,7 +160,7 @@ def trained_teacher(key: jax.Array, s: Static, data: Data, sizes, traced: dict):
         # A program padded to more teacher steps than the run's own: the steps past them leave
         # the carry (parameters, optimizer state, step, divergence flag) exactly as it was.
         new, _ = step(carry, x)
-        live = carry.step < traced["true_teacher_steps"]
+        live = carry.step < traced.true_teacher_steps
         return jax.tree_util.tree_map(lambda old, upd: jnp.where(live, upd, old), carry, new), None
 
     carry = train_for(own_steps_only, init_carry(params, tx), s.teacher_steps)
@@ -258,12 +258,12 @@ class TeacherSide(NamedTuple):
     proj: dict
 
 
-def teacher_side(s: Static, traced: dict, setup) -> TeacherSide:
+def teacher_side(s: Static, traced: Traced, setup) -> TeacherSide:
     """The teacher (constructed or trained) of one run and its side of the measurements."""
     data, sizes = setup.data, setup.sizes
-    k_teacher = jax.random.fold_in(run_key(traced, "data_key"), TEACHER_STREAM)
+    k_teacher = jax.random.fold_in(run_key(traced.data_key), TEACHER_STREAM)
     if s.teacher in ("core", "linear"):
-        teacher = core_teacher(k_teacher, data.M, s.core_dim, sizes.core, s.rep_dim, traced["teacher_bias"],
+        teacher = core_teacher(k_teacher, data.M, s.core_dim, sizes.core, s.rep_dim, traced.teacher_bias,
                                train=data.train if s.teacher_bias_unit == "spread" else None)
         teacher_diverged = jnp.bool_(False)
     else:
@@ -271,7 +271,7 @@ def teacher_side(s: Static, traced: dict, setup) -> TeacherSide:
     linear_teacher = s.teacher == "linear"
     train, test = data.train, data.test
     # One OOD set per evaluation variant; the teacher's representations of every set, once.
-    oods = jax.vmap(lambda rng: ood_split(data, s.core_dim, sizes, rng).x)(traced["bg_ood"])
+    oods = jax.vmap(lambda rng: ood_split(data, s.core_dim, sizes, rng).x)(traced.bg_ood)
     t_train, t_id = teacher_rep(teacher, train.x, linear_teacher), teacher_rep(teacher, test.x, linear_teacher)
     t_oods = jax.vmap(lambda x: teacher_rep(teacher, x, linear_teacher))(oods)
     t_var = masked_mean(jnp.sum((t_id - test.mask @ t_id / jnp.sum(test.mask)) ** 2, axis=1), test.mask)
@@ -280,16 +280,16 @@ def teacher_side(s: Static, traced: dict, setup) -> TeacherSide:
         probe = ridge_probe(t_train, train.y, train.mask, ridge)
         return probe_accuracy(probe, t_id, test.y, test.mask), probe_accuracy(probe, t_ood, test.y, test.mask)
 
-    t_probe_id, t_probe_ood = jax.vmap(teacher_probe)(traced["probe_ridge"], t_oods)
+    t_probe_id, t_probe_ood = jax.vmap(teacher_probe)(traced.probe_ridge, t_oods)
     t_proj = projection_metrics(teacher.w, data.M, s.core_dim, jnp.ones((s.rep_dim,)), sizes.bg)
     return TeacherSide(teacher, teacher_diverged, linear_teacher, oods, t_train, t_id, t_oods, t_var,
                        t_probe_id, t_probe_ood, t_proj)
 
 
-def student_measure(s: Static, traced: dict, setup, ts: TeacherSide, ref):
+def student_measure(s: Static, traced: Traced, setup, ts: TeacherSide, ref):
     """`measure(student) -> {metric: (n_evals,)}`: the student's representation error against its
     teacher (relative to the teacher's ID variance), its probe's accuracies, its projections."""
-    data, mask, sizes, slope = setup.data, setup.mask, setup.sizes, traced["leaky_slope"]
+    data, mask, sizes, slope = setup.data, setup.mask, setup.sizes, traced.leaky_slope
     train, test = data.train, data.test
 
     def rel_err(h, target, rows):
@@ -305,7 +305,7 @@ def student_measure(s: Static, traced: dict, setup, ts: TeacherSide, ref):
             return (rel_err(h_ood, t_ood, test.mask), probe_accuracy(probe, h_id, test.y, test.mask),
                     probe_accuracy(probe, h_ood, test.y, test.mask))
 
-        err_ood, probe_id, probe_ood = jax.vmap(variant)(traced["probe_ridge"], ts.oods, ts.ood)
+        err_ood, probe_id, probe_ood = jax.vmap(variant)(traced.probe_ridge, ts.oods, ts.ood)
         out = {
             "student_rep_err_train": rel_err(h_train, ts.train, train.mask),
             "student_rep_err_id": rel_err(h_id, ts.id, test.mask),
@@ -316,7 +316,7 @@ def student_measure(s: Static, traced: dict, setup, ts: TeacherSide, ref):
             "teacher_probe_ood_acc": ts.probe_ood,
             "act_asym": activation_asymmetry(pre, test.y, mask, s.activation, slope),
             **projection_metrics(p.w, data.M, s.core_dim, mask, sizes.bg, ref),
-            **mean_direction_metrics(p.w, ref, mask, sizes.bg, traced["bg_train"], traced["bg_ood"]),
+            **mean_direction_metrics(p.w, ref, mask, sizes.bg, traced.bg_train, traced.bg_ood),
             "teacher_core_norm": ts.proj["core_norm"],
             "teacher_bg_norm": ts.proj["bg_norm"],
         }
@@ -325,20 +325,20 @@ def student_measure(s: Static, traced: dict, setup, ts: TeacherSide, ref):
     return measure
 
 
-def distill_training(static: Static, traced: dict) -> Training:
+def distill_training(static: Static, traced: Traced) -> Training:
     """One distillation run: the teacher (`teacher_side`), the student's step, carry and measure."""
     s = static
     setup = prepare(s, traced)
     data, mask, sizes = setup.data, setup.mask, setup.sizes
-    slope = traced["leaky_slope"]
+    slope = traced.leaky_slope
     ts = teacher_side(s, traced, setup)
     teacher, linear_teacher, t_train = ts.teacher, ts.linear, ts.train
-    student = init_student(run_key(traced, "init_key"), s, traced["true_width"], sizes.d, mask, traced["init_scale"])
+    student = init_student(run_key(traced.init_key), s, traced.true_width, sizes.d, mask, traced.init_scale)
     # Same masks as the classifier's: padded neurons never train; biases only with `bias`.
     trainable = Student(w=mask[:, None], b=mask * float(s.bias), v=mask[None, :],
                         c=jnp.full((s.rep_dim,), float(s.bias)))
     train = data.train
-    ref = reference(student.w, data.M, s.core_dim, sizes, traced["bg_train"], mask, train, core=s.core,
+    ref = reference(student.w, data.M, s.core_dim, sizes, traced.bg_train, mask, train, core=s.core,
                     dataset=s.dataset)
     u = ref.u
     measure = student_measure(s, traced, setup, ts, ref)
@@ -356,11 +356,11 @@ def distill_training(static: Static, traced: dict) -> Training:
         # component along the background mean removed (folded into its biases, as the classifier's)
         ablated = ablate(p, u, masked_mean(train.x @ u, train.mask), s.bias)
         return shift_metrics(p, ablated, probe_on, data, core_dim=s.core_dim, sizes=sizes,
-                             bg_train=traced["bg_train"], bg_ood=traced["bg_ood"],
-                             critical_level=traced["critical_level"], shift_range=traced["shift_range"],
-                             n_classes=2, per_variant=traced["probe_ridge"])
+                             bg_train=traced.bg_train, bg_ood=traced.bg_ood,
+                             critical_level=traced.critical_level, shift_range=traced.shift_range,
+                             n_classes=2, per_variant=traced.probe_ridge)
 
-    get_batch = make_get_batch(s, setup, traced["bg_train"])
+    get_batch = make_get_batch(s, setup, traced.bg_train)
     full_batch = s.full_batch
 
     def objective(p: Student, batch):
@@ -369,8 +369,8 @@ def distill_training(static: Static, traced: dict) -> Training:
         h, _ = student_rep(p, batch.x, s.activation, slope, mask)
         return masked_mean(jnp.mean((h - target) ** 2, axis=1), batch.mask)
 
-    tx = make_optimizer(s.optimizer, traced["lr"], traced["weight_decay"], traced["momentum"],
-                        traced["warmup_steps"])
+    tx = make_optimizer(s.optimizer, traced.lr, traced.weight_decay, traced.momentum,
+                        traced.warmup_steps)
     step = make_step(objective, tx, trainable, get_batch)
     # A diverged teacher (kept at its last finite parameters) voids the run: flagged at step 0.
     # Stopping reads the student's fit to its teacher: its ID representation error (stop = "id_loss")

@@ -37,9 +37,14 @@ class Field(NamedTuple):
     # compared across versions). The `always` and `network` sets are frozen: never add a name.
     hashed: str = "set"
     choices: tuple[str, ...] = ()  # the allowed values of a `str` field
+    # a traced field's entry in the traced values (`spec.Traced`): its value as `float` (the
+    # default for a float field) or `int32` (for an int field), or `computed`: read only through a
+    # computed entry (`spec.COMPUTED`: the seed's key words, a centred range, ...)
+    entry: str = ""
 
     def check(self) -> "Field":
         assert self.compiled in ("static", "traced", "layers"), self
         assert self.pad in ("", "always", "synthetic") and self.hashed in ("set", "always", "network"), self
         assert (self.type == "str") == bool(self.choices), self
+        assert self.entry in ("", "float", "int32", "computed") and (self.compiled == "traced" or not self.entry), self
         return self

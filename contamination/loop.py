@@ -18,7 +18,7 @@ import numpy as np
 import optax
 
 from .config import log_steps
-from .spec import Static
+from .spec import Static, Traced
 
 
 class Training(NamedTuple):
@@ -139,8 +139,8 @@ class StopRule(NamedTuple):
     window: Any = 5  # logged points back (converged; and `drift_trend`'s window in every mode)
 
 
-def stop_rule(s: Static, traced: dict) -> StopRule:
-    return StopRule(s.stop, traced["stop_kind"], traced["target_id_loss"], traced["stop_tol"], traced["stop_window"])
+def stop_rule(s: Static, traced: Traced) -> StopRule:
+    return StopRule(s.stop, traced.stop_kind, traced.target_id_loss, traced.stop_tol, traced.stop_window)
 
 
 # Final values the loop adds to every run's (one per evaluation variant, like the metrics):

@@ -9,7 +9,7 @@ import jax
 
 from .data import Data, Sizes, Split, first, make_data, minibatch, online_batch
 from .model import Deep, Params, init_params, trainable_mask
-from .spec import Static
+from .spec import Static, Traced
 
 
 class Setup(NamedTuple):
@@ -22,32 +22,32 @@ class Setup(NamedTuple):
     deep: Deep = Deep()  # the true sizes of layers 2..L
 
 
-def sizes_of(traced: dict) -> Sizes:
-    return Sizes(traced["true_core"], traced["true_bg"], traced["true_d"], traced["true_n_train"],
-                 traced["true_n_test"])
+def sizes_of(traced: Traced) -> Sizes:
+    return Sizes(traced.true_core_dim, traced.true_bg_dim, traced.true_input_dim, traced.true_n_train,
+                 traced.true_n_test)
 
 
-def run_key(traced: dict, name: str) -> jax.Array:
-    """A run's PRNG key from its traced key data (`data_key`, `init_key`: threefry2x32)."""
-    return jax.random.wrap_key_data(traced[name], impl="threefry2x32")
+def run_key(words: jax.Array) -> jax.Array:
+    """A run's PRNG key from its traced key words (`Traced.data_key`, `init_key`: threefry2x32)."""
+    return jax.random.wrap_key_data(words, impl="threefry2x32")
 
 
-def prepare(s: Static, traced: dict) -> Setup:
+def prepare(s: Static, traced: Traced) -> Setup:
     """Data, initial parameters and masks of one run, from its traced values."""
-    data_key, init_key = run_key(traced, "data_key"), run_key(traced, "init_key")
+    data_key, init_key = run_key(traced.data_key), run_key(traced.init_key)
     k_data, k_batch = jax.random.split(data_key)
-    true_width, sizes = traced["true_width"], sizes_of(traced)
+    true_width, sizes = traced.true_width, sizes_of(traced)
     if s.dataset == "digits":
         from .digits import make_digits_data  # the digits data's module loads only for digits runs
 
         data = make_digits_data(k_data, s.digit_classes, s.border, s.n_train, s.n_test, s.n_classes, sizes,
-                                traced["bg_train"])
+                                traced.bg_train)
     else:
         data = make_data(k_data, s.core_dim, s.bg_dim, s.input_dim, s.core, s.n_train, s.n_test, sizes,
-                         traced["bg_train"], s.n_classes, spurious=traced.get("bg_spurious"))
-    true_hidden, true_depth = traced.get("true_hidden"), traced.get("true_depth")
+                         traced.bg_train, s.n_classes, spurious=traced.bg_spurious)
+    true_hidden, true_depth = traced.true_hidden, traced.true_depth
     params = init_params(init_key, s.width, s.input_dim, true_width, sizes.d, init=s.init, output=s.output,
-                         bias=s.bias, init_scale=traced["init_scale"], hidden=s.hidden, true_hidden=true_hidden,
+                         bias=s.bias, init_scale=traced.init_scale, hidden=s.hidden, true_hidden=true_hidden,
                          true_depth=true_depth, n_classes=s.n_classes)
     deep = Deep.of(s.hidden, true_width, true_hidden, true_depth)
     trainable = trainable_mask(s.width, true_width, output=s.output, bias=s.bias, deep=deep, n_classes=s.n_classes)

@@ -122,12 +122,49 @@ def padded_spec(specs) -> Static:
     return specs[0]._replace(width=width, hidden=hidden, **{f: max(getattr(s, f) for s in specs) for f in fields})
 
 
+# --- the traced values ---------------------------------------------------------------------------
+# One network's traced inputs, `Traced` (a NamedTuple: a pytree that stacks, vmaps and shards as
+# one): the true size of every padded field (`true_<field>`), the value of every traced field
+# declared with an entry of its own (`fields.Field.entry`; an evaluation-only one per variant),
+# the COMPUTED entries, and a deeper program's layer sizes (None in a program of depth 1).
+
 # retrain_output as the share of OOD rows in the refit set (`retrain.py`); negative: not refitted
 RETRAIN_OOD_SHARE = {"none": -1.0, "ood": 1.0, "mix": 0.5}
 
 
-def traced_values(cfgs: Config | list[Config], n_evals: int | None = None,
-                  depth: int | None = None) -> dict[str, np.ndarray]:
+def centre(cfg: Config) -> float:
+    """center_inputs: the training background mean c = mean(bg_train) lies in the background's
+    span, so x - c sum_bg m_j is the input whose background coefficients are drawn from the ranges
+    moved by -c: every consumer (data, metrics, shifts) sees the centred inputs."""
+    return 0.5 * (cfg.bg_train[0] + cfg.bg_train[1]) if cfg.center_inputs else 0.0
+
+
+# The entries that are not one field's value, declared once: name -> f(cfg, evals, float dtype),
+# `cfg` the network's first run and `evals` its `n_evals` evaluation variants.
+COMPUTED = {
+    "data_key": lambda cfg, evals, f: key_words("data", cfg, DATA_KEY_FIELDS),
+    "init_key": lambda cfg, evals, f: key_words("init", cfg, INIT_KEY_FIELDS),
+    "leaky_slope": lambda cfg, evals, f: f(effective_slope(cfg)),
+    "bg_train": lambda cfg, evals, f: np.array(cfg.bg_train, dtype=f) - f(centre(cfg)),
+    "bg_ood": lambda cfg, evals, f: np.array([e.bg_ood for e in evals], dtype=f) - f(centre(cfg)),
+    "bg_ood_orth": lambda cfg, evals, f: np.array([e.bg_ood_direction == "orthogonal" for e in evals], dtype=f),
+    "retrain_ood_share": lambda cfg, evals, f: np.array([RETRAIN_OOD_SHARE[e.retrain_output] for e in evals], dtype=f),
+    "shift_range": lambda cfg, evals, f: np.array([[e.shift_min, e.shift_max] for e in evals], dtype=f),
+    "stop_kind": lambda cfg, evals, f: np.int32(STOP_KINDS[cfg.stop]),
+}
+TRUE_SIZES = tuple(n for n, f in SCHEMA.items() if f.pad)  # each traced as `true_<field>`
+FIELD_ENTRIES = tuple(n for n, f in SCHEMA.items() if f.compiled == "traced" and f.entry != "computed")
+DEEP = ("true_depth", "true_hidden")  # the run's depth and the true widths of layers 2..depth
+
+
+class Traced(collections.namedtuple("TracedFields", tuple(f"true_{n}" for n in TRUE_SIZES) + FIELD_ENTRIES
+                                    + tuple(COMPUTED) + DEEP, defaults=(None,) * len(DEEP))):
+    """The traced inputs of one network (or, stacked, of many): arrays named as above."""
+
+    __slots__ = ()
+
+
+def traced_values(cfgs: Config | list[Config], n_evals: int | None = None, depth: int | None = None) -> Traced:
     """The traced inputs of one trained network: key words, true sizes, numeric hyperparameters.
 
     `cfgs` are its runs (equal `training_key`); their EVAL_ONLY_FIELDS stack along a leading
@@ -141,43 +178,14 @@ def traced_values(cfgs: Config | list[Config], n_evals: int | None = None,
     if len({training_key(c) for c in cfgs}) != 1 or len(cfgs) > n_evals:
         raise ValueError("traced_values: the runs of one network must differ only in EVAL_ONLY_FIELDS")
     evals = cfgs + [cfgs[-1]] * (n_evals - len(cfgs))
-    f32, i32 = np_float(), np.int32  # float64 under jax_enable_x64 (numerics.py)
-    # center_inputs: the training background mean c = mean(bg_train) lies in the background's
-    # span, so x - c sum_bg m_j is the input whose background coefficients are drawn from the
-    # ranges moved by -c: every consumer (data, metrics, shifts) sees the centred inputs.
-    c = 0.5 * (cfg.bg_train[0] + cfg.bg_train[1]) if cfg.center_inputs else 0.0
-    return {
-        "data_key": key_words("data", cfg, DATA_KEY_FIELDS),
-        "init_key": key_words("init", cfg, INIT_KEY_FIELDS),
-        "true_width": i32(cfg.width),
-        "true_core": i32(cfg.core_dim),
-        "true_bg": i32(cfg.bg_dim),
-        "true_d": i32(cfg.input_dim),
-        "true_n_train": i32(cfg.n_train),
-        "true_n_test": i32(cfg.n_test),
-        "true_teacher_steps": i32(cfg.teacher_steps),
-        "lr": f32(cfg.lr),
-        "weight_decay": f32(cfg.weight_decay),
-        "momentum": f32(cfg.momentum),
-        "warmup_steps": f32(cfg.warmup_steps),
-        "leaky_slope": f32(effective_slope(cfg)),
-        "init_scale": f32(cfg.init_scale),
-        "bg_train": np.array(cfg.bg_train, dtype=f32) - f32(c),
-        "bg_ood": np.array([e.bg_ood for e in evals], dtype=f32) - f32(c),
-        "bg_spurious": f32(cfg.bg_spurious),
-        "bg_ood_orth": np.array([e.bg_ood_direction == "orthogonal" for e in evals], dtype=f32),
-        "retrain_ood_share": np.array([RETRAIN_OOD_SHARE[e.retrain_output] for e in evals], dtype=f32),
-        "teacher_bias": f32(cfg.teacher_bias),
-        "teacher_lr": f32(cfg.teacher_lr),
-        "probe_ridge": np.array([e.probe_ridge for e in evals], dtype=f32),
-        "critical_level": np.array([e.critical_level for e in evals], dtype=f32),
-        "shift_range": np.array([[e.shift_min, e.shift_max] for e in evals], dtype=f32),
-        "stop_kind": i32(STOP_KINDS[cfg.stop]),
-        "target_id_loss": f32(cfg.target_id_loss),
-        "stop_tol": f32(cfg.stop_tol),
-        "stop_window": i32(cfg.stop_window),
-        **deep_sizes(cfg, depth or cfg.depth),
-    }
+    f32 = np_float()  # float64 under jax_enable_x64 (numerics.py)
+    values = {f"true_{n}": np.int32(getattr(cfg, n)) for n in TRUE_SIZES}
+    for n in FIELD_ENTRIES:
+        f = SCHEMA[n]
+        dtype = np.int32 if (f.entry or ("int32" if f.type == "int" else "float")) == "int32" else f32
+        values[n] = np.array([getattr(e, n) for e in evals], dtype=dtype) if f.eval_only else dtype(getattr(cfg, n))
+    values.update({n: fn(cfg, evals, f32) for n, fn in COMPUTED.items()})
+    return Traced(**values, **deep_sizes(cfg, depth or cfg.depth))
 
 
 def deep_sizes(cfg: Config, depth: int) -> dict[str, np.ndarray]:
@@ -190,7 +198,7 @@ def deep_sizes(cfg: Config, depth: int) -> dict[str, np.ndarray]:
     return {"true_depth": np.int32(cfg.depth), "true_hidden": np.array(hidden, dtype=np.int32)}
 
 
-def stack_traced(networks: list, n_evals: int | None = None, depth: int | None = None) -> dict[str, np.ndarray]:
+def stack_traced(networks: list, n_evals: int | None = None, depth: int | None = None) -> Traced:
     """Stack the traced values of several networks (each a Config or a list of its runs) along a
     leading axis; every network gets `n_evals` variants (default: the most any has) and the
     sizes of a program of `depth` layers (default: the deepest)."""
@@ -198,4 +206,4 @@ def stack_traced(networks: list, n_evals: int | None = None, depth: int | None =
     n_evals = n_evals or max(len(n) for n in nets)
     depth = depth or max(n[0].depth for n in nets)
     rows = [traced_values(n, n_evals, depth) for n in nets]
-    return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+    return Traced(*(None if column[0] is None else np.stack(column) for column in zip(*rows)))

@@ -17,13 +17,13 @@ import jax
 from . import experiments
 from .loop import LOOP_METRICS, run_training, stop_rule
 from .numerics import matmul_precision
-from .spec import Static
+from .spec import Static, Traced
 
 
 def make_run(static: Static) -> Callable[[dict], dict]:
     training = experiments.get(static.experiment).fn("training")
 
-    def run(traced: dict) -> dict:
+    def run(traced: Traced) -> dict:
         with matmul_precision(static.precision):
             return run_training(static, training(static, traced), stop_rule(static, traced))
 

@@ -65,7 +65,7 @@ def code_digest() -> str:
     return h.hexdigest()
 
 
-def program_key(static: Any, chunk_size: int, inputs: dict, mesh) -> str:
+def program_key(static: Any, chunk_size: int, inputs, mesh) -> str:
     """The store's key of one bucket program (see the module docstring for what it covers)."""
     devices = list(mesh.devices.flat)
     client = devices[0].client
@@ -79,7 +79,8 @@ def program_key(static: Any, chunk_size: int, inputs: dict, mesh) -> str:
         "devices": [[d.id, d.device_kind, d.process_index] for d in devices],
         "static": repr(static),
         "chunk_size": chunk_size,
-        "inputs": sorted((k, list(v.shape), str(v.dtype)) for k, v in inputs.items()),
+        "inputs": sorted((jax.tree_util.keystr(k), list(v.shape), str(v.dtype))
+                         for k, v in jax.tree_util.tree_leaves_with_path(inputs)),
     }
     return hashlib.sha256(json.dumps(desc, sort_keys=True, default=str).encode()).hexdigest()
 

@@ -30,10 +30,11 @@ class Program(NamedTuple):
     key: str | None  # its key in the store, where the store is used
 
 
-def abstract_inputs(static: Static, chunk_size: int, sharding=None) -> dict:
+def abstract_inputs(static: Static, chunk_size: int, sharding=None):
     """The shapes and dtypes of a chunk's traced inputs (any config's values have them)."""
     one = stack_traced([[Config()]], n_evals=static.n_evals, depth=static.depth)
-    return {k: jax.ShapeDtypeStruct((chunk_size,) + v.shape[1:], v.dtype, sharding=sharding) for k, v in one.items()}
+    return jax.tree_util.tree_map(lambda v: jax.ShapeDtypeStruct((chunk_size,) + v.shape[1:], v.dtype, sharding=sharding),
+                                  one)
 
 
 def family_key(static: Static, mesh) -> str:

@@ -101,8 +101,8 @@ def _teacher(cfg):
 
     s, t = static_spec(cfg), traced_values(cfg)
     setup = prepare(s, t)
-    key = jax.random.fold_in(jax.random.wrap_key_data(t["data_key"], impl="threefry2x32"), TEACHER_STREAM)
-    teacher, diverged = trained_teacher(key, s, setup.data, setup.sizes, {**t, "bg_train": t["bg_train"]})
+    key = jax.random.fold_in(jax.random.wrap_key_data(t.data_key, impl="threefry2x32"), TEACHER_STREAM)
+    teacher, diverged = trained_teacher(key, s, setup.data, setup.sizes, t)
     assert not bool(diverged)
     return np.asarray(teacher.w), np.asarray(teacher.b)
 
@@ -199,11 +199,11 @@ def _teacher_of(core, core_dim, unit, seed, bias=2.0):
                  seed=seed, teacher_bias=bias, teacher_bias_unit=unit)
     s, t = static_spec(cfg), traced_values(cfg)
     setup = prepare(s, t)
-    key = jax.random.fold_in(jax.random.wrap_key_data(t["data_key"], impl="threefry2x32"), TEACHER_STREAM)
+    key = jax.random.fold_in(jax.random.wrap_key_data(t.data_key, impl="threefry2x32"), TEACHER_STREAM)
     train = setup.data.train
-    teacher = core_teacher(key, setup.data.M, s.core_dim, setup.sizes.core, s.rep_dim, t["teacher_bias"],
+    teacher = core_teacher(key, setup.data.M, s.core_dim, setup.sizes.core, s.rep_dim, t.teacher_bias,
                            train=train if unit == "spread" else None)
-    absolute = core_teacher(key, setup.data.M, s.core_dim, setup.sizes.core, s.rep_dim, t["teacher_bias"])
+    absolute = core_teacher(key, setup.data.M, s.core_dim, setup.sizes.core, s.rep_dim, t.teacher_bias)
     pre = np.asarray(train.x @ teacher.w.T + teacher.b)
     return pre, np.asarray(teacher.b), np.asarray(absolute.b), np.asarray(pre_activation_spread(teacher.w, train))
 

@@ -379,7 +379,8 @@ def test_program_key_covers_what_the_program_depends_on(tmp_path):
 
     def key(chunk=4, **kw):
         cfg = preset("toy", **kw)
-        inputs = {k: jax.ShapeDtypeStruct((chunk,) + v.shape[1:], v.dtype) for k, v in stack_traced([cfg]).items()}
+        inputs = jax.tree_util.tree_map(lambda v: jax.ShapeDtypeStruct((chunk,) + v.shape[1:], v.dtype),
+                                        stack_traced([cfg]))
         return executables.program_key(static_spec(cfg), chunk, inputs, mesh)
 
     base = key()

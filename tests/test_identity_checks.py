@@ -38,11 +38,11 @@ def test_padding_broken_on_purpose_misses_the_tolerance():
     alone = simulate(a)["curves"]
     traced = stack_traced([a, b])
     assert differs(padded_run([a, b], spec, traced), alone) == []  # the identity itself holds
-    revived = {**traced, "true_width": traced["true_width"].copy()}
-    revived["true_width"][0] = spec.width  # the 9 padded neurons are no longer masked
+    revived = traced._replace(true_width=traced.true_width.copy())
+    revived.true_width[0] = spec.width  # the 9 padded neurons are no longer masked
     assert {"id_loss", "train_loss", "bg_norm"} <= set(differs(padded_run([a, b], spec, revived), alone))
-    leaked = {**traced, "true_n_test": traced["true_n_test"].copy()}
-    leaked["true_n_test"][0] = spec.n_test  # 34 padded (zero) test rows counted in the test means
+    leaked = traced._replace(true_n_test=traced.true_n_test.copy())
+    leaked.true_n_test[0] = spec.n_test  # 34 padded (zero) test rows counted in the test means
     assert {"id_loss", "id_acc", "ood_loss"} <= set(differs(padded_run([a, b], spec, leaked), alone))
 
 
@@ -53,7 +53,7 @@ def test_train_once_broken_on_purpose_misses_the_tolerance():
     variants = [base, base.replace(bg_ood=[-0.5, 0.5]), base.replace(bg_ood=[-2.0, -1.0])]
     spec = static_spec(base, n_evals=3)
     traced = stack_traced([variants])
-    traced["bg_ood"][0, 2] = traced["bg_ood"][0, 0]  # the third variant measured on the first's range
+    traced.bg_ood[0, 2] = traced.bg_ood[0, 0]  # the third variant measured on the first's range
     out = compiled_batch_run(spec)(traced)
     third = {k: np.asarray(v)[0, :, 2] for k, v in out["curves"].items()}
     assert {"ood_loss", "ood_acc"} <= set(differs(third, simulate(variants[2])["curves"]))

@@ -120,7 +120,7 @@ def test_spurious_coefficient_and_its_flip():
 
     cfg = small("toy", core="linear", bg_spurious=2.0, n_train=400, n_test=400, bg_ood=[0.0, 1.0])
     spec = static_spec(cfg)
-    traced = {k: v[0] for k, v in stack_traced([cfg]).items()}
+    traced = jax.tree_util.tree_map(lambda v: v[0], stack_traced([cfg]))
     setup = jax.jit(lambda t: prepare(spec, t).data)(traced)
     M_bg = np.asarray(setup.M)[cfg.core_dim:]
     for split, sign in ((setup.train, 1), (setup.test, 1),

@@ -6,6 +6,7 @@ per-row draws restricted to the true sizes are the unpadded draws, padding carri
 masks, and every mean and fan-in uses the true sizes.
 """
 
+import jax
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -113,15 +114,13 @@ def test_padding_amount_does_not_change_a_run(name, extra, runs):
 @identity
 def test_padded_entries_are_exact_zeros():
     """Padded inputs, dictionary entries and weights are zero, before and after training."""
-    import jax
-
     from contamination.classify import make_training
     from contamination.setup import prepare
 
     cfg = small("toy", width=5, core_dim=2, bg_dim=3, input_dim=9, n_train=10, n_test=12)
     s = static_spec(cfg)._replace(width=8, core_dim=4, bg_dim=4, input_dim=16, n_train=16, n_test=16)
     traced = stack_traced([cfg])
-    one = {k: v[0] for k, v in traced.items()}
+    one = jax.tree_util.tree_map(lambda v: v[0], traced)
     setup = prepare(s, one)
     M, train = np.asarray(setup.data.M), setup.data.train
     assert not M[2:4].any() and not M[7:].any() and not M[:, 9:].any()
