@@ -13,7 +13,7 @@ still computes their gradient, so a run costs what the classifier's costs.
 from __future__ import annotations
 
 from ..fields import ConfigError, Field
-from . import Experiment
+from .classify import EXPERIMENT as CLASSIFY
 
 FIELDS = (
     Field("rf_train_bias", "bool", False, "random_features: train the first layer's biases with the read-out "
@@ -47,14 +47,11 @@ def training(static, traced):
     return run._replace(step=step)
 
 
-EXPERIMENT = Experiment(
-    "random_features", "contamination.metrics:METRICS",
+# The classifier's declaration (its metrics, cost, fit and compared columns) with the frozen layer.
+EXPERIMENT = CLASSIFY._replace(
+    name="random_features",
     fields=FIELDS,
     validate=validate,
     training="contamination.experiments.random_features:training",
-    flops="contamination.cost:classifier_flops",
-    memory_bytes="contamination.cost:classifier_memory_bytes",
     describe=describe,
-    spec_metrics="contamination.classify:spec_metrics",
-    compared=("id_loss", "ood_loss", "id_acc", "ood_acc", "bg_mean_proj", "bg_shift_rms", "contaminated_frac"),
 )
