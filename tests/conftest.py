@@ -13,6 +13,11 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 _SESSION = tempfile.mkdtemp(prefix="contamination-tests-")
 os.environ.setdefault("CONTAMINATION_JAX_CACHE", os.path.join(_SESSION, "jax"))
 os.environ.setdefault("CONTAMINATION_DEVICE_MODELS", os.path.join(_SESSION, "device-models"))
+# One CPU device for the test processes and the sweeps they start: a sweep's programs are keyed by
+# its devices, so a subprocess that split the CPU into one device per core (the CLI's default)
+# compiled again every program the test had compiled in-process (one device). The tests of that
+# default, and of several devices, ask for their device counts explicitly.
+os.environ.setdefault("JAX_NUM_CPU_DEVICES", "1")
 
 from contamination.cache import setup_jax  # noqa: E402
 

@@ -184,6 +184,7 @@ def test_four_devices_equal_one_device(reference64, tmp_path):
     ref_out, _ = reference64
     flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4".strip()
     env = {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu", **X64}
+    env.pop("JAX_NUM_CPU_DEVICES", None)  # (conftest's one device would override the forced four)
     grid = write_grid(tmp_path)
     res = subprocess.run([sys.executable, "-c", FOUR_DEVICES, str(grid), str(tmp_path / "out4")],
                          capture_output=True, text=True, env=env, cwd=ROOT)
