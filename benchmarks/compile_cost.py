@@ -1,7 +1,9 @@
 """Trace, lower and compile time of a grid's padded program, with and without each experiment's
-final measurements (the critical shift, its curve, the ablation and any refit: `Training.final`).
+final measurements (the critical shift, its curve, the ablation and any refit: `Training.final`),
+and of its set-up alone (`setup`: the data, the dictionary and the init that the program computes
+before its first step, `contamination.setup.prepare`).
 
-    .venv/bin/python benchmarks/compile_cost.py GRID [with|without] [--networks N]
+    .venv/bin/python benchmarks/compile_cost.py GRID [with|without|setup] [--networks N]
 
 Compiles `jit(batched(spec))` for the grid's networks padded into one program (as the engine's
 one-bucket plan would), with JAX's persistent cache off, and prints lower and compile seconds.
@@ -24,7 +26,7 @@ from sweeps.plan import networks_of
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("grid")
-    ap.add_argument("arm", nargs="?", default="with", choices=("with", "without"))
+    ap.add_argument("arm", nargs="?", default="with", choices=("with", "without", "setup"))
     ap.add_argument("--networks", type=int, default=None)
     args = ap.parse_args()
     jax.config.update("jax_enable_compilation_cache", False)
@@ -35,7 +37,12 @@ def main() -> None:
         train.run_training = lambda s, training, *rule: run_training(s, training._replace(final=None), *rule)
     traced = stack_traced([[r.config for r in n.runs] for n in nets], n_evals=spec.n_evals, depth=spec.depth)
     abstract = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), traced)
-    fn = jax.jit(train.batched(spec))
+    if args.arm == "setup":
+        from contamination.setup import prepare
+
+        fn = jax.jit(jax.vmap(lambda t: prepare(spec, t)))
+    else:
+        fn = jax.jit(train.batched(spec))
     t0 = time.perf_counter()
     lowered = fn.lower(abstract)
     t1 = time.perf_counter()
