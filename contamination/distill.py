@@ -373,10 +373,10 @@ def distill_training(static: Static, traced: Traced) -> Training:
                         traced.warmup_steps)
     step = make_step(objective, tx, trainable, get_batch)
     # A diverged teacher (kept at its last finite parameters) voids the run: flagged at step 0.
-    # Stopping reads the student's fit to its teacher: its ID representation error (stop = "id_loss")
-    # and, with bg_mean_proj, its training error (stop = "converged").
+    # `stop = "converged"` tracks the student's training error with bg_mean_proj (`stop = "id_loss"`
+    # reads the declared fit metric, its ID representation error: experiments/distill.py).
     return Training(step, init_carry(student, tx), measure, void=ts.diverged, final=final,
-                    fit="student_rep_err_id", tracked=("student_rep_err_train", "bg_mean_proj"))
+                    tracked=("student_rep_err_train", "bg_mean_proj"))
 
 
 def spec_metrics(s: Static) -> tuple[str, ...]:

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from . import experiments
 from .config import log_steps
 from .spec import Static, Traced
 
@@ -26,17 +27,16 @@ class Training(NamedTuple):
     (`init_carry`), `measure(params) -> {metric: (n_evals,)}`, `void`: a flag that voids the
     run (marked diverged at step 0; e.g. a distillation teacher that diverged), and `final`:
     measurements of the trained network only, `final(params) -> ({metric: (n_evals,)},
-    {curve: (n_evals, points)})` (the critical shift and its curve, `shift.py`), or None; `fit`
-    and `tracked`: the metrics the stopping rules read (`StopRule`)."""
+    {curve: (n_evals, points)})` (the critical shift and its curve, `shift.py`), or None; `tracked`:
+    the metrics `stop = "converged"` reads (`StopRule`; the fit metric of `stop = "id_loss"` is the
+    experiment's declared `fit_metric`)."""
 
     step: Callable
     carry: Any
     measure: Callable
     void: Any = False
     final: Callable | None = None
-    # what the stopping rules read (`StopRule`): the fit metric of `stop = "id_loss"` and the
-    # metrics whose relative change `stop = "converged"` tracks (those `measure` returns)
-    fit: str = "id_loss"
+    # the metrics whose relative change `stop = "converged"` tracks (those `measure` returns)
     tracked: tuple[str, ...] = ("train_loss", "bg_mean_proj")
 
 
@@ -278,7 +278,7 @@ def run_training(s: Static, training: Training, rule: StopRule = StopRule()) -> 
     """Train and log one run at `s`'s steps and schedule, stopping by `rule` (`stop_rule`); a
     voided run is flagged at step 0."""
     out = train_and_log(training.step, training.carry, training.measure, s.steps, s.log_every, s.log_schedule,
-                        rule, training.fit, training.tracked)
+                        rule, experiments.get(s.experiment).fit_metric, training.tracked)
     params = out.pop("params")
     if training.final is not None:
         once, out["shifts"] = training.final(params)

@@ -60,7 +60,8 @@ def _compiled_trainer(s):
             params, diverged = carry.params, carry.diverged
         else:  # the run stopped where the sweep's stopped it
             out = train_and_log(training.step, training.carry, training.measure, s.steps, s.log_every,
-                                s.log_schedule, stop_rule(s, traced), training.fit, training.tracked)
+                                s.log_schedule, stop_rule(s, traced), experiments.get(s.experiment).fit_metric,
+                                training.tracked)
             params, diverged = out["params"], out["final"]["diverged"]
         final = {k: v[0] for k, v in training.measure(params).items()}
         return params, {**final, "diverged": diverged}
