@@ -39,7 +39,7 @@ from test_engine import TINY, assert_same_metrics, write_grid as _write_grid
 ROOT = Path(__file__).resolve().parent.parent
 BUCKET = "contamination-test"
 # test_engine's tiny grid with one seed (12 runs, each its own chunk): the storage guarantees need
-# several chunks, not several seeds; its programs are test_engine's (the same shapes and plan).
+# several chunks, not several seeds; one seed or three, the programs are the same (chunks of one run).
 GRID = TINY.replace("seeds = 3", "seeds = 1")
 assert GRID != TINY
 N_RUNS = 12
