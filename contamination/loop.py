@@ -175,7 +175,7 @@ def train_and_log(step: Callable, carry, measure: Callable, steps: int, log_ever
         carry, curves = fixed_steps(step, carry, measure, steps, log_every, schedule)
         stop_index, stopped_step = len(points) - 1, jnp.int32(steps)
     else:
-        carry, curves, stop_index, stopped = until_stopped(step, carry, measure, points, log_every, schedule,
+        carry, curves, stop_index, stopped = until_stopped(step, carry, measure, points,
                                                            lambda c, i: met(rule, c, i, fit, tracked))
         stopped_step = jnp.where(stopped, jnp.asarray(points, jnp.int32)[stop_index], steps)
     final = {k: v[-1] for k, v in curves.items()}
@@ -188,73 +188,55 @@ def train_and_log(step: Callable, carry, measure: Callable, steps: int, log_ever
     return {"curves": curves, "final": final, "params": carry.params}
 
 
+def block_lengths(points: list[int]) -> jax.Array:
+    """The steps trained before each logged point: 0 before step 0, then the gaps between points."""
+    return jnp.asarray(np.diff(points, prepend=0), dtype=jnp.int32)
+
+
+def train_steps(step: Callable, carry, n):
+    """`n` steps of `step`, `n` traced (a loop of its length)."""
+    return jax.lax.fori_loop(0, n, lambda _, c: step(c, None)[0], carry)
+
+
 def fixed_steps(step: Callable, carry, measure: Callable, steps: int, log_every: int, schedule: str):
-    """All `steps` steps, measured at the logged steps: (final carry, curves {metric: (n_logs, ...)})."""
-    first = measure(carry.params)
-    if schedule == "geometric":
-        # Blocks of unequal (static) lengths: one scan over them, each a loop of its length.
-        lengths = jnp.asarray(np.diff(log_steps(steps, log_every, schedule)), dtype=jnp.int32)
+    """All `steps` steps, measured at the logged steps: (final carry, curves {metric: (n_logs, ...)}).
 
-        def uneven_block(carry, n):
-            carry = jax.lax.fori_loop(0, n, lambda _, c: step(c, None)[0], carry)
-            return carry, measure(carry.params)
-
-        carry, logged = jax.lax.scan(uneven_block, carry, lengths)
-        return carry, {k: jnp.concatenate([first[k][None], logged[k]]) for k in first}
-
-    def block(carry, _):
-        carry = train_for(step, carry, log_every)
+    One scan over the logged points, each a loop of the steps since the point before (none before
+    step 0), so the program holds one copy of `measure` and of `step`: every copy is compiled
+    again (a measurement of step 0 before the loop and a short last block after it added 10-20% to
+    the compile; BENCHMARKS.md).
+    """
+    def block(carry, n):
+        carry = train_steps(step, carry, n)
         return carry, measure(carry.params)
 
-    n_blocks, rest = divmod(steps, log_every)
-    carry, logged = jax.lax.scan(block, carry, None, length=n_blocks)
-    curves = {k: jnp.concatenate([first[k][None], logged[k]]) for k in first}
-    if rest:
-        carry = train_for(step, carry, rest)
-        last = measure(carry.params)
-        curves = {k: jnp.concatenate([curves[k], last[k][None]]) for k in curves}
-    return carry, curves
+    return jax.lax.scan(block, carry, block_lengths(log_steps(steps, log_every, schedule)))
 
 
-def until_stopped(step: Callable, carry, measure: Callable, points: list[int], log_every: int, schedule: str,
-                  meets: Callable):
+def until_stopped(step: Callable, carry, measure: Callable, points: list[int], meets: Callable):
     """Train block by block between the logged `points` until the run `meets(curves, i)` at its
     logged point i, or diverges, or reaches the last step: (carry, curves, i, met).
 
-    A `lax.while_loop` over the blocks, its curves preallocated and written at each logged point.
-    Under `vmap` its predicate is per run: a run that has stopped keeps its carry while the others
-    train, and the loop ends when every run has stopped. The curves past a run's stop repeat its
-    values at the stop. A linear schedule's blocks are static scans of `log_every` steps (a
-    shorter last block runs after the loop, kept only by runs still training).
+    A `lax.while_loop` over the logged points (the first trains no step), its curves preallocated
+    and written at each point: one copy of `measure` and of `step`, as `fixed_steps`. Under `vmap`
+    its predicate is per run: a run that has stopped keeps its carry while the others train, and
+    the loop ends when every run has stopped. The curves past a run's stop repeat its values at
+    the stop.
     """
-    n_logs = len(points)
-    first = measure(carry.params)
-    curves = {k: jnp.zeros((n_logs, *jnp.shape(v)), jnp.result_type(v)).at[0].set(v) for k, v in first.items()}
-    linear = schedule != "geometric"
-    short_last = linear and (points[-1] - points[-2]) != log_every
-    n_loop = n_logs - 1 - short_last  # blocks inside the loop
-    lengths = jnp.asarray(np.diff(points), dtype=jnp.int32)
-
-    def advance(carry, i):
-        if linear:
-            return train_for(step, carry, log_every)
-        return jax.lax.fori_loop(0, lengths[i], lambda _, c: step(c, None)[0], carry)
+    n_logs, lengths = len(points), block_lengths(points)
+    shapes = jax.eval_shape(measure, carry.params)
+    curves = {k: jnp.zeros((n_logs, *v.shape), v.dtype) for k, v in shapes.items()}
 
     def body(state):
         carry, curves, i, _ = state
-        carry = advance(carry, i)
+        carry = train_steps(step, carry, lengths[i])
         logged = measure(carry.params)
-        curves = {k: curves[k].at[i + 1].set(logged[k]) for k in curves}
-        return carry, curves, i + 1, meets(curves, i + 1) | carry.diverged
+        curves = {k: curves[k].at[i].set(logged[k]) for k in curves}
+        return carry, curves, i + 1, meets(curves, i) | carry.diverged
 
-    state = (carry, curves, jnp.int32(0), meets(curves, 0) | carry.diverged)
-    carry, curves, i, done = jax.lax.while_loop(lambda st: (st[2] < n_loop) & ~st[3], body, state)
-    if short_last:
-        new = train_for(step, carry, points[-1] - points[-2])
-        logged = measure(new.params)
-        curves = {k: curves[k].at[n_logs - 1].set(logged[k]) for k in curves}
-        carry = jax.tree_util.tree_map(lambda old, upd: jnp.where(done, old, upd), carry, new)
-        i = jnp.where(done, i, n_logs - 1)
+    state = (carry, curves, jnp.int32(0), jnp.bool_(False))
+    carry, curves, n, _ = jax.lax.while_loop(lambda st: (st[2] < n_logs) & ~st[3], body, state)
+    i = n - 1  # the last logged point
     index = jnp.arange(n_logs)
     curves = {k: jnp.where((index <= i).reshape(-1, *(1,) * (v.ndim - 1)), v, v[i]) for k, v in curves.items()}
     return carry, curves, i, meets(curves, i)

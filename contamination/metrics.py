@@ -286,7 +286,7 @@ def mean_direction_metrics(w: jax.Array, ref: Reference, mask: jax.Array, true_b
     background mean, and what the learned weights do to each neuron's pre-activation when the
     background moves from the training to the OOD mean."""
     p = mean_direction_projections(w, ref.u)
-    dp = p - mean_direction_projections(ref.w0, ref.u)
+    dp = mean_direction_projections(w - ref.w0, ref.u)  # exactly 0 at the initial weights
     # The mean moves by (ood mean - train mean) on each of d_bg coefficients: sqrt(d_bg) times
     # that along the unit direction (whose sign follows the training mean).
     delta = (range_mean(bg_ood) - range_mean(bg_train)) * jnp.sqrt(true_bg.astype(float_dtype())) * mean_sign(bg_train)

@@ -218,3 +218,47 @@ def test_digits_cnn_stops_at_its_target_fit():
     out = simulate_batch([c.replace(stop="id_loss", target_id_loss=t) for c, t in zip(cfgs, targets)])
     for i in range(2):
         assert assert_stopped_run(out, fixed, i, log_steps(40, 10)) == first_below(loss[i], targets[i]) < 4
+
+
+def primitives(jaxpr) -> list[str]:
+    """The primitives of a jaxpr, those of its loops' and calls' bodies included."""
+    out = []
+    for eqn in jaxpr.eqns:
+        out.append(eqn.primitive.name)
+        for p in eqn.params.values():
+            for sub in p if isinstance(p, (list, tuple)) else [p]:
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    out += primitives(inner)
+    return out
+
+
+@pytest.mark.parametrize("mode", ["steps", "rule"])
+@pytest.mark.parametrize("schedule", ["linear", "geometric"])
+def test_the_loop_holds_one_copy_of_measure_and_step(mode, schedule):
+    """A program compiles each copy of the metrics and of the step in it: the loop holds one of each
+    (step 0's measurement and a short last block inside the one loop: STEPS leaves one), and still
+    measures at every logged step, after the steps before it. `measure` is marked by a `sin`,
+    `step` by a `cos`."""
+    import jax
+    import jax.numpy as jnp
+
+    from contamination.loop import Carry, StopRule, train_and_log
+
+    def measure(params):
+        return {"train_loss": params, "seen": params + 0.0 * jnp.sin(params)}
+
+    def step(carry, _):
+        return carry._replace(params=carry.params + 1.0 + 0.0 * jnp.cos(carry.params)), None
+
+    carry = Carry(jnp.float32(0.0), (), jnp.int32(0), jnp.bool_(False), jnp.int32(-1))
+    rule = StopRule("rule", 0, -1.0, 0.0, 2) if mode == "rule" else StopRule()  # a target never met
+
+    def run(c):
+        return train_and_log(step, c, measure, STEPS, EVERY, schedule, rule, "train_loss", ("train_loss",))
+
+    names = primitives(jax.make_jaxpr(run)(carry).jaxpr)
+    assert (names.count("sin"), names.count("cos")) == (1, 1)
+    out = jax.jit(run)(carry)
+    np.testing.assert_array_equal(out["curves"]["seen"], log_steps(STEPS, EVERY, schedule))
+    assert float(out["params"]) == STEPS and int(out["final"]["stopped_step"]) == STEPS
