@@ -39,7 +39,7 @@ from test_engine import TINY, assert_same_metrics, write_grid as _write_grid
 ROOT = Path(__file__).resolve().parent.parent
 BUCKET = "contamination-test"
 # test_engine's tiny grid with one seed (12 runs, each its own chunk): the storage guarantees need
-# several chunks, not several seeds; one seed or three, the programs are the same (chunks of one run).
+# several chunks, not several seeds.
 GRID = TINY.replace("seeds = 3", "seeds = 1")
 assert GRID != TINY
 N_RUNS = 12
@@ -159,10 +159,11 @@ def assert_complete(uri: str, reference: pd.DataFrame) -> None:
     assert not [n for n in names if ".tmp-" in n]
 
 
-# Every run here plans the tiny grid the same way (one program per shape, chunks of one network
-# per device), as test_engine's SIGKILL test does: its programs compile once per session.
-PLAN = {"min_efficiency": 1.0, "chunk_size": 1}
-PLAN_FLAGS = ("--chunk-size", "1", "--min-efficiency", "1")
+# Every run here plans the tiny grid the same way: its widths padded into one program per
+# activation (two programs, compiled once per session; one per width would be six) and chunks of
+# one network per device, so that a sweep commits twelve chunks.
+PLAN = {"min_efficiency": 0.0, "chunk_size": 1}
+PLAN_FLAGS = ("--chunk-size", "1", "--min-efficiency", "0")
 
 
 def sweep_cmd(grid: Path, out: str, *extra: str) -> list[str]:
