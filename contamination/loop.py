@@ -122,9 +122,12 @@ def init_carry(params, tx: optax.GradientTransformation) -> Carry:
     return Carry(params, tx.init(params), jnp.int32(0), jnp.bool_(False), jnp.int32(-1))
 
 
-def train_for(step: Callable, carry, n: int):
-    """`n` steps of `step` (static `n`; zero steps leave the carry as it is)."""
-    return carry if n == 0 else jax.lax.scan(step, carry, None, length=n)[0]
+def train_for(step: Callable, carry, n):
+    """`n` steps of `step`: a scan of static length (zero steps leave the carry as it is) or, for a
+    traced `n`, a loop of its length."""
+    if isinstance(n, (int, np.integer)):
+        return carry if n == 0 else jax.lax.scan(step, carry, None, length=n)[0]
+    return jax.lax.fori_loop(0, n, lambda _, c: step(c, None)[0], carry)
 
 
 class StopRule(NamedTuple):
@@ -193,11 +196,6 @@ def block_lengths(points: list[int]) -> jax.Array:
     return jnp.asarray(np.diff(points, prepend=0), dtype=jnp.int32)
 
 
-def train_steps(step: Callable, carry, n):
-    """`n` steps of `step`, `n` traced (a loop of its length)."""
-    return jax.lax.fori_loop(0, n, lambda _, c: step(c, None)[0], carry)
-
-
 def fixed_steps(step: Callable, carry, measure: Callable, steps: int, log_every: int, schedule: str):
     """All `steps` steps, measured at the logged steps: (final carry, curves {metric: (n_logs, ...)}).
 
@@ -207,7 +205,7 @@ def fixed_steps(step: Callable, carry, measure: Callable, steps: int, log_every:
     the compile; BENCHMARKS.md).
     """
     def block(carry, n):
-        carry = train_steps(step, carry, n)
+        carry = train_for(step, carry, n)
         return carry, measure(carry.params)
 
     return jax.lax.scan(block, carry, block_lengths(log_steps(steps, log_every, schedule)))
@@ -229,7 +227,7 @@ def until_stopped(step: Callable, carry, measure: Callable, points: list[int], m
 
     def body(state):
         carry, curves, i, _ = state
-        carry = train_steps(step, carry, lengths[i])
+        carry = train_for(step, carry, lengths[i])
         logged = measure(carry.params)
         curves = {k: curves[k].at[i].set(logged[k]) for k in curves}
         return carry, curves, i + 1, meets(curves, i) | carry.diverged
