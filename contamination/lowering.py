@@ -1,4 +1,5 @@
-"""Faster compiles on the CPU: threefry's random bits lowered without rolled loops.
+"""Faster compiles on the CPU: threefry's random bits lowered without rolled loops, and small
+programs compiled with XLA's older fusion emitters (`compiler_options`, at the end).
 
 On the CPU backend JAX lowers every threefry hash as a small `while` loop (compact code, but
 each one becomes its own loop and fusions in XLA's CPU code generation). A program of this
@@ -10,6 +11,8 @@ elsewhere nothing changes but the compile time.
 """
 
 from __future__ import annotations
+
+import functools
 
 
 # Measured where it helps: jaxlib 0.10. On jaxlib 0.12 the same lowering makes XLA's CPU
@@ -35,3 +38,39 @@ def unroll_threefry_on_cpu() -> bool:
 
 
 UNROLLED_THREEFRY = unroll_threefry_on_cpu()
+
+
+# XLA's CPU backend emits its fused kernels with its MLIR fusion emitters (the default) or with its
+# older elemental emitters (`xla_cpu_use_fusion_emitters = false`). Measured on jaxlib 0.10, 2-core
+# AMD EPYC (BENCHMARKS.md): the older emitters compile this project's programs 31-42% faster (toy
+# 3.9 -> 2.7 s, distill 6.3 -> 4.0 s) and run the elementwise work of a long one about 18% slower
+# (the first-minute small grid, 577 GFLOP: 8.5 -> 10.1 s). A program whose call does fewer FLOPs than
+# LEGACY_EMITTERS_MAX_FLOPS (at most about 0.15 s slower here, for a second or more of compile saved)
+# is compiled with them: tests, quick looks, short sweeps. Its float32 results differ from the
+# default emitters' in the last bits of a few metrics (a different exp/log), as another CPU's do.
+LEGACY_EMITTERS = (("xla_cpu_use_fusion_emitters", False),)
+LEGACY_EMITTERS_MAX_FLOPS = 5e10
+
+
+@functools.lru_cache(maxsize=None)
+def _legacy_emitters_known() -> bool:
+    """Whether this jaxlib is in the measured range (the option may leave later XLAs)."""
+    import jaxlib
+
+    try:
+        return tuple(int(p) for p in jaxlib.__version__.split(".")[:2]) < UNROLLED_BELOW
+    except ValueError:
+        return False
+
+
+def emitters(flops: float, platform: str) -> str:
+    """"legacy" or "default": the fusion emitters a program of `flops` (its whole call) is compiled
+    with on `platform` ("cpu", "gpu", "tpu")."""
+    small = platform == "cpu" and flops < LEGACY_EMITTERS_MAX_FLOPS and _legacy_emitters_known()
+    return "legacy" if small else "default"
+
+
+def compiler_options(flops: float, platform: str) -> tuple:
+    """The XLA compile options of a program of `flops` on `platform`, as a hashable tuple of pairs
+    (`dict(...)` for `jax.jit(compiler_options=...)` and `Lowered.compile`); () for none."""
+    return LEGACY_EMITTERS if emitters(flops, platform) == "legacy" else ()

@@ -13,7 +13,7 @@ from .loop import stop_rule, train_and_log, train_for
 from .model import Params
 from .numerics import matmul_precision
 from .spec import padded_spec, stack_traced, static_spec, traced_values
-from .train import compiled_batch_run, compiled_single_run
+from .train import compiled_batch_run, compiled_single_run, program_options
 
 
 def _to_numpy(tree):
@@ -51,7 +51,7 @@ def simulate_batch(cfgs: list[Config], **pad) -> dict:
 def _compiled_trainer(s):
     """`jit` of one run's training to its last step: (final params, final metrics, diverged)."""
 
-    @jax.jit
+    @functools.partial(jax.jit, compiler_options=dict(program_options(s, 1)) or None)
     @matmul_precision(s.precision)
     def train(traced):
         training = experiments.get(s.experiment).fn("training")(s, traced)

@@ -14,7 +14,8 @@ from typing import Callable
 
 import jax
 
-from . import experiments
+from . import cost, experiments
+from .lowering import compiler_options
 from .loop import LOOP_METRICS, run_training, stop_rule
 from .numerics import matmul_precision
 from .spec import Static, Traced
@@ -50,12 +51,27 @@ def metric_names(static: Static) -> tuple[str, ...]:
     return experiments.get(static.experiment).metric_names(static) + LOOP_METRICS
 
 
-@functools.lru_cache(maxsize=None)
-def compiled_batch_run(static: Static):
-    """`jit(batched(static))` for one static spec, cached so each spec compiles once per process."""
-    return jax.jit(batched(static))
+def program_options(static: Static, n_networks: int, platform: str | None = None) -> tuple:
+    """The compile options of a program of `n_networks` runs of `static` (`lowering.compiler_options`:
+    XLA's older emitters for a small program on the CPU), on `platform` (default: JAX's backend)."""
+    return compiler_options(cost.flops(static) * n_networks, platform or jax.default_backend())
 
 
 @functools.lru_cache(maxsize=None)
+def _jit(static: Static, options: tuple, batch: bool):
+    return jax.jit(batched(static) if batch else make_run(static), compiler_options=dict(options) or None)
+
+
+def compiled_batch_run(static: Static) -> Callable:
+    """`jit(batched(static))` for one static spec and batch size, cached so each compiles once per
+    process, with its compile options (`program_options`)."""
+
+    def call(traced: Traced):
+        n = jax.tree_util.tree_leaves(traced)[0].shape[0]
+        return _jit(static, program_options(static, n), True)(traced)
+
+    return call
+
+
 def compiled_single_run(static: Static):
-    return jax.jit(make_run(static))
+    return _jit(static, program_options(static, 1), False)

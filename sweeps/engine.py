@@ -28,6 +28,7 @@ from jax.sharding import Mesh
 from contamination.cache import setup_jax
 from contamination.ids import id_keys, stable_hash
 from contamination.numerics import float_name
+from contamination.train import program_options
 
 from . import calibrate, executables, plan_text, results, scope as scopes, shards, storage
 from .environment import default_memory_budget, device_info, process_age_s
@@ -378,6 +379,7 @@ def bucket_record(b: Bucket, compile_s: float, source: str, compile_wait_s: floa
         "bucket": b.id, "static": b.static._asdict(), "shapes": len(b.shapes), "widths": b.widths,
         "networks": len(b.networks), "runs": b.n_runs, "chunk_size": b.chunk_size, "chunks": b.n_chunks,
         "padding_efficiency": b.efficiency, "program": source, "program_key": program_key,
+        "xla_compile_options": dict(program_options(b.static, b.chunk_size)),
         "predicted_compile_s": b.predicted_compile_s, "compile_s": compile_s, "compile_wait_s": compile_wait_s,
         "predicted_run_s": b.predicted_run_s, "run_s": run_s,
         "runs_per_s": b.n_runs / run_s if run_s > 0 else None,

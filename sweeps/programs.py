@@ -17,7 +17,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from contamination.config import Config
 from contamination.spec import Static, stack_traced
-from contamination.train import batched, sequential
+from contamination.train import batched, program_options, sequential
 
 from . import executables
 
@@ -96,8 +96,9 @@ def compile_bucket(static: Static, chunk_size: int, mesh, store: Path | None = N
         else:
             fn = jax.jit(batched(static), in_shardings=(sharding,), out_shardings=sharding)
         abstract = abstract_inputs(static, chunk_size, sharding)
+        options = program_options(static, chunk_size, mesh.devices.flat[0].platform)
         with _compile_lock, (executables.fresh_compile() if key else contextlib.nullcontext()):
-            compiled = fn.lower(abstract).compile()
+            compiled = fn.lower(abstract).compile(dict(options) or None)
         seconds = time.perf_counter() - t0
         if key:
             executables.save(store, key, compiled, seconds)

@@ -17,6 +17,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from contamination import lowering
 from sweeps.__main__ import main as sweeps_main
 from sweeps.engine import run_grid
 from sweeps.grid import load
@@ -340,6 +341,10 @@ def test_store_filled_after_a_jax_cache_hit_runs_in_a_new_process(tmp_path):
         return [b["program"] for b in json.loads((tmp_path / out / "manifest.json").read_text())["invocations"][-1]["buckets"]]
 
     assert set(sweep("a")) == {"compiled"}
+    # a tiny program on the CPU is compiled with XLA's older emitters (contamination/lowering.py),
+    # recorded; the store keeps and loads it like any other
+    buckets = json.loads((tmp_path / "a" / "manifest.json").read_text())["invocations"][-1]["buckets"]
+    assert [b["xla_compile_options"] for b in buckets] == [dict(lowering.compiler_options(0, "cpu"))] * len(buckets)
     for f in (tmp_path / "cache" / "executables").glob("*.jaxexe"):
         f.unlink()  # JAX's cache holds the programs, the store does not
     assert set(sweep("b")) == {"compiled"}
