@@ -255,12 +255,13 @@ def measure(mesh) -> DeviceModel:
 
     chunk = 4 * n_dev
     # A small classifier program (the smallest sizes a CPU grid sweeps): its compile time, and
-    # its seconds per step, where fixed costs (loop, dispatch, small memory-bound ops) dominate.
+    # its seconds per step, where fixed costs (loop, dispatch, small memory-bound ops) dominate;
+    # compiled with XLA's default emitters, as every program that runs long enough to plan for is.
     small = preset("toy", width=16, core_dim=4, bg_dim=4, input_dim=32, n_train=256, n_test=64,
                    steps=CALIBRATION_STEPS, log_every=CALIBRATION_STEPS)
     nets = networks_of([Run.of(small.replace(seed=i), {}) for i in range(chunk)])
     with executables.fresh_compile():
-        prog = compile_bucket(static_spec(small), chunk, mesh, store=None)
+        prog = compile_bucket(static_spec(small), chunk, mesh, store=None, options=())
     compile_s = prog.seconds
     small_inputs = chunk_inputs(static_spec(small), chunk, nets, prog.sharding)
 

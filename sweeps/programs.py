@@ -72,12 +72,16 @@ def stored_chunks(store: Path | None, mesh):
 _compile_lock = threading.Lock()
 
 
-def compile_bucket(static: Static, chunk_size: int, mesh, store: Path | None = None) -> Program:
-    """AOT-compile jit(vmap(run)) for a bucket's static spec, its network axis sharded over the mesh.
+def compile_bucket(static: Static, chunk_size: int, mesh, store: Path | None = None,
+                   options: tuple | None = None) -> Program:
+    """AOT-compile jit(vmap(run)) for a bucket's static spec, its network axis sharded over the mesh,
+    with XLA compile `options` (default: the program's own, `train.program_options`; others only
+    without a store, whose keys assume the program's own).
 
     With `store` (a directory), a program compiled before under the same key
     (`sweeps/executables.py`) is loaded instead, and a new one is saved there.
     """
+    assert options is None or store is None, "a stored program is compiled with its own options"
     t0 = time.perf_counter()
     sharding = NamedSharding(mesh, P("cfg"))
     key = None
@@ -96,7 +100,8 @@ def compile_bucket(static: Static, chunk_size: int, mesh, store: Path | None = N
         else:
             fn = jax.jit(batched(static), in_shardings=(sharding,), out_shardings=sharding)
         abstract = abstract_inputs(static, chunk_size, sharding)
-        options = program_options(static, chunk_size, mesh.devices.flat[0].platform)
+        if options is None:
+            options = program_options(static, chunk_size, mesh.devices.flat[0].platform)
         with _compile_lock, (executables.fresh_compile() if key else contextlib.nullcontext()):
             compiled = fn.lower(abstract).compile(dict(options) or None)
         seconds = time.perf_counter() - t0
