@@ -42,12 +42,12 @@ UNROLLED_THREEFRY = unroll_threefry_on_cpu()
 
 # XLA's CPU backend emits its fused kernels with its MLIR fusion emitters (the default) or with its
 # older elemental emitters (`xla_cpu_use_fusion_emitters = false`). Measured on jaxlib 0.10, 2-core
-# AMD EPYC (BENCHMARKS.md): the older emitters compile this project's programs 31-42% faster (toy
-# 3.9 -> 2.7 s, distill 6.3 -> 4.0 s) and run the elementwise work of a long one about 18% slower
-# (the first-minute small grid, 577 GFLOP: 8.5 -> 10.1 s). A program whose call does fewer FLOPs than
-# LEGACY_EMITTERS_MAX_FLOPS (at most about 0.15 s slower here, for a second or more of compile saved)
-# is compiled with them: tests, quick looks, short sweeps. Its float32 results differ from the
-# default emitters' in the last bits of a few metrics (a different exp/log), as another CPU's do.
+# AMD EPYC (BENCHMARKS.md, `benchmarks/compile_cost.py --emitters`): the older emitters compile this
+# project's programs 37-42% faster (quickstart 3.2 -> 2.0 s) and run them 8-17% slower (2-3 ms
+# per GFLOP here). A program whose call does fewer FLOPs than LEGACY_EMITTERS_MAX_FLOPS (at most
+# about 0.15 s slower a call here, for a second or more of compile saved) is compiled with them:
+# tests, quick looks, short sweeps. Its float32 results differ from the default emitters' in the
+# last bits of a few metrics, less than another instruction set's.
 LEGACY_EMITTERS = (("xla_cpu_use_fusion_emitters", False),)
 LEGACY_EMITTERS_MAX_FLOPS = 5e10
 
