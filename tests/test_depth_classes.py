@@ -17,12 +17,13 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
+from contamination import lowering
 from contamination.config import ConfigError, from_dict
 from contamination.ids import run_id
 from contamination.presets import preset
 from contamination.simulate import simulate, simulate_batch
 from contamination.spec import stack_traced, static_spec
-from contamination.train import compiled_batch_run
+from contamination.train import compiled_batch_run, program_options
 
 from conftest import IDENTITY, identity, small
 
@@ -78,6 +79,21 @@ def test_depth_one_and_two_classes_reproduce_the_code_before_them(i):
     # student's batch mode; the old behaviour stays reachable by naming it)
     legacy = LEGACY_PRESET.get(case["preset"], {})
     cfg = preset(case["preset"], **{**legacy, **case["overrides"]})
+    out = simulate(cfg)["curves"]
+    for k, expected in case["curves"].items():
+        np.testing.assert_allclose(np.asarray(out[k], float), np.asarray(expected, float), rtol=0,
+                                   atol=reference_atol(k, cfg), err_msg=k)
+
+
+@pytest.mark.reference
+def test_the_default_emitters_reproduce_the_reference_too(monkeypatch):
+    """The tests compile their small programs with XLA's older CPU emitters (contamination/lowering.py),
+    a long sweep's programs keep the default ones: the `toy` case compiled with those gives the
+    committed curves too."""
+    monkeypatch.setattr(lowering, "LEGACY_EMITTERS_MAX_FLOPS", 0)
+    case = REFERENCE["cases"][0]
+    cfg = preset(case["preset"], **case["overrides"])
+    assert program_options(static_spec(cfg), 1) == ()
     out = simulate(cfg)["curves"]
     for k, expected in case["curves"].items():
         np.testing.assert_allclose(np.asarray(out[k], float), np.asarray(expected, float), rtol=0,
