@@ -13,6 +13,10 @@ elsewhere nothing changes but the compile time.
 from __future__ import annotations
 
 import functools
+import os
+import pathlib
+import platform
+import re
 
 
 # Measured where it helps: jaxlib 0.10. On jaxlib 0.12 the same lowering makes XLA's CPU
@@ -52,15 +56,32 @@ LEGACY_EMITTERS = (("xla_cpu_use_fusion_emitters", False),)
 LEGACY_EMITTERS_MAX_FLOPS = 5e10
 
 
+def legacy_emitters_measured(jaxlib_version: str, machine: str, xla_flags: str, cpu_flags: str) -> bool:
+    """Whether the older emitters were measured sound here: jaxlib 0.10 (the option may leave later
+    XLAs), an x86-64 CPU with AVX (`cpu_flags`: /proc/cpuinfo's flags) whose XLA is not held to SSE
+    (`--xla_cpu_max_isa`). Under `--xla_cpu_max_isa=SSE4_2` they compute NaN for one float64 metric
+    of the CNN (`contamination_ratio`; training identical; AVX, AVX2, AVX-512 and float32 are
+    right), and no ARM CPU was measured: there the default emitters stay."""
+    try:
+        measured = tuple(int(p) for p in jaxlib_version.split(".")[:2]) < UNROLLED_BELOW
+    except ValueError:
+        return False
+    isa = re.search(r"--xla_cpu_max_isa=(\S+)", xla_flags)
+    if isa and isa.group(1).upper().startswith("SSE"):
+        return False
+    return measured and machine.lower() in ("x86_64", "amd64") and "avx" in cpu_flags.split()
+
+
 @functools.lru_cache(maxsize=None)
 def _legacy_emitters_known() -> bool:
-    """Whether this jaxlib is in the measured range (the option may leave later XLAs)."""
     import jaxlib
 
     try:
-        return tuple(int(p) for p in jaxlib.__version__.split(".")[:2]) < UNROLLED_BELOW
-    except ValueError:
-        return False
+        cpuinfo = pathlib.Path("/proc/cpuinfo").read_text()
+        flags = next((line.split(":", 1)[1] for line in cpuinfo.splitlines() if line.startswith("flags")), "")
+    except OSError:  # not Linux: the CPU's flags are not read, and the default emitters stay
+        flags = ""
+    return legacy_emitters_measured(jaxlib.__version__, platform.machine(), os.environ.get("XLA_FLAGS", ""), flags)
 
 
 def emitters(flops: float, platform: str) -> str:

@@ -36,10 +36,18 @@ def test_unrolled_lowering_is_in_effect_where_applied():
     assert ("stablehlo.while" in hlo) != applied
 
 
-def test_small_cpu_programs_take_the_older_emitters_and_large_or_accelerator_ones_do_not(small_config):
-    import jaxlib
+def test_the_older_emitters_only_where_measured_sound():
+    measured = lowering.legacy_emitters_measured
+    avx = "fpu sse4_2 avx avx2"
+    assert measured("0.10.2", "x86_64", "", avx) and measured("0.10.2", "AMD64", "--xla_cpu_max_isa=AVX2", avx)
+    assert not measured("0.11.0", "x86_64", "", avx)  # a jaxlib not measured
+    assert not measured("0.10.2", "aarch64", "", "fp asimd")  # an ARM CPU
+    assert not measured("0.10.2", "x86_64", "", "fpu sse4_2")  # no AVX
+    assert not measured("0.10.2", "x86_64", "--xla_cpu_max_isa=SSE4_2", avx)  # held to SSE: NaN in one metric
 
-    known = tuple(int(p) for p in jaxlib.__version__.split(".")[:2]) < lowering.UNROLLED_BELOW
+
+def test_small_cpu_programs_take_the_older_emitters_and_large_or_accelerator_ones_do_not(small_config):
+    known = lowering._legacy_emitters_known()
     cut = lowering.LEGACY_EMITTERS_MAX_FLOPS
     assert lowering.emitters(cut / 2, "cpu") == ("legacy" if known else "default")
     assert lowering.emitters(cut, "cpu") == "default"
