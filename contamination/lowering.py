@@ -51,7 +51,8 @@ UNROLLED_THREEFRY = unroll_threefry_on_cpu()
 # per GFLOP here). A program whose call does fewer FLOPs than LEGACY_EMITTERS_MAX_FLOPS (at most
 # about 0.15 s slower a call here, for a second or more of compile saved) is compiled with them:
 # tests, quick looks, short sweeps. Its float32 results differ from the default emitters' in the
-# last bits of a few metrics, less than another instruction set's.
+# last bits of a few metrics, less than another instruction set's. Only where they were measured
+# sound (`legacy_emitters_measured`).
 LEGACY_EMITTERS = (("xla_cpu_use_fusion_emitters", False),)
 LEGACY_EMITTERS_MAX_FLOPS = 5e10
 
