@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import os
 import pathlib
-import platform
+from platform import machine
 import re
 
 
@@ -57,7 +57,7 @@ LEGACY_EMITTERS = (("xla_cpu_use_fusion_emitters", False),)
 LEGACY_EMITTERS_MAX_FLOPS = 5e10
 
 
-def legacy_emitters_measured(jaxlib_version: str, machine: str, xla_flags: str, cpu_flags: str) -> bool:
+def legacy_emitters_measured(jaxlib_version: str, arch: str, xla_flags: str, cpu_flags: str) -> bool:
     """Whether the older emitters were measured sound here: jaxlib 0.10 (the option may leave later
     XLAs), an x86-64 CPU with AVX (`cpu_flags`: /proc/cpuinfo's flags) whose XLA is not held to SSE
     (`--xla_cpu_max_isa`). Under `--xla_cpu_max_isa=SSE4_2` they compute NaN for one float64 metric
@@ -70,7 +70,7 @@ def legacy_emitters_measured(jaxlib_version: str, machine: str, xla_flags: str, 
     isa = re.search(r"--xla_cpu_max_isa=(\S+)", xla_flags)
     if isa and isa.group(1).upper().startswith("SSE"):
         return False
-    return measured and machine.lower() in ("x86_64", "amd64") and "avx" in cpu_flags.split()
+    return measured and arch.lower() in ("x86_64", "amd64") and "avx" in cpu_flags.split()
 
 
 @functools.lru_cache(maxsize=None)
@@ -82,7 +82,7 @@ def _legacy_emitters_known() -> bool:
         flags = next((line.split(":", 1)[1] for line in cpuinfo.splitlines() if line.startswith("flags")), "")
     except OSError:  # not Linux: the CPU's flags are not read, and the default emitters stay
         flags = ""
-    return legacy_emitters_measured(jaxlib.__version__, platform.machine(), os.environ.get("XLA_FLAGS", ""), flags)
+    return legacy_emitters_measured(jaxlib.__version__, machine(), os.environ.get("XLA_FLAGS", ""), flags)
 
 
 def emitters(flops: float, platform: str) -> str:
