@@ -25,6 +25,15 @@ import re
 UNROLLED_BELOW = (0, 11)
 
 
+def measured_jaxlib(version: str) -> bool:
+    """Whether a jaxlib `version` is in the measured range (below UNROLLED_BELOW), where both of this
+    module's measures apply."""
+    try:
+        return tuple(int(p) for p in version.split(".")[:2]) < UNROLLED_BELOW
+    except ValueError:
+        return False
+
+
 def unroll_threefry_on_cpu() -> bool:
     """Register the unrolled threefry lowering for the CPU platform; False where it is not applied
     (a jaxlib outside the measured range, or one whose internals moved)."""
@@ -33,7 +42,7 @@ def unroll_threefry_on_cpu() -> bool:
         from jax._src.interpreters import mlir
         from jax._src.random import threefry2x32 as tf
 
-        if tuple(int(p) for p in jaxlib.__version__.split(".")[:2]) >= UNROLLED_BELOW:
+        if not measured_jaxlib(jaxlib.__version__):
             return False
         mlir.register_lowering(tf.threefry2x32_p, tf._threefry2x32_lowering_rule, platform="cpu")
         return True
@@ -63,14 +72,10 @@ def legacy_emitters_measured(jaxlib_version: str, arch: str, xla_flags: str, cpu
     (`--xla_cpu_max_isa`). Under `--xla_cpu_max_isa=SSE4_2` they compute NaN for one float64 metric
     of the CNN (`contamination_ratio`; training identical; AVX, AVX2, AVX-512 and float32 are
     right), and no ARM CPU was measured: there the default emitters stay."""
-    try:
-        measured = tuple(int(p) for p in jaxlib_version.split(".")[:2]) < UNROLLED_BELOW
-    except ValueError:
-        return False
     isa = re.search(r"--xla_cpu_max_isa=(\S+)", xla_flags)
     if isa and isa.group(1).upper().startswith("SSE"):
         return False
-    return measured and arch.lower() in ("x86_64", "amd64") and "avx" in cpu_flags.split()
+    return measured_jaxlib(jaxlib_version) and arch.lower() in ("x86_64", "amd64") and "avx" in cpu_flags.split()
 
 
 @functools.lru_cache(maxsize=None)

@@ -28,7 +28,6 @@ from jax.sharding import Mesh
 from contamination.cache import setup_jax
 from contamination.ids import id_keys, stable_hash
 from contamination.numerics import float_name
-from contamination.train import program_options
 
 from . import calibrate, executables, plan_text, results, scope as scopes, shards, storage
 from .environment import default_memory_budget, device_info, process_age_s
@@ -324,7 +323,7 @@ class Pipeline:
                     model.record_compile(bucket.static, prog.seconds)
                 model.record_run(bucket, run_s)
                 invocation.add_bucket(bucket_record(bucket, compile_s, source, self.compiler.waited_s - waited,
-                                                    run_s, prog.key))
+                                                    run_s, prog.key, prog.options))
         except Preempted as e:
             return e
         return None
@@ -373,13 +372,13 @@ class Pipeline:
 
 
 def bucket_record(b: Bucket, compile_s: float, source: str, compile_wait_s: float, run_s: float,
-                  program_key: str | None = None) -> dict:
+                  program_key: str | None = None, options: tuple = ()) -> dict:
     """The manifest's entry of one bucket: its plan, predicted and measured seconds, throughput."""
     return {
         "bucket": b.id, "static": b.static._asdict(), "shapes": len(b.shapes), "widths": b.widths,
         "networks": len(b.networks), "runs": b.n_runs, "chunk_size": b.chunk_size, "chunks": b.n_chunks,
         "padding_efficiency": b.efficiency, "program": source, "program_key": program_key,
-        "xla_compile_options": dict(program_options(b.static, b.chunk_size)),
+        "xla_compile_options": dict(options),
         "predicted_compile_s": b.predicted_compile_s, "compile_s": compile_s, "compile_wait_s": compile_wait_s,
         "predicted_run_s": b.predicted_run_s, "run_s": run_s,
         "runs_per_s": b.n_runs / run_s if run_s > 0 else None,

@@ -28,6 +28,7 @@ class Program(NamedTuple):
     seconds: float  # time to get it (trace + lower + compile, or load from the store)
     source: str  # "compiled" or "store" (sweeps/executables.py)
     key: str | None  # its key in the store, where the store is used
+    options: tuple = ()  # the XLA compile options it was compiled with (`train.program_options`)
 
 
 def abstract_inputs(static: Static, chunk_size: int, sharding=None):
@@ -84,30 +85,30 @@ def compile_bucket(static: Static, chunk_size: int, mesh, store: Path | None = N
     assert options is None or store is None, "a stored program is compiled with its own options"
     t0 = time.perf_counter()
     sharding = NamedSharding(mesh, P("cfg"))
+    if options is None:
+        options = program_options(static, chunk_size, mesh.devices.flat[0].platform)
     key = None
     if store is not None and executables.enabled():
         key = store_key(static, chunk_size, mesh)
         compiled = executables.load(store, key, list(mesh.devices.flat))
         if compiled is not None:
-            return Program(compiled, sharding, time.perf_counter() - t0, "store", key)
+            return Program(compiled, sharding, time.perf_counter() - t0, "store", key, options)
     # another process of the fleet compiling this program: wait, and load what it stores
     with executables.compiling(store, key, list(mesh.devices.flat)) if key else contextlib.nullcontext() as found:
         if found is not None:
-            return Program(found, sharding, time.perf_counter() - t0, "store", key)
+            return Program(found, sharding, time.perf_counter() - t0, "store", key, options)
         if sequential(static):  # one network after another on each device, over its own shard
             fn = jax.jit(jax.shard_map(batched(static), mesh=mesh, in_specs=P("cfg"), out_specs=P("cfg"),
                                        check_vma=False))  # the run mixes per-network and constant values
         else:
             fn = jax.jit(batched(static), in_shardings=(sharding,), out_shardings=sharding)
         abstract = abstract_inputs(static, chunk_size, sharding)
-        if options is None:
-            options = program_options(static, chunk_size, mesh.devices.flat[0].platform)
         with _compile_lock, (executables.fresh_compile() if key else contextlib.nullcontext()):
             compiled = fn.lower(abstract).compile(dict(options) or None)
         seconds = time.perf_counter() - t0
         if key:
             executables.save(store, key, compiled, seconds)
-    return Program(compiled, sharding, seconds, "compiled", key)
+    return Program(compiled, sharding, seconds, "compiled", key, options)
 
 
 def chunk_inputs(static: Static, chunk_size: int, chunk: list, sharding):
