@@ -64,6 +64,10 @@ UNROLLED_THREEFRY = unroll_threefry_on_cpu()
 # sound (`legacy_emitters_measured`).
 LEGACY_EMITTERS = (("xla_cpu_use_fusion_emitters", False),)
 LEGACY_EMITTERS_MAX_FLOPS = 5e10
+# A compile with the older emitters over one with the default emitters, same program, same
+# machine: 0.60-0.64 for quickstart and the first-minute small grid (BENCHMARKS.md, seventh
+# session). The device model's prior for a program compiled with them, until it has recorded some.
+LEGACY_COMPILE_SHARE = 0.62
 
 
 def legacy_emitters_measured(jaxlib_version: str, arch: str, xla_flags: str, cpu_flags: str) -> bool:
@@ -101,3 +105,16 @@ def compiler_options(flops: float, platform: str) -> tuple:
     """The XLA compile options of a program of `flops` on `platform`, as a hashable tuple of pairs
     (`dict(...)` for `jax.jit(compiler_options=...)` and `Lowered.compile`); () for none."""
     return LEGACY_EMITTERS if emitters(flops, platform) == "legacy" else ()
+
+
+def options_tag(options: tuple) -> str:
+    """A short name of compile options (`compiler_options`): "" for none, "older-emitters" for
+    LEGACY_EMITTERS, else the options written out."""
+    if not options:
+        return ""
+    return "older-emitters" if tuple(options) == LEGACY_EMITTERS else ",".join(f"{k}={v}" for k, v in options)
+
+
+def compile_share(options: tuple) -> float:
+    """The expected compile time with `options` over one without (LEGACY_COMPILE_SHARE; 1 otherwise)."""
+    return LEGACY_COMPILE_SHARE if tuple(options) == LEGACY_EMITTERS else 1.0

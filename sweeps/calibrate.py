@@ -9,8 +9,11 @@ below takes over from the default after `MIN_RECORDED_RUNS` buckets. `measure` (
 sweeps calibrate`, or `run --calibrate`) measures the constants on the devices (about 5-15 s):
 
 - `compile_s`: seconds to trace, lower and compile a bucket program afresh (a small
-  classifier, JAX's cache bypassed). Every later fresh compile is recorded too, per
-  experiment, and the median of the recorded ones is used where there are any;
+  classifier, JAX's cache bypassed, default compile options). Every later fresh compile is
+  recorded too, per experiment and compile options (`compile_key`: a small CPU program compiles
+  with XLA's older emitters in about 0.6 the time, `contamination/lowering.py`), and the median
+  of the recorded ones is used where there are any (for other options before any, the default
+  options' times their share);
 - `step_s` and `flop_rate`: a chunk's seconds per training step are `step_s + FLOPs /
   flop_rate` (FLOPs as `contamination.cost` counts them), the line through two points
   measured with a chunk sharded as the engine shards it: that small program (fixed costs
@@ -54,6 +57,7 @@ from contamination.cost import memory_bytes, step_flops, total_steps
 from contamination.loop import init_carry, make_optimizer, make_step
 from contamination.model import Params, forward, loss_values, to_dm, trainable_mask
 from contamination.numerics import float_dtype
+from contamination.lowering import compile_share, options_tag
 from contamination.presets import preset
 from contamination.spec import Static, static_spec
 
@@ -90,6 +94,13 @@ def nnls(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return best
 
 
+def compile_key(static: Static, options: tuple = ()) -> str:
+    """Where the device model records a compile: by experiment, and by compile options other than
+    the default (`lowering.options_tag`: small CPU programs compile in about 0.6 the time)."""
+    tag = options_tag(options)
+    return f"{static.experiment}+{tag}" if tag else static.experiment
+
+
 @dataclasses.dataclass
 class DeviceModel:
     device: str  # backend, kind and count of the local devices
@@ -103,9 +114,15 @@ class DeviceModel:
     path: str | None = None
     source: str = "measured"  # or "default: ..." (a shipped default, not measured here)
 
-    def compile_s(self, static: Static) -> float:
-        seen = self.recorded_compile_s.get(static.experiment)
-        return statistics.median(seen) if seen else self.calibration_compile_s
+    def compile_s(self, static: Static, options: tuple = ()) -> float:
+        """Predicted seconds of a fresh compile of a program of `static` with XLA compile `options`
+        (`train.program_options`): the median recorded for its experiment and options; before any,
+        the default options' (recorded, or calibrated) scaled by `lowering.compile_share`."""
+        seen = self.recorded_compile_s.get(compile_key(static, options))
+        if seen:
+            return statistics.median(seen)
+        base = self.recorded_compile_s.get(static.experiment)
+        return (statistics.median(base) if base else self.calibration_compile_s) * compile_share(options)
 
     def rate(self, bytes_per_device: float) -> float:
         """FLOP/s of a chunk holding this many bytes per device."""
@@ -150,9 +167,10 @@ class DeviceModel:
             self.__dict__.pop("run_coefficients", None)
             self.save()
 
-    def record_compile(self, static: Static, seconds: float) -> None:
-        """Remember a fresh compile's seconds (and save them, where the model has a file)."""
-        seen = self.recorded_compile_s.setdefault(static.experiment, [])
+    def record_compile(self, static: Static, seconds: float, options: tuple = ()) -> None:
+        """Remember a fresh compile's seconds, with the options it was compiled with (and save
+        them, where the model has a file)."""
+        seen = self.recorded_compile_s.setdefault(compile_key(static, options), [])
         seen.append(round(seconds, 4))
         del seen[:-RECORDED]
         self.save()

@@ -320,7 +320,7 @@ class Pipeline:
                 waited = self.compiler.waited_s
                 prog, compile_s, source, run_s = self.train_bucket(i, bucket)
                 if prog.source == "compiled":
-                    model.record_compile(bucket.static, prog.seconds)
+                    model.record_compile(bucket.static, prog.seconds, prog.options)
                 model.record_run(bucket, run_s)
                 invocation.add_bucket(bucket_record(bucket, compile_s, source, self.compiler.waited_s - waited,
                                                     run_s, prog.key, prog.options))

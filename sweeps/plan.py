@@ -29,7 +29,7 @@ import numpy as np
 from contamination.ids import hex_ids, stable_hash, training_key
 from contamination.spec import Static, pad_key, padded_spec, static_spec
 from contamination.cost import flops, memory_bytes
-from contamination.train import sequential
+from contamination.train import program_options, sequential
 
 from .runs import Run, RunTable
 
@@ -390,7 +390,7 @@ class Planning:
 
     memory_budget: int
     n_devices: int
-    model: object  # calibrate.DeviceModel: compile_s(static), run_s(bucket); None: no predictions
+    model: object  # calibrate.DeviceModel: compile_s(static, options), run_s(bucket); None: no predictions
     min_efficiency: float | None = None  # None: auto (least predicted time)
     chunk_size: int | None = None
     in_store: Callable[[Static, int], bool] = lambda static, chunk: False  # noqa: E731
@@ -417,7 +417,7 @@ def reuse_stored_chunk(b: Bucket, p: Planning) -> bool:
         return False
     run_s = {c: p.model.run_s(dataclasses.replace(b, chunk_size=c)) for c in options}
     best = min(options, key=lambda c: (run_s[c], -c))
-    if run_s[best] >= p.model.compile_s(b.static) + p.model.run_s(b):
+    if run_s[best] >= p.model.compile_s(b.static, program_options(b.static, b.chunk_size)) + p.model.run_s(b):
         return False
     b.chunk_size = best
     return True
@@ -432,7 +432,7 @@ def make_bucket(networks: Sequence[Network], p: Planning) -> Bucket:
     choose_chunk(b, p.memory_budget, p.n_devices, chunk_size=p.chunk_size, model=p.model)
     if p.model is not None:
         stored = p.in_store(b.static, b.chunk_size) or (p.chunk_size is None and reuse_stored_chunk(b, p))
-        b.predicted_compile_s = 0.0 if stored else p.model.compile_s(b.static)
+        b.predicted_compile_s = 0.0 if stored else p.model.compile_s(b.static, program_options(b.static, b.chunk_size))
         b.predicted_run_s = p.model.run_s(b)
     return b
 

@@ -9,6 +9,7 @@ import math
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -244,6 +245,15 @@ def test_device_model_is_measured_once_and_cached(tmp_path, monkeypatch):
     again.record_compile(spec, 3.0)
     again.record_compile(spec, 5.0)
     assert calibrate.load_or_measure(mesh, tmp_path / "calibration").compile_s(spec) == 4.0  # the recorded median
+    # a program compiled with other options (XLA's older emitters) is predicted apart: from the
+    # default's median scaled by their measured share until its own compiles are recorded
+    from contamination.lowering import LEGACY_COMPILE_SHARE, LEGACY_EMITTERS
+
+    assert again.compile_s(spec, LEGACY_EMITTERS) == pytest.approx(4.0 * LEGACY_COMPILE_SHARE)
+    again.record_compile(spec, 1.0, LEGACY_EMITTERS)
+    again.record_compile(spec, 2.0, LEGACY_EMITTERS)
+    reloaded = calibrate.load_or_measure(mesh, tmp_path / "calibration")
+    assert reloaded.compile_s(spec, LEGACY_EMITTERS) == 1.5 and reloaded.compile_s(spec) == 4.0
 
 
 def test_a_new_machine_plans_from_the_shipped_default_and_refits_it(tmp_path, monkeypatch):
@@ -274,6 +284,11 @@ def test_a_new_machine_plans_from_the_shipped_default_and_refits_it(tmp_path, mo
     s = run_grid(grid, tmp_path / "out", progress=False, cache_dir=str(tmp_path / "cache"))
     saved = calibrate.load(mesh, directory)
     assert saved.source == model.source and len(saved.recorded_runs) == len(s.buckets) >= 1
+    # each compile recorded under its experiment and the options it was compiled with
+    compiled = [b for b in s.buckets if b["program"] == "compiled"]
+    assert compiled and set(saved.recorded_compile_s) == {
+        calibrate.compile_key(SimpleNamespace(experiment=b["static"]["experiment"]),
+                              tuple(b["xla_compile_options"].items())) for b in compiled}
     assert "default: cpu" in describe_plan(grid, tmp_path / "out2", memory_budget=None, min_efficiency=None,
                                            cache_dir=str(tmp_path / "cache"))
     monkeypatch.undo()
@@ -336,7 +351,6 @@ def test_calibration_timings_are_interleaved_and_take_the_least():
 
 
 def test_training_seconds_are_fitted_to_recorded_buckets():
-    from types import SimpleNamespace
 
     from sweeps.calibrate import MIN_RECORDED_RUNS, DeviceModel, nnls
 
@@ -367,7 +381,6 @@ def test_fitted_training_seconds_keep_flops_costly_beyond_the_recorded_buckets()
     """Buckets recorded on this machine (tests and a small sweep: chunks, chunk-steps, FLOPs,
     seconds), all far smaller than a whole-grid program. A free per-FLOP coefficient fitted to
     them put a 22 TFLOP bucket at 0.9 s; the fit must keep the calibrated FLOP cost."""
-    from types import SimpleNamespace
 
     from contamination.spec import static_spec
     from sweeps.calibrate import DeviceModel
