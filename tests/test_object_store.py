@@ -87,7 +87,13 @@ def _server(cmd: list[str], port: int, what: str):
 @pytest.fixture(scope="module")
 def gcs_env():
     port = _free_port()
-    cmd = [sys.executable, "-m", "gcp_storage_emulator", "start", "--host", "127.0.0.1", "--port", str(port),
+    # The emulator serves one request at a time from a listen queue of 5 (http.server's default):
+    # the sixth of the readers' concurrent connections (`analysis.load` reads with 16 threads) had
+    # its SYN dropped and retried by TCP a second later, 3 s per load of the tiny grid. A longer
+    # queue, as a real server has, removes that stall; requests are still served one at a time.
+    start = ("import sys, http.server; http.server.HTTPServer.request_queue_size = 128; "
+             "from gcp_storage_emulator.__main__ import main; main(sys.argv[1:])")
+    cmd = [sys.executable, "-c", start, "start", "--host", "127.0.0.1", "--port", str(port),
            "--in-memory", "--default-bucket", BUCKET]
     with _server(cmd, port, "GCS emulator"):
         yield {"STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{port}"}
