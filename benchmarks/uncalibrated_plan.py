@@ -14,7 +14,6 @@ import tempfile
 from pathlib import Path
 
 from contamination.cache import setup_jax
-from contamination.train import program_options
 from sweeps import calibrate
 from sweeps.engine import local_mesh
 from sweeps.environment import default_memory_budget, use_host_devices
@@ -26,7 +25,7 @@ GRIDS = sorted(p.stem for p in (Path(__file__).resolve().parent.parent / "sweeps
 
 def priced(buckets, model) -> float:
     """The seconds `model` predicts for these buckets (each compiled afresh)."""
-    return sum(model.compile_s(b.static, program_options(b.static, b.chunk_size)) + model.run_s(b) for b in buckets)
+    return sum(model.compile_s(b.static, b.compile_options) + model.run_s(b) for b in buckets)
 
 
 def main() -> int:

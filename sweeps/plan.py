@@ -336,6 +336,12 @@ class Bucket:
         return memory_bytes(self.static)
 
     @property
+    def compile_options(self) -> tuple:
+        """The XLA compile options its program gets at its chunk size (`train.program_options`, as
+        `programs.compile_bucket` compiles it)."""
+        return program_options(self.static, self.chunk_size)
+
+    @property
     def chunk_bytes_per_device(self) -> float:
         """Estimated bytes a chunk works on at once on each device (one network where the program
         runs them one after another)."""
@@ -417,7 +423,7 @@ def reuse_stored_chunk(b: Bucket, p: Planning) -> bool:
         return False
     run_s = {c: p.model.run_s(dataclasses.replace(b, chunk_size=c)) for c in options}
     best = min(options, key=lambda c: (run_s[c], -c))
-    if run_s[best] >= p.model.compile_s(b.static, program_options(b.static, b.chunk_size)) + p.model.run_s(b):
+    if run_s[best] >= p.model.compile_s(b.static, b.compile_options) + p.model.run_s(b):
         return False
     b.chunk_size = best
     return True
@@ -432,7 +438,7 @@ def make_bucket(networks: Sequence[Network], p: Planning) -> Bucket:
     choose_chunk(b, p.memory_budget, p.n_devices, chunk_size=p.chunk_size, model=p.model)
     if p.model is not None:
         stored = p.in_store(b.static, b.chunk_size) or (p.chunk_size is None and reuse_stored_chunk(b, p))
-        b.predicted_compile_s = 0.0 if stored else p.model.compile_s(b.static, program_options(b.static, b.chunk_size))
+        b.predicted_compile_s = 0.0 if stored else p.model.compile_s(b.static, b.compile_options)
         b.predicted_run_s = p.model.run_s(b)
     return b
 
